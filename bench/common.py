@@ -1,0 +1,42 @@
+"""Shared pieces of the benchmarks: one result row type and a wall-clock / peak-memory timer."""
+
+from __future__ import annotations
+
+import resource
+import time
+from dataclasses import dataclass, field
+from typing import Callable, TypeVar
+
+T = TypeVar("T")
+
+
+@dataclass
+class BenchRow:
+    """One measured ratio next to its target; `higher_is_better` says which side passes."""
+
+    name: str
+    value: float
+    target: float
+    higher_is_better: bool = True
+    detail: str = ""
+    extra: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def passed(self) -> bool:
+        return self.value >= self.target if self.higher_is_better else self.value <= self.target
+
+
+def timed(fn: Callable[[], T], repeats: int = 1) -> tuple[T, float]:
+    """Best-of-`repeats` wall time of `fn()`; best-of damps the noise of shared machines."""
+    best = float("inf")
+    result: T
+    for _ in range(max(1, repeats)):
+        start = time.perf_counter()
+        result = fn()
+        best = min(best, time.perf_counter() - start)
+    return result, best
+
+
+def peak_rss_mib() -> float:
+    """Peak resident memory of this process so far (Linux reports KiB)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0

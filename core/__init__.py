@@ -1,0 +1,1 @@
+"""Pipeline machinery shared by stages and flows: artifact store, fingerprints, runner, progress."""

@@ -1,0 +1,15 @@
+"""One exception type for mistakes a user can fix; the CLI prints it as one line plus a hint."""
+
+from __future__ import annotations
+
+
+class UserError(Exception):
+    """A problem in the user's input or configuration, reported without a traceback."""
+
+    def __init__(self, message: str, hint: str = "") -> None:
+        super().__init__(message)
+        self.message = message
+        self.hint = hint
+
+    def __str__(self) -> str:
+        return f"{self.message} (hint: {self.hint})" if self.hint else self.message

@@ -1,0 +1,261 @@
+"""Runs one stage: fingerprint, skip-if-unchanged, shard-by-shard resume, atomic outputs, manifest.
+
+The three steps (`plan_stage`, `run_shard`, `finalize_stage`) are separate so an orchestrator can
+fan shards out to workers; `run_stage` chains them in-process and writes each shard's Parquet on a
+background thread while the next shard is computed.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+import threading
+import time
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+import affectflow
+from affectflow.core.atomic import write_json, write_parquet
+from affectflow.core.errors import UserError
+from affectflow.core.hashing import hash_value
+from affectflow.core.progress import Progress
+from affectflow.core.runs import RunStore, utc_now
+from affectflow.core.stage import ShardOutput, Stage, StageContext, StageParams
+from affectflow.core.store import (MAIN_TABLE, MANIFEST, PLAN_DIR, REJECTS, REJECTS_SCHEMA,
+                                   SHARD_WORK_DIR, StageArtifact, shard_name)
+
+logger = logging.getLogger("affectflow.runner")
+
+_STATE_CACHE: dict[tuple[str, str], Any] = {}
+_STATE_LOCK = threading.Lock()
+
+
+@dataclass
+class StageJob:
+    """A stage bound to a run, its params and the run-wide settings."""
+
+    run: RunStore
+    stage: Stage
+    params: StageParams
+    settings: Any
+
+    @property
+    def output(self) -> StageArtifact:
+        return self.run.stage(self.stage.name)
+
+    def input_artifacts(self) -> dict[str, StageArtifact]:
+        artifacts = {}
+        for name in self.stage.inputs:
+            artifact = self.run.stage(name)
+            if not artifact.complete:
+                raise UserError(f"stage '{self.stage.name}' needs '{name}', which has not finished "
+                                f"in run '{self.run.run_id}'",
+                                hint=f"run it first: affectflow stage {name} --run {self.run.run_id}")
+            artifacts[name] = artifact
+        return artifacts
+
+    def fingerprint(self) -> str:
+        """hash(stage name, params, input fingerprints, code version, external source)."""
+        return hash_value({
+            "stage": self.stage.name,
+            "params": self.params.model_dump(mode="json"),
+            "inputs": {name: art.fingerprint for name, art in self.input_artifacts().items()},
+            "code": self.stage.code_version(),
+            "schema_version": self.stage.schema_version,
+            "source": self.stage.source_fingerprint(self.params, self.settings),
+        })
+
+    def context(self, fingerprint: str) -> StageContext:
+        out = self.output.path
+        return StageContext(stage_name=self.stage.name, params=self.params,
+                            inputs=self.input_artifacts(), output_dir=out,
+                            work_dir=out / PLAN_DIR, run_dir=self.run.path,
+                            settings=self.settings, fingerprint=fingerprint)
+
+
+@dataclass
+class StagePlan:
+    stage: str
+    fingerprint: str
+    shard_ids: list[int]
+    pending: list[int]
+    up_to_date: bool
+
+
+def _plan_file(job: StageJob) -> Any:
+    return job.output.path / PLAN_DIR / "plan.json"
+
+
+def _marker(job: StageJob, shard_id: int) -> Any:
+    return job.output.path / SHARD_WORK_DIR / f"{shard_id:05d}.json"
+
+
+def _shard_done(job: StageJob, shard_id: int, fingerprint: str) -> bool:
+    marker = _marker(job, shard_id)
+    return marker.is_file() and json.loads(marker.read_text()).get("fingerprint") == fingerprint
+
+
+def plan_stage(job: StageJob, force: bool = False) -> StagePlan:
+    """Decide what to do: nothing (fingerprint unchanged), resume finished shards, or start over."""
+    fingerprint = job.fingerprint()
+    out = job.output
+    if not force and out.complete and out.manifest.get("fingerprint") == fingerprint:
+        ids = out.manifest.get("shard_ids", [])
+        job.run.update_stage(job.stage.name, status="skipped", fingerprint=fingerprint)
+        return StagePlan(job.stage.name, fingerprint, ids, [], up_to_date=True)
+
+    plan_file = _plan_file(job)
+    resumable = (not force and plan_file.is_file()
+                 and json.loads(plan_file.read_text()).get("fingerprint") == fingerprint)
+    if resumable:
+        shard_ids = json.loads(plan_file.read_text())["shard_ids"]
+        (out.path / MANIFEST).unlink(missing_ok=True)
+    else:
+        if out.path.exists():
+            shutil.rmtree(out.path)
+        out.path.mkdir(parents=True)
+        shard_ids = list(job.stage.prepare(job.context(fingerprint)))
+        write_json(plan_file, {"fingerprint": fingerprint, "shard_ids": shard_ids,
+                               "started": utc_now(), "started_at": time.time()})
+    pending = [sid for sid in shard_ids if not _shard_done(job, sid, fingerprint)]
+    if resumable and len(pending) < len(shard_ids):
+        logger.info("%s: resuming, %d of %d shards already finished",
+                    job.stage.name, len(shard_ids) - len(pending), len(shard_ids))
+    job.run.update_stage(job.stage.name, status="running", fingerprint=fingerprint,
+                         started=utc_now())
+    return StagePlan(job.stage.name, fingerprint, shard_ids, pending, up_to_date=False)
+
+
+def _stage_state(job: StageJob, ctx: StageContext) -> Any:
+    """Load models etc. once per process and fingerprint, shared by all shards it processes."""
+    key = (str(job.output.path), ctx.fingerprint)
+    with _STATE_LOCK:
+        if key not in _STATE_CACHE:
+            for stale in [k for k in _STATE_CACHE if k[0] == key[0]]:
+                del _STATE_CACHE[stale]
+            _STATE_CACHE[key] = job.stage.setup(ctx)
+        return _STATE_CACHE[key]
+
+
+def compute_shard(job: StageJob, fingerprint: str, shard_id: int) -> ShardOutput:
+    """Run the stage's work on one shard and check its accounting and declared schemas."""
+    ctx = job.context(fingerprint)
+    output = job.stage.process(ctx, _stage_state(job, ctx), shard_id)
+    kept, rejected = output.main.num_rows, output.rejects.num_rows
+    if output.rows_in != kept + rejected:
+        raise RuntimeError(f"{job.stage.name} shard {shard_id}: accounting does not close: "
+                           f"{output.rows_in} in != {kept} out + {rejected} rejected")
+    schemas = {MAIN_TABLE: job.stage.schema, **job.stage.side_schemas}
+    for table_name, table in output.tables.items():
+        if table_name not in schemas:
+            raise RuntimeError(f"{job.stage.name} produced undeclared table '{table_name}'")
+        output.tables[table_name] = table.select(schemas[table_name].names).cast(
+            schemas[table_name])
+    output.rejects = output.rejects.select(REJECTS_SCHEMA.names).cast(REJECTS_SCHEMA)
+    return output
+
+
+def commit_shard(job: StageJob, fingerprint: str, shard_id: int, output: ShardOutput,
+                 seconds: float) -> None:
+    """Write the shard's tables, then its rejects, then its marker (the marker means done)."""
+    for table_name, table in output.tables.items():
+        write_parquet(job.output.shard_path(shard_id, table_name), table)
+    work = job.output.path / SHARD_WORK_DIR
+    write_parquet(work / f"rejects-{shard_id:05d}.parquet", output.rejects)
+    write_json(_marker(job, shard_id), {
+        "fingerprint": fingerprint, "rows_in": output.rows_in, "rows_out": output.main.num_rows,
+        "rows_rejected": output.rejects.num_rows, "seconds": round(seconds, 4)})
+
+
+def run_shard(job: StageJob, fingerprint: str, shard_id: int) -> None:
+    start = time.perf_counter()
+    output = compute_shard(job, fingerprint, shard_id)
+    commit_shard(job, fingerprint, shard_id, output, time.perf_counter() - start)
+
+
+def finalize_stage(job: StageJob, fingerprint: str) -> dict[str, Any]:
+    """Merge rejects, check the totals, let the stage summarise, and write the manifest last."""
+    plan = json.loads(_plan_file(job).read_text())
+    shard_ids: list[int] = plan["shard_ids"]
+    missing = [sid for sid in shard_ids if not _shard_done(job, sid, fingerprint)]
+    if missing:
+        raise RuntimeError(f"{job.stage.name}: shards {missing[:10]} are not finished")
+    markers = [json.loads(_marker(job, sid).read_text()) for sid in shard_ids]
+    rows_in = sum(m["rows_in"] for m in markers)
+    rows_out = sum(m["rows_out"] for m in markers)
+    rows_rejected = sum(m["rows_rejected"] for m in markers)
+    if rows_in != rows_out + rows_rejected:
+        raise RuntimeError(f"{job.stage.name}: accounting does not close")
+    work = job.output.path / SHARD_WORK_DIR
+    reject_tables = [pq.read_table(work / f"rejects-{sid:05d}.parquet") for sid in shard_ids]
+    rejects = pa.concat_tables(reject_tables) if reject_tables else REJECTS_SCHEMA.empty_table()
+    write_parquet(job.output.path / REJECTS, rejects)
+    by_reason = {str(row["values"]): int(row["counts"])
+                 for row in pc.value_counts(rejects["reason"]).to_pylist()} if rejects.num_rows else {}
+
+    ctx = job.context(fingerprint)
+    extra = job.stage.finalize(ctx)
+    finished = time.time()
+    seconds = finished - float(plan["started_at"])
+    manifest = {
+        "stage": job.stage.name,
+        "params": job.params.model_dump(mode="json"),
+        "fingerprint": fingerprint,
+        "inputs": {name: art.fingerprint for name, art in ctx.inputs.items()},
+        "source_fingerprint": job.stage.source_fingerprint(job.params, job.settings),
+        "code_version": job.stage.code_version(),
+        "affectflow_version": affectflow.__version__,
+        "schema_version": job.stage.schema_version,
+        "schema": {name: str(field.type) for name, field in zip(job.stage.schema.names,
+                                                                  job.stage.schema)},
+        "side_tables": sorted(job.stage.side_schemas),
+        "shard_ids": shard_ids,
+        "rows_in": rows_in, "rows_out": rows_out, "rows_rejected": rows_rejected,
+        "rejects_by_reason": by_reason,
+        "timings": {"started": plan["started"], "finished": utc_now(),
+                    "seconds": round(seconds, 3),
+                    "shard_seconds": round(sum(m["seconds"] for m in markers), 3)},
+        "summary": extra,
+    }
+    write_json(job.output.path / MANIFEST, manifest)
+    job.run.update_stage(job.stage.name, status="done", fingerprint=fingerprint,
+                         rows_in=rows_in, rows_out=rows_out, rows_rejected=rows_rejected,
+                         seconds=round(seconds, 3), finished=utc_now())
+    reasons = ", ".join(f"{reason}: {count}" for reason, count in sorted(by_reason.items()))
+    logger.info("%s: %d in = %d out + %d rejected%s", job.stage.name, rows_in, rows_out,
+                rows_rejected, f" ({reasons})" if reasons else "")
+    return manifest
+
+
+def run_stage(job: StageJob, force: bool = False) -> dict[str, Any]:
+    """Plan, process pending shards (writing each while the next computes), finalize."""
+    plan = plan_stage(job, force=force)
+    if plan.up_to_date:
+        logger.info("%s: up to date (fingerprint %s), skipped", job.stage.name, plan.fingerprint[:12])
+        return job.output.manifest
+    try:
+        progress = Progress(job.stage.name, total=len(plan.pending), unit="shards")
+        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="shard-writer") as writer:
+            pending_write: Future[None] | None = None
+            for shard_id in plan.pending:
+                start = time.perf_counter()
+                output = compute_shard(job, plan.fingerprint, shard_id)
+                if pending_write is not None:
+                    pending_write.result()
+                pending_write = writer.submit(commit_shard, job, plan.fingerprint, shard_id,
+                                              output, time.perf_counter() - start)
+                progress.advance(1, rows=output.rows_in)
+            if pending_write is not None:
+                pending_write.result()
+        progress.close()
+        return finalize_stage(job, plan.fingerprint)
+    except BaseException as error:
+        job.run.update_stage(job.stage.name, status="failed", error=str(error)[:500],
+                             finished=utc_now())
+        raise

@@ -1,0 +1,107 @@
+"""Run bookkeeping: one folder per run with `run.json` (config snapshot, code version, stages).
+
+Several stages of one run may finish at the same time (the scoring stages run concurrently), so
+every update of `run.json` is a locked read-modify-write followed by an atomic replace.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import fcntl
+import json
+import re
+import secrets
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterator
+
+from affectflow.core.atomic import write_json
+from affectflow.core.errors import UserError
+from affectflow.core.store import StageArtifact
+
+RUN_FILE = "run.json"
+RUN_ID_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
+
+
+def new_run_id(prefix: str = "run") -> str:
+    stamp = dt.datetime.now(dt.timezone.utc).strftime("%Y%m%d-%H%M%S")
+    return f"{prefix}-{stamp}-{secrets.token_hex(3)}"
+
+
+def utc_now() -> str:
+    return dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
+
+
+def validate_run_id(run_id: str) -> str:
+    if not RUN_ID_PATTERN.match(run_id):
+        raise UserError(f"invalid run id {run_id!r}",
+                        hint="use letters, digits, '.', '_' or '-' (at most 100 characters)")
+    return run_id
+
+
+@dataclass(frozen=True)
+class RunStore:
+    """A run folder: `<artifact_root>/runs/<run_id>/`."""
+
+    artifact_root: Path
+    run_id: str
+
+    @property
+    def path(self) -> Path:
+        return self.artifact_root / "runs" / self.run_id
+
+    @property
+    def run_file(self) -> Path:
+        return self.path / RUN_FILE
+
+    def exists(self) -> bool:
+        return self.run_file.is_file()
+
+    def stage(self, name: str) -> StageArtifact:
+        return StageArtifact(self.path / name)
+
+    def read(self) -> dict[str, Any]:
+        if not self.run_file.is_file():
+            raise UserError(f"no run '{self.run_id}' under {self.artifact_root / 'runs'}",
+                            hint="list runs with: affectflow runs")
+        return json.loads(self.run_file.read_text())
+
+    @contextmanager
+    def _locked(self) -> Iterator[None]:
+        self.path.mkdir(parents=True, exist_ok=True)
+        with open(self.path / ".run.lock", "a+") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(lock, fcntl.LOCK_UN)
+
+    def create(self, config: dict[str, Any], code_version: dict[str, str]) -> None:
+        """Write a fresh run.json, or refresh the config of an existing run (keeping stages)."""
+        with self._locked():
+            record = json.loads(self.run_file.read_text()) if self.run_file.is_file() else {
+                "run_id": self.run_id, "created": utc_now(), "stages": {}}
+            record["config"] = config
+            record["code_version"] = code_version
+            record["updated"] = utc_now()
+            write_json(self.run_file, record)
+
+    def update_stage(self, stage: str, **fields: Any) -> None:
+        with self._locked():
+            record = self.read()
+            record.setdefault("stages", {}).setdefault(stage, {}).update(fields)
+            record["updated"] = utc_now()
+            write_json(self.run_file, record)
+
+
+def list_runs(artifact_root: Path) -> list[dict[str, Any]]:
+    """All run records under the root, newest first; unreadable ones are reported, not hidden."""
+    runs_dir = artifact_root / "runs"
+    records = []
+    for run_file in sorted(runs_dir.glob(f"*/{RUN_FILE}")):
+        try:
+            records.append(json.loads(run_file.read_text()))
+        except json.JSONDecodeError as error:
+            records.append({"run_id": run_file.parent.name, "error": f"unreadable run.json: {error}"})
+    return sorted(records, key=lambda record: record.get("created", ""), reverse=True)

@@ -1,0 +1,106 @@
+"""The contract every stage implements, independent of Prefect.
+
+A stage declares its name, the upstream stages it reads, a validated params model and the Arrow
+schema of its main table. The runner calls, in order:
+
+- `prepare(ctx)` once per new fingerprint (e.g. list the source files, compute statistics),
+  returning the shard ids to process;
+- `setup(ctx)` once per process, to load models (cached by the runner);
+- `process(ctx, state, shard_id)` per shard, returning rows kept and rows rejected;
+- `finalize(ctx)` once after all shards, for summaries and pictures.
+
+Shard `i` of a map stage derives from shard `i` of its first input, so shards of different
+stages line up by number and joins stay shard-local.
+"""
+
+from __future__ import annotations
+
+import inspect
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, ClassVar
+
+import pyarrow as pa
+from pydantic import BaseModel, ConfigDict
+
+from affectflow.core.hashing import hash_bytes
+from affectflow.core.store import MAIN_TABLE, StageArtifact, empty_rejects
+
+
+class StageParams(BaseModel):
+    """Base of every stage's params: unknown keys are errors, not silently ignored."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+@dataclass
+class ShardOutput:
+    """What one shard produced: tables by name (`main` + side tables) and the rejected rows.
+
+    `rows_in` is the number of input rows the shard consumed; the runner checks that
+    rows_in == rows in `main` + rejected rows, so accounting always closes.
+    """
+
+    rows_in: int
+    tables: dict[str, pa.Table]
+    rejects: pa.Table = field(default_factory=empty_rejects)
+
+    @property
+    def main(self) -> pa.Table:
+        return self.tables[MAIN_TABLE]
+
+
+@dataclass
+class StageContext:
+    """Everything a stage may touch: its params, its inputs, its own folders, run-wide settings."""
+
+    stage_name: str
+    params: StageParams
+    inputs: dict[str, StageArtifact]
+    output_dir: Path
+    work_dir: Path
+    run_dir: Path
+    settings: Any
+    fingerprint: str
+
+    def input(self, name: str) -> StageArtifact:
+        return self.inputs[name]
+
+
+class Stage(ABC):
+    """Base class: subclasses set the class attributes and override the hooks they need."""
+
+    name: ClassVar[str]
+    inputs: ClassVar[tuple[str, ...]] = ()
+    Params: ClassVar[type[StageParams]] = StageParams
+    schema: ClassVar[pa.Schema]
+    side_schemas: ClassVar[dict[str, pa.Schema]] = {}
+    schema_version: ClassVar[int] = 1
+    # True when shards are independent and cheap to set up, so an orchestrator may run them as
+    # parallel tasks; stages that hold a model process their shards in one task instead.
+    shard_parallel: ClassVar[bool] = False
+
+    def code_version(self) -> str:
+        """Hash of the module that defines the stage: editing the stage's code reruns it."""
+        source = inspect.getsource(inspect.getmodule(type(self)))  # type: ignore[arg-type]
+        return hash_bytes(source.encode("utf-8"))[:16]
+
+    def source_fingerprint(self, params: StageParams, settings: Any) -> str | None:
+        """Fingerprint of external inputs (files outside the run); None for stages without any."""
+        return None
+
+    def prepare(self, ctx: StageContext) -> list[int]:
+        """Default for map stages: one shard per shard of the first input."""
+        return ctx.input(self.inputs[0]).shard_ids()
+
+    def setup(self, ctx: StageContext) -> Any:
+        return None
+
+    @abstractmethod
+    def process(self, ctx: StageContext, state: Any, shard_id: int) -> ShardOutput:
+        """Turn one shard of input into rows kept and rows rejected."""
+
+    def finalize(self, ctx: StageContext) -> dict[str, Any]:
+        """Summaries beyond counts (pictures, statistics); returned dict goes into the manifest."""
+        return {}

@@ -1,0 +1,138 @@
+"""`affectflow demo-data`: a seeded TumEmo-layout post dump plus an FI-style labelled image folder.
+
+Planted structure (recorded in `ground_truth.csv`): each post's image shows the objects and
+colours its text names, on a palette that follows its emotion. A known share of posts has
+the scene description of another image (factual mismatch), flipped emotion words (emotional
+mismatch) or both. A few deliberately bad files make the demo show rejects.
+"""
+
+from __future__ import annotations
+
+import csv
+import random
+from dataclasses import dataclass
+from pathlib import Path
+
+from affectflow.core.errors import UserError
+from affectflow.demo.scenes import (COLOURS, EMOTION_PALETTES, EMOTION_WORDS, FI_CLASSES,
+                                    FI_PALETTE_SHIFT, FI_TO_POST_EMOTION, OBJECTS,
+                                    OPPOSITE_EMOTION, draw_scene)
+
+MISMATCH_SHARES = {"match": 0.4, "factual": 0.2, "emotional": 0.2, "both": 0.2}
+DECORATIONS = ["#{word}", "@friend{n}", "https://t.co/x{n}", "\U0001F60A", "\U0001F622", "lol",
+               "#photo", "!!", "can't believe it", "we're here"]
+BAD_FILES = ("truncated_image", "empty_text", "duplicate_id", "zero_byte_image")
+
+
+@dataclass
+class Post:
+    post_id: str
+    emotion: str
+    objects: list[tuple[str, str]]
+    text: str
+    text_emotion: str
+    text_objects: list[tuple[str, str]]
+    kind: str
+
+
+def _scene(rng: random.Random) -> list[tuple[str, str]]:
+    names = rng.sample(OBJECTS, rng.choice((1, 2, 2)))
+    return [(name, rng.choice(sorted(COLOURS))) for name in names]
+
+
+def _describe(objects: list[tuple[str, str]]) -> str:
+    article = {True: "an", False: "a"}
+    return " and ".join(f"{article[colour[0] in 'aeiou']} {colour} {name}" for name, colour in objects)
+
+
+def _text(objects: list[tuple[str, str]], emotion: str, rng: random.Random, n: int) -> str:
+    words = EMOTION_WORDS[emotion]
+    feeling = rng.choice(words)
+    templates = ["{feeling}! {scene} today", "{scene}, feeling {feeling}",
+                 "look at {scene} ... {feeling}", "{scene}. {feeling} {feeling2}"]
+    text = rng.choice(templates).format(feeling=feeling, scene=_describe(objects),
+                                        feeling2=rng.choice(words))
+    extras = rng.sample(DECORATIONS, rng.randint(0, 2))
+    extras = [e.format(word=rng.choice(words).split()[-1], n=n) for e in extras]
+    return " ".join([text, *extras])
+
+
+def _kind(index: int, total: int) -> str:
+    """Deterministic mismatch kinds in the planted shares (interleaved, not blocked)."""
+    cumulative, position = 0.0, (index * 0.6180339887) % 1.0
+    for kind, share in MISMATCH_SHARES.items():
+        cumulative += share
+        if position < cumulative:
+            return kind
+    return "match"
+
+
+def make_posts(count: int, rng: random.Random) -> list[Post]:
+    emotions = sorted(EMOTION_PALETTES)
+    posts = []
+    scenes = [_scene(rng) for _ in range(count)]
+    for index in range(count):
+        emotion = emotions[index % len(emotions)]
+        kind = _kind(index, count)
+        text_objects = scenes[index]
+        if kind in ("factual", "both"):
+            others = [s for s in scenes if {o for o, _ in s}.isdisjoint({o for o, _ in scenes[index]})]
+            text_objects = rng.choice(others) if others else _scene(rng)
+        text_emotion = OPPOSITE_EMOTION[emotion] if kind in ("emotional", "both") else emotion
+        posts.append(Post(f"{100000 + index}", emotion, scenes[index],
+                          _text(text_objects, text_emotion, rng, index), text_emotion,
+                          text_objects, kind))
+    return posts
+
+
+def write_tumemo(root: Path, posts: list[Post], rng: random.Random, size: int) -> None:
+    root.mkdir(parents=True, exist_ok=True)
+    lines = ["id label"]
+    for post in posts:
+        draw_scene(post.emotion, post.objects, rng, size).save(root / f"{post.post_id}.jpg",
+                                                               quality=90)
+        (root / f"{post.post_id}.txt").write_text(post.text, encoding="utf-8")
+        lines.append(f"{post.post_id} {post.emotion}")
+    # Deliberately bad inputs, one of each kind, so a demo run shows its rejects.
+    truncated = root / f"{posts[0].post_id}.jpg"
+    truncated.write_bytes(truncated.read_bytes()[: truncated.stat().st_size // 2])
+    (root / f"{posts[1].post_id}.txt").write_text("   ", encoding="utf-8")
+    lines.append(f"{posts[2].post_id} {posts[2].emotion}")
+    (root / f"{posts[3].post_id}.jpg").write_bytes(b"")
+    (root / "all_data_id_and_label.txt").write_text("\n".join(lines) + "\n", encoding="utf-8")
+
+
+def write_image_folder(root: Path, per_class: int, rng: random.Random, size: int) -> None:
+    for fi_class in FI_CLASSES:
+        folder = root / fi_class
+        folder.mkdir(parents=True, exist_ok=True)
+        for index in range(per_class):
+            image = draw_scene(FI_TO_POST_EMOTION[fi_class], _scene(rng), rng, size,
+                               palette_shift=FI_PALETTE_SHIFT[fi_class])
+            image.save(folder / f"{fi_class}_{index:04d}.jpg", quality=90)
+
+
+def write_ground_truth(path: Path, posts: list[Post]) -> None:
+    with open(path, "w", newline="", encoding="utf-8") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["source_id", "emotion", "text_emotion", "kind", "factual_match",
+                         "emotional_match", "image_objects", "text_objects", "bad_file"])
+        bad = dict(zip((p.post_id for p in posts[:4]), BAD_FILES))
+        for post in posts:
+            writer.writerow([post.post_id, post.emotion, post.text_emotion, post.kind,
+                             post.kind in ("match", "emotional"), post.kind in ("match", "factual"),
+                             _describe(post.objects), _describe(post.text_objects),
+                             bad.get(post.post_id, "")])
+
+
+def generate_demo(out_dir: Path, posts: int = 420, seed: int = 0, image_size: int = 128,
+                  per_class: int = 40) -> dict[str, int]:
+    """Write `tumemo/`, `fi/` and `ground_truth.csv` under `out_dir`; same seed, same bytes."""
+    if posts < 20:
+        raise UserError(f"--posts {posts} is too small", hint="use at least 20 posts")
+    rng = random.Random(seed)
+    records = make_posts(posts, rng)
+    write_tumemo(out_dir / "tumemo", records, random.Random(seed + 1), image_size)
+    write_image_folder(out_dir / "fi", per_class, random.Random(seed + 2), image_size)
+    write_ground_truth(out_dir / "ground_truth.csv", records)
+    return {"posts": posts, "label_lines": posts + 1, "fi_images": per_class * len(FI_CLASSES)}

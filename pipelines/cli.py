@@ -1,0 +1,163 @@
+"""`affectflow` command line: demo data, runs, single-stage reruns, inspection.
+
+Every failure a user can fix prints one line and a hint; `--debug` shows the traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+from typing import Any, Callable
+
+from affectflow.core.errors import UserError
+from affectflow.pipelines.prefect_env import configure_prefect_env
+
+LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+
+
+def _cmd_demo_data(args: argparse.Namespace) -> int:
+    from affectflow.demo.generate import generate_demo
+
+    counts = generate_demo(Path(args.dir), posts=args.posts, seed=args.seed)
+    print(f"demo data written to {args.dir}: {counts}")
+    return 0
+
+
+def _run_flow(flow: Callable[..., dict[str, Any]], **kwargs: Any) -> dict[str, Any]:
+    configure_prefect_env()
+    return flow(**kwargs)
+
+
+def _print_stage_lines(stages: dict[str, dict[str, Any]]) -> None:
+    for name, summary in stages.items():
+        reasons = ", ".join(f"{k}: {v}" for k, v in summary["rejects_by_reason"].items())
+        print(f"  {name:<12} {summary['rows_in']} in = {summary['rows_out']} out + "
+              f"{summary['rows_rejected']} rejected{f' ({reasons})' if reasons else ''}"
+              f"  [{summary['timings']['seconds']:.1f}s]")
+
+
+def _cmd_run(args: argparse.Namespace) -> int:
+    from affectflow.pipelines.config import load_config
+
+    load_config(Path(args.config), args.set)  # fail on config errors before Prefect starts
+    from affectflow.pipelines.flows import pretrain_flow
+
+    result = _run_flow(pretrain_flow, config_path=args.config, overrides=args.set,
+                       run_id=args.run_id, force=args.force or [])
+    print(f"run {result['run_id']} finished: {result['run_dir']}")
+    _print_stage_lines(result["stages"])
+    return 0
+
+
+def _cmd_stage(args: argparse.Namespace) -> int:
+    from affectflow.pipelines.execution import RunRef, run_config
+    from affectflow.stages.registry import get_stage
+
+    get_stage(args.name)
+    run_config(RunRef(args.artifact_root, args.run), args.set)
+    from affectflow.pipelines.flows import rerun_stage_flow
+
+    result = _run_flow(rerun_stage_flow, run_id=args.run, stage=args.name,
+                       artifact_root=args.artifact_root, overrides=args.set, force=args.force)
+    _print_stage_lines({args.name: result["stage"]})
+    stale = result["stale"]
+    print("downstream stages now stale: " + (", ".join(stale) if stale else "none"))
+    if stale:
+        print(f"  rerun them with: affectflow run pretrain --config <config> --run-id {args.run}")
+    return 0
+
+
+def _cmd_runs(args: argparse.Namespace) -> int:
+    from affectflow.pipelines.inspect import runs_table
+
+    print(runs_table(Path(args.artifact_root)))
+    return 0
+
+
+def _cmd_inspect(args: argparse.Namespace) -> int:
+    from affectflow.core.runs import RunStore
+    from affectflow.pipelines.inspect import run_overview, stage_report
+
+    store = RunStore(Path(args.artifact_root), args.run_id)
+    if not args.stage:
+        print(run_overview(store))
+        return 0
+    print(stage_report(store.stage(args.stage), args.samples))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="affectflow", description=__doc__.splitlines()[0])
+    parser.add_argument("--debug", action="store_true", help="show tracebacks on errors")
+    parser.add_argument("--quiet", action="store_true", help="only warnings and errors in logs")
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    demo = commands.add_parser("demo-data", help="write the seeded demo datasets")
+    demo.add_argument("dir", help="output folder")
+    demo.add_argument("--posts", type=int, default=420, help="number of posts (default 420)")
+    demo.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    demo.set_defaults(func=_cmd_demo_data)
+
+    run = commands.add_parser("run", help="run a pipeline flow from a config")
+    run.add_argument("flow", choices=["pretrain"], help="which flow")
+    run.add_argument("--config", required=True, help="experiment YAML, e.g. configs/demo.yaml")
+    run.add_argument("--run-id", help="reuse or name a run (default: a new id)")
+    run.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                     help="override a config key, e.g. --set ingest.shard_size=64")
+    run.add_argument("--force", action="append", metavar="STAGE",
+                     help="recompute this stage even if its fingerprint is unchanged")
+    run.set_defaults(func=_cmd_run)
+
+    stage = commands.add_parser("stage", help="rerun one stage of an existing run")
+    stage.add_argument("name", help="stage name, e.g. ingest")
+    stage.add_argument("--run", required=True, help="run id")
+    stage.add_argument("--force", action="store_true", help="recompute even if unchanged")
+    stage.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                       help="override a config key of the run")
+    stage.set_defaults(func=_cmd_stage)
+
+    runs = commands.add_parser("runs", help="list runs with per-stage status")
+    runs.set_defaults(func=_cmd_runs)
+
+    inspect = commands.add_parser("inspect", help="show a run or one stage's artifact")
+    inspect.add_argument("run_id")
+    inspect.add_argument("stage", nargs="?", help="stage name (omit for the run overview)")
+    inspect.add_argument("--samples", type=int, default=5, help="sample rows to show")
+    inspect.set_defaults(func=_cmd_inspect)
+
+    for sub in (stage, runs, inspect):
+        sub.add_argument("--artifact-root", default="artifacts",
+                         help="folder holding runs/ (default: artifacts)")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO,
+                        format=LOG_FORMAT, stream=sys.stderr)
+    for noisy in ("httpx", "httpcore"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+    try:
+        return int(args.func(args))
+    except UserError as error:
+        print(f"error: {error.message}", file=sys.stderr)
+        if error.hint:
+            print(f"hint: {error.hint}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted: finished shards are kept; rerun the same command to resume",
+              file=sys.stderr)
+        return 130
+    except Exception as error:  # noqa: BLE001 - last-resort one-line report for the CLI
+        if args.debug:
+            raise
+        print(f"error: {type(error).__name__}: {error}", file=sys.stderr)
+        print("hint: rerun with --debug for the traceback", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,136 @@
+"""Experiment configuration: YAML + `--set` overrides, validated before any work starts.
+
+The config has a `run` section (run-wide settings) and one section per stage, validated by that
+stage's own params model, so a stage added to the registry is configurable with no change here.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model, field_validator
+
+from affectflow.core.errors import UserError
+from affectflow.stages.registry import PRETRAIN_CHAIN, STAGES
+
+
+class RunSettings(BaseModel):
+    """Run-wide settings that do not change what a stage computes (so not in fingerprints)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    artifact_root: Path = Field(Path("artifacts"), description="where runs/<run_id>/ are written")
+    workers: int = Field(2, ge=1, description="parallel decode / shard workers")
+    stages: list[str] = Field(default_factory=lambda: list(PRETRAIN_CHAIN),
+                              description="stages of the pretrain flow, in order")
+    task_runner: str = Field("threads", description="threads | dask | ray")
+
+    @field_validator("stages")
+    @classmethod
+    def _known_stages(cls, value: list[str]) -> list[str]:
+        unknown = [name for name in value if name not in STAGES]
+        if unknown:
+            raise ValueError(f"unknown stages {unknown}; known: {list(STAGES)}")
+        for index, name in enumerate(value):
+            missing = [dep for dep in STAGES[name].inputs if dep not in value[:index]]
+            if missing:
+                raise ValueError(f"stage {name!r} needs {missing} listed before it")
+        return value
+
+
+def _config_model() -> type[BaseModel]:
+    fields: dict[str, Any] = {"run": (RunSettings, Field(default_factory=RunSettings))}
+    for name, stage in STAGES.items():
+        fields[name] = (stage.Params | None, None)
+    return create_model("AffectflowConfig", __config__=ConfigDict(extra="forbid"), **fields)
+
+
+def parse_override(item: str) -> tuple[list[str], Any]:
+    """`section.key=value` -> (['section', 'key'], value parsed as YAML, so 3 -> int)."""
+    if "=" not in item:
+        raise UserError(f"bad override {item!r}", hint="write --set section.key=value")
+    key, raw = item.split("=", 1)
+    parts = [p for p in key.strip().split(".") if p]
+    if len(parts) < 2:
+        raise UserError(f"bad override key {key!r}", hint="name the section too, e.g. ingest.shard_size=64")
+    return parts, yaml.safe_load(raw) if raw.strip() else ""
+
+
+def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    for item in overrides:
+        parts, value = parse_override(item)
+        node = raw
+        for part in parts[:-1]:
+            child = node.get(part)
+            if child is None:
+                child = node[part] = {}
+            if not isinstance(child, dict):
+                raise UserError(f"cannot set {'.'.join(parts)}: {part} is not a section")
+            node = child
+        node[parts[-1]] = value
+    return raw
+
+
+def _format_errors(error: ValidationError, source: str) -> UserError:
+    lines = []
+    hint = ""
+    for item in error.errors():
+        key = ".".join(str(p) for p in item["loc"])
+        kind = item["type"]
+        if kind == "extra_forbidden":
+            section = ".".join(str(p) for p in item["loc"][:-1])
+            lines.append(f"unknown key '{key}'")
+            hint = f"remove it or fix its spelling (see the fields of '{section or 'the top level'}' in configs/README.md)"
+        elif kind == "missing":
+            lines.append(f"missing key '{key}'")
+            hint = f"add '{item['loc'][-1]}: <value>' under '{'.'.join(map(str, item['loc'][:-1]))}'"
+        else:
+            lines.append(f"'{key}': {item['msg']} (got {item.get('input')!r})")
+            hint = f"fix '{key}' in {source} or with --set {key}=<value>"
+    return UserError(f"invalid config {source}: " + "; ".join(lines), hint=hint)
+
+
+def load_config(path: Path | None, overrides: list[str] | None = None,
+                raw: dict[str, Any] | None = None) -> BaseModel:
+    """Read, override and validate; every problem is reported before any stage runs."""
+    source = str(path) if path else "<config>"
+    if raw is None:
+        if path is None or not path.is_file():
+            raise UserError(f"config file not found: {path}", hint="pass --config configs/demo.yaml")
+        try:
+            raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+        except yaml.YAMLError as error:
+            raise UserError(f"config {path} is not valid YAML: {error}") from None
+    if not isinstance(raw, dict):
+        raise UserError(f"config {source} must be a mapping of sections")
+    raw = apply_overrides(raw, overrides or [])
+    try:
+        config = _config_model().model_validate(raw)
+    except ValidationError as error:
+        raise _format_errors(error, source) from None
+    missing = [name for name in config.run.stages if getattr(config, name) is None
+               and _requires_section(name)]
+    if missing:
+        raise UserError(f"invalid config {source}: stages {missing} have no section",
+                        hint=f"add a '{missing[0]}:' section (see configs/demo.yaml)")
+    return config
+
+
+def _requires_section(stage_name: str) -> bool:
+    try:
+        STAGES[stage_name].Params()
+    except ValidationError:
+        return True
+    return False
+
+
+def stage_params(config: BaseModel, stage_name: str) -> Any:
+    """The stage's validated params (its defaults when the config has no section for it)."""
+    section = getattr(config, stage_name)
+    return section if section is not None else STAGES[stage_name].Params()
+
+
+def config_snapshot(config: BaseModel) -> dict[str, Any]:
+    return config.model_dump(mode="json", exclude_none=True)

@@ -1,0 +1,85 @@
+"""Binding configs to runs and stages, with no Prefect involved (usable from tests/notebooks)."""
+
+from __future__ import annotations
+
+import subprocess
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel
+
+import affectflow
+from affectflow.core.runner import StageJob
+from affectflow.core.runs import RunStore, new_run_id, validate_run_id
+from affectflow.pipelines.config import config_snapshot, load_config, stage_params
+from affectflow.stages.registry import STAGES, downstream_of, get_stage
+
+
+@dataclass(frozen=True)
+class RunRef:
+    """What Prefect tasks pass around: where a run lives, never its data."""
+
+    artifact_root: str
+    run_id: str
+
+    @property
+    def store(self) -> RunStore:
+        return RunStore(Path(self.artifact_root), self.run_id)
+
+
+def code_version() -> dict[str, str]:
+    """Package version plus the git commit when run from a checkout."""
+    version = {"affectflow": affectflow.__version__}
+    try:
+        commit = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True,
+                                cwd=Path(affectflow.__file__).parent, timeout=5)
+        if commit.returncode == 0:
+            version["git_commit"] = commit.stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        pass
+    return version
+
+
+def open_run(config: BaseModel, run_id: str | None) -> RunRef:
+    """Create (or reopen) the run folder and save the resolved config in run.json."""
+    run_id = validate_run_id(run_id) if run_id else new_run_id()
+    ref = RunRef(str(config.run.artifact_root), run_id)
+    ref.store.create(config_snapshot(config), code_version())
+    return ref
+
+
+def run_config(ref: RunRef, overrides: list[str] | None = None) -> BaseModel:
+    """The run's saved config, re-validated, with optional overrides applied."""
+    return load_config(None, overrides, raw=ref.store.read()["config"])
+
+
+def make_job(ref: RunRef, config: BaseModel, stage_name: str) -> StageJob:
+    return StageJob(run=ref.store, stage=get_stage(stage_name),
+                    params=stage_params(config, stage_name), settings=config.run)
+
+
+def stale_downstream(ref: RunRef, config: BaseModel, stage_name: str) -> list[str]:
+    """Downstream stages whose recorded input fingerprints no longer match their inputs."""
+    stale = []
+    for name in downstream_of(stage_name, config.run.stages):
+        artifact = ref.store.stage(name)
+        if not artifact.complete:
+            stale.append(name)
+            continue
+        recorded = artifact.manifest.get("inputs", {})
+        for dep in STAGES[name].inputs:
+            dep_artifact = ref.store.stage(dep)
+            if not dep_artifact.complete or recorded.get(dep) != dep_artifact.fingerprint:
+                stale.append(name)
+                break
+            if dep in stale:
+                stale.append(name)
+                break
+    return stale
+
+
+def stage_summary(ref: RunRef, stage_name: str) -> dict[str, Any]:
+    manifest = ref.store.stage(stage_name).manifest
+    return {key: manifest[key] for key in ("stage", "fingerprint", "rows_in", "rows_out",
+                                           "rows_rejected", "rejects_by_reason", "timings")}

@@ -1,0 +1,95 @@
+"""Prefect flows: `pretrain` (the stage chain), `rerun-stage` (one stage of an existing run).
+
+Tasks receive a `RunRef` (artifact root + run id) and stage names, never data: each task
+re-reads the run's saved config and opens the artifacts it needs. Caching is the artifact
+store's job (fingerprints), so Prefect's result caching and persistence are off.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from prefect import flow, task
+from prefect.cache_policies import NO_CACHE
+from prefect.futures import PrefectFuture, wait
+from prefect.task_runners import ThreadPoolTaskRunner
+
+from affectflow.core.runner import finalize_stage, plan_stage, run_shard, run_stage
+from affectflow.pipelines.config import config_snapshot, load_config
+from affectflow.pipelines.execution import (RunRef, code_version, make_job, open_run, run_config,
+                                            stage_summary, stale_downstream)
+from affectflow.stages.registry import STAGES
+
+TASK_OPTIONS: dict[str, Any] = {"cache_policy": NO_CACHE, "persist_result": False}
+
+
+@task(task_run_name="{stage_name}", **TASK_OPTIONS)
+def stage_task(ref: RunRef, stage_name: str, force: bool = False) -> dict[str, Any]:
+    """A whole stage in one task: the stage loads its model once and streams its shards."""
+    job = make_job(ref, run_config(ref), stage_name)
+    run_stage(job, force=force)
+    return stage_summary(ref, stage_name)
+
+
+@task(task_run_name="{stage_name}-plan", **TASK_OPTIONS)
+def plan_task(ref: RunRef, stage_name: str, force: bool = False) -> dict[str, Any]:
+    plan = plan_stage(make_job(ref, run_config(ref), stage_name), force=force)
+    return {"fingerprint": plan.fingerprint, "pending": plan.pending, "up_to_date": plan.up_to_date}
+
+
+@task(task_run_name="{stage_name}-shard-{shard_id}", retries=1, **TASK_OPTIONS)
+def shard_task(ref: RunRef, stage_name: str, fingerprint: str, shard_id: int) -> int:
+    run_shard(make_job(ref, run_config(ref), stage_name), fingerprint, shard_id)
+    return shard_id
+
+
+@task(task_run_name="{stage_name}-finalize", **TASK_OPTIONS)
+def finalize_task(ref: RunRef, stage_name: str, fingerprint: str) -> dict[str, Any]:
+    finalize_stage(make_job(ref, run_config(ref), stage_name), fingerprint)
+    return stage_summary(ref, stage_name)
+
+
+def submit_stage(ref: RunRef, stage_name: str, force: bool,
+                 wait_for: list[PrefectFuture[Any]]) -> PrefectFuture[dict[str, Any]]:
+    """Shard-parallel stages fan out one task per pending shard; others run as one task."""
+    if not STAGES[stage_name].shard_parallel:
+        return stage_task.submit(ref, stage_name, force, wait_for=wait_for)
+    plan = plan_task.submit(ref, stage_name, force, wait_for=wait_for).result()
+    if plan["up_to_date"]:
+        return stage_task.submit(ref, stage_name, False)
+    shards = [shard_task.submit(ref, stage_name, plan["fingerprint"], shard_id)
+              for shard_id in plan["pending"]]
+    return finalize_task.submit(ref, stage_name, plan["fingerprint"], wait_for=shards)
+
+
+def run_chain(ref: RunRef, stages: list[str], force: list[str]) -> dict[str, Any]:
+    """Submit stages in order; each waits only for its own inputs, so independent ones overlap."""
+    futures: dict[str, PrefectFuture[dict[str, Any]]] = {}
+    for name in stages:
+        upstream = [futures[dep] for dep in STAGES[name].inputs if dep in futures]
+        futures[name] = submit_stage(ref, name, name in force, upstream)
+    wait(list(futures.values()))
+    return {name: future.result() for name, future in futures.items()}
+
+
+@flow(name="pretrain", task_runner=ThreadPoolTaskRunner(max_workers=4))
+def pretrain_flow(config_path: str, overrides: list[str] | None = None,
+                  run_id: str | None = None, force: list[str] | None = None) -> dict[str, Any]:
+    """Ingest -> ... -> the configured stage chain, writing `artifacts/runs/<run_id>/`."""
+    config = load_config(Path(config_path), overrides or [])
+    ref = open_run(config, run_id)
+    stages = run_chain(ref, list(config.run.stages), force or [])
+    return {"run_id": ref.run_id, "run_dir": str(ref.store.path), "stages": stages}
+
+
+@flow(name="rerun-stage", task_runner=ThreadPoolTaskRunner(max_workers=4))
+def rerun_stage_flow(run_id: str, stage: str, artifact_root: str = "artifacts",
+                     overrides: list[str] | None = None, force: bool = False) -> dict[str, Any]:
+    """Rerun one stage of an existing run (with optional overrides) and report what is now stale."""
+    ref = RunRef(artifact_root, run_id)
+    config = run_config(ref, overrides or [])
+    if overrides:
+        ref.store.create(config_snapshot(config), code_version())
+    summary = run_chain(ref, [stage], [stage] if force else [])[stage]
+    return {"run_id": run_id, "stage": summary, "stale": stale_downstream(ref, config, stage)}

@@ -1,0 +1,77 @@
+"""Text views of runs and stage artifacts for `affectflow runs` and `affectflow inspect`."""
+
+from __future__ import annotations
+
+import textwrap
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from affectflow.core.runs import RunStore, list_runs
+from affectflow.core.store import StageArtifact
+
+
+def _shorten(value: Any, width: int = 60) -> Any:
+    if isinstance(value, str):
+        return textwrap.shorten(value, width=width, placeholder="…") if value else value
+    if isinstance(value, (list, tuple)) and len(value) > 6:
+        return f"[{len(value)} values]"
+    return value
+
+
+def runs_table(artifact_root: Path) -> str:
+    records = list_runs(artifact_root)
+    if not records:
+        return f"no runs under {artifact_root / 'runs'}"
+    lines = []
+    for record in records:
+        lines.append(f"{record['run_id']}  created {record.get('created', '?')}"
+                     + (f"  ({record['error']})" if "error" in record else ""))
+        for name, stage in record.get("stages", {}).items():
+            counts = (f"{stage.get('rows_in', '-')} in / {stage.get('rows_out', '-')} out / "
+                      f"{stage.get('rows_rejected', '-')} rejected")
+            seconds = stage.get("seconds")
+            lines.append(f"  {name:<12} {stage.get('status', '?'):<8} {counts}"
+                         + (f"  {seconds:.1f}s" if isinstance(seconds, (int, float)) else ""))
+    return "\n".join(lines)
+
+
+def run_overview(store: RunStore) -> str:
+    record = store.read()
+    lines = [f"run {record['run_id']} at {store.path}", f"created {record.get('created')}",
+             f"code {record.get('code_version', {})}", "stages:"]
+    for name, stage in record.get("stages", {}).items():
+        lines.append(f"  {name:<12} {stage.get('status', '?'):<8} rows out {stage.get('rows_out', '-')}"
+                     f", rejected {stage.get('rows_rejected', '-')}")
+    return "\n".join(lines)
+
+
+def stage_report(artifact: StageArtifact, samples: int) -> str:
+    manifest = artifact.manifest
+    lines = [f"stage {manifest['stage']} ({artifact.path})",
+             f"fingerprint {manifest['fingerprint'][:16]}  code {manifest['code_version']}",
+             f"rows: {manifest['rows_in']} in = {manifest['rows_out']} out + "
+             f"{manifest['rows_rejected']} rejected, {len(manifest['shard_ids'])} shard(s), "
+             f"{manifest['timings']['seconds']:.2f}s",
+             "schema:"]
+    lines += [f"  {name}: {dtype}" for name, dtype in manifest["schema"].items()]
+    for table in manifest.get("side_tables", []):
+        lines.append(f"side table '{table}': {artifact.num_rows(table)} rows, "
+                     f"columns {artifact.schema(table).names}")
+    if manifest["rejects_by_reason"]:
+        lines.append("rejects by reason:")
+        lines += [f"  {reason}: {count}" for reason, count in
+                  sorted(manifest["rejects_by_reason"].items(), key=lambda item: -item[1])]
+        rejects = artifact.rejects().to_pandas().head(samples)
+        lines.append(textwrap.indent(rejects.to_string(index=False), "  "))
+    if manifest.get("summary"):
+        lines.append(f"summary: {manifest['summary']}")
+    if samples > 0 and manifest["rows_out"]:
+        frame = artifact.read_shard(manifest["shard_ids"][0]).to_pandas().head(samples)
+        frame = frame.map(_shorten)
+        with pd.option_context("display.width", 200, "display.max_columns", 30,
+                               "display.max_colwidth", 60):
+            lines.append(f"first {len(frame)} rows:")
+            lines.append(frame.to_string(index=False))
+    return "\n".join(lines)

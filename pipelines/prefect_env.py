@@ -1,0 +1,22 @@
+"""Prefect defaults for affectflow, applied before Prefect is imported.
+
+Ephemeral mode keeps its SQLite state under `./.prefect` (the project's working area, not the
+user's home) and telemetry is off. Values the user already set in the environment win.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+
+def configure_prefect_env(home: Path | None = None) -> None:
+    defaults = {
+        "PREFECT_HOME": str((home or Path.cwd() / ".prefect").resolve()),
+        "DO_NOT_TRACK": "1",
+        "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+        "PREFECT_LOGGING_EXTRA_LOGGERS": "affectflow",
+        "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "90",
+    }
+    for key, value in defaults.items():
+        os.environ.setdefault(key, value)

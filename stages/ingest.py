@@ -1,0 +1,209 @@
+"""`ingest`: list a dataset, validate every image and text once, write the clean sample table.
+
+Output rows are keyed by a stable 128-bit `sample_id` (dataset name + source id). Every listed
+row ends up either in the output or in `rejects.parquet` with a reason.
+"""
+
+from __future__ import annotations
+
+import os
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any, Literal
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+from pydantic import Field, field_validator, model_validator
+
+from affectflow.core.atomic import write_parquet
+from affectflow.core.hashing import hash_value, stable_sample_id
+from affectflow.core.stage import ShardOutput, Stage, StageContext, StageParams
+from affectflow.core.store import MAIN_TABLE, StageArtifact, make_rejects
+from affectflow.stages.image_check import ImageProblem, check_image
+from affectflow.stages.ingest_sources import (TUMEMO_LABELS, SourceRecord, assign_splits,
+                                              list_image_folder, list_manifest, list_tumemo,
+                                              mark_duplicates_and_labels)
+from affectflow.stages.text_clean import clean_post_text
+
+SCHEMA = pa.schema([
+    ("sample_id", pa.string()),
+    ("source_id", pa.string()),
+    ("dataset", pa.string()),
+    ("image_path", pa.string()),
+    ("text_raw", pa.string()),
+    ("text", pa.string()),
+    ("label", pa.string()),
+    ("label_id", pa.int32()),
+    ("split", pa.string()),
+    ("width", pa.int32()),
+    ("height", pa.int32()),
+    ("image_format", pa.string()),
+    ("image_sha256", pa.string()),
+])
+
+LISTING_SCHEMA = pa.schema([
+    ("source_id", pa.string()), ("image_path", pa.string()), ("text", pa.string()),
+    ("label", pa.string()), ("split", pa.string()), ("problem", pa.string()),
+    ("detail", pa.string()),
+])
+
+
+class IngestParams(StageParams):
+    """Where the data is and how strictly to validate it."""
+
+    source: Literal["tumemo", "manifest", "image_folder"]
+    path: Path = Field(description="TumEmo folder, manifest file, or image-folder root")
+    dataset_name: str = Field("", description="name mixed into sample ids; default: folder name")
+    image_dir: Path | None = Field(None, description="TumEmo images folder (default: path)")
+    text_dir: Path | None = Field(None, description="TumEmo texts folder (default: path)")
+    split_dir: Path | None = Field(None, description="image_folder: train/val/test.txt folder")
+    columns: dict[str, str] = Field(
+        default_factory=lambda: {"id": "id", "image": "image", "text": "text",
+                                 "label": "label", "split": "split"})
+    labels: list[str] | None = Field(None, description="allowed labels (default per source)")
+    text_encodings: list[str] = Field(default_factory=lambda: ["utf-8", "iso-8859-1"])
+    require_text: bool | None = Field(None, description="default: true except for image_folder")
+    hashtags: Literal["strip_sign", "drop"] = "strip_sign"
+    expand_contractions: bool = True
+    min_image_side: int = Field(32, ge=1)
+    max_image_pixels: int = Field(89_478_485, ge=1)
+    split_ratios: tuple[float, float, float] = (0.8, 0.1, 0.1)
+    split_seed: int = 0
+    shard_size: int = Field(256, ge=1)
+
+    @field_validator("path")
+    @classmethod
+    def _path_exists(cls, value: Path) -> Path:
+        if not value.exists():
+            raise ValueError(f"path does not exist: {value} (create the dataset, e.g. "
+                             f"`affectflow demo-data DIR`, or point ingest.path at it)")
+        return value
+
+    @field_validator("text_encodings")
+    @classmethod
+    def _known_encodings(cls, value: list[str]) -> list[str]:
+        import codecs
+        for name in value:
+            try:
+                codecs.lookup(name)
+            except LookupError:
+                raise ValueError(f"unknown text encoding {name!r} (use e.g. utf-8, iso-8859-1)")
+        return value
+
+    @model_validator(mode="after")
+    def _ratios_sum_to_one(self) -> "IngestParams":
+        if abs(sum(self.split_ratios) - 1.0) > 1e-6 or min(self.split_ratios) < 0:
+            raise ValueError(f"split_ratios {self.split_ratios} must be >= 0 and sum to 1")
+        return self
+
+    @property
+    def name(self) -> str:
+        return self.dataset_name or self.path.resolve().name
+
+    @property
+    def needs_text(self) -> bool:
+        return self.require_text if self.require_text is not None else self.source != "image_folder"
+
+    def allowed_labels(self, records: list[SourceRecord]) -> list[str] | None:
+        if self.labels is not None:
+            return self.labels
+        if self.source == "tumemo":
+            return list(TUMEMO_LABELS)
+        if self.source == "image_folder":
+            return sorted({r.label for r in records if r.label is not None})
+        return None
+
+
+def _tree_fingerprint(root: Path) -> str:
+    """Hash of every file's relative path, size and mtime below `root` (or of the file itself)."""
+    entries = []
+    paths = [root] if root.is_file() else [Path(d) / f for d, _, files in os.walk(root) for f in files]
+    for path in sorted(paths):
+        stat = path.stat()
+        entries.append((str(path.relative_to(root.parent)), stat.st_size, stat.st_mtime_ns))
+    return hash_value(entries)
+
+
+def list_source(params: IngestParams) -> list[SourceRecord]:
+    if params.source == "tumemo":
+        records = list_tumemo(params.path, params.image_dir or params.path,
+                              params.text_dir or params.path, params.text_encodings)
+    elif params.source == "manifest":
+        records = list_manifest(params.path, params.columns)
+    else:
+        records = list_image_folder(params.path, params.split_dir)
+    allowed = params.allowed_labels(records)
+    mark_duplicates_and_labels(records, set(allowed) if allowed is not None else None)
+    assign_splits(records, params.split_ratios, params.split_seed)
+    return records
+
+
+class IngestStage(Stage):
+    name = "ingest"
+    inputs = ()
+    Params = IngestParams
+    schema = SCHEMA
+    shard_parallel = True
+
+    def source_fingerprint(self, params: IngestParams, settings: Any) -> str:  # type: ignore[override]
+        roots = [params.path] + [p for p in (params.image_dir, params.text_dir, params.split_dir) if p]
+        return hash_value([_tree_fingerprint(root) for root in roots])
+
+    def prepare(self, ctx: StageContext) -> list[int]:
+        params: IngestParams = ctx.params  # type: ignore[assignment]
+        records = list_source(params)
+        labels = params.allowed_labels(records)
+        ctx.work_dir.mkdir(parents=True, exist_ok=True)
+        (ctx.work_dir / "labels.txt").write_text("\n".join(labels or []) + "\n")
+        shard_ids = []
+        for shard_id, start in enumerate(range(0, max(len(records), 1), params.shard_size)):
+            chunk = records[start:start + params.shard_size]
+            table = pa.Table.from_pylist([vars(r) for r in chunk], schema=LISTING_SCHEMA)
+            write_parquet(ctx.work_dir / f"listing-{shard_id:05d}.parquet", table)
+            shard_ids.append(shard_id)
+        return shard_ids
+
+    def setup(self, ctx: StageContext) -> ThreadPoolExecutor:
+        return ThreadPoolExecutor(max_workers=ctx.settings.workers, thread_name_prefix="decode")
+
+    def process(self, ctx: StageContext, state: ThreadPoolExecutor, shard_id: int) -> ShardOutput:
+        params: IngestParams = ctx.params  # type: ignore[assignment]
+        listing = pq.read_table(ctx.work_dir / f"listing-{shard_id:05d}.parquet").to_pylist()
+        label_names = [l for l in (ctx.work_dir / "labels.txt").read_text().splitlines() if l]
+        label_ids = {name: index for index, name in enumerate(label_names)}
+
+        def validate(row: dict[str, Any]) -> tuple[dict[str, Any] | None, dict[str, Any] | None]:
+            sample_id = stable_sample_id(params.name, row["source_id"])
+            reject = {"sample_id": sample_id, "source_id": row["source_id"]}
+            if row["problem"]:
+                return None, {**reject, "reason": row["problem"], "detail": row["detail"]}
+            raw = row["text"] or ""
+            cleaned = clean_post_text(raw, params.hashtags, params.expand_contractions)
+            if params.needs_text and not cleaned:
+                detail = "text is empty" if not raw.strip() else f"nothing left after cleaning {raw[:60]!r}"
+                return None, {**reject, "reason": "empty_text", "detail": detail}
+            facts = check_image(Path(row["image_path"]), params.min_image_side,
+                                params.max_image_pixels)
+            if isinstance(facts, ImageProblem):
+                return None, {**reject, "reason": facts.reason, "detail": facts.detail}
+            return {
+                "sample_id": sample_id, "source_id": row["source_id"], "dataset": params.name,
+                "image_path": row["image_path"], "text_raw": raw, "text": cleaned,
+                "label": row["label"], "label_id": label_ids.get(row["label"]),
+                "split": row["split"], "width": facts.width, "height": facts.height,
+                "image_format": facts.format, "image_sha256": facts.sha256,
+            }, None
+
+        kept, rejected = [], []
+        for good, bad in state.map(validate, listing):
+            (kept if good else rejected).append(good or bad)
+        return ShardOutput(rows_in=len(listing),
+                           tables={MAIN_TABLE: pa.Table.from_pylist(kept, schema=SCHEMA)},
+                           rejects=make_rejects(rejected))
+
+    def finalize(self, ctx: StageContext) -> dict[str, Any]:
+        """Counts per split and per label, for `inspect` and the run summary."""
+        table = StageArtifact(ctx.output_dir).read_all(columns=["split", "label"])
+        frame = table.to_pandas()
+        return {"splits": frame["split"].value_counts().to_dict(),
+                "labels": frame["label"].fillna("<none>").value_counts().to_dict()}

@@ -1,0 +1,30 @@
+"""Stage registry: name -> stage class, and the order of the pretraining chain."""
+
+from __future__ import annotations
+
+from affectflow.core.errors import UserError
+from affectflow.core.stage import Stage
+from affectflow.stages.ingest import IngestStage
+
+STAGES: dict[str, type[Stage]] = {cls.name: cls for cls in (IngestStage,)}
+
+PRETRAIN_CHAIN: tuple[str, ...] = ("ingest",)
+
+
+def get_stage(name: str) -> Stage:
+    if name not in STAGES:
+        raise UserError(f"unknown stage {name!r}", hint=f"known stages: {', '.join(STAGES)}")
+    return STAGES[name]()
+
+
+def downstream_of(name: str, chain: tuple[str, ...] | list[str]) -> list[str]:
+    """Stages of `chain` that read `name` directly or through other stages, in chain order."""
+    affected = {name}
+    result = []
+    for stage_name in chain:
+        if stage_name in affected:
+            continue
+        if any(dep in affected for dep in STAGES[stage_name].inputs):
+            affected.add(stage_name)
+            result.append(stage_name)
+    return result
