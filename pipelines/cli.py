@@ -34,7 +34,7 @@ def _run_flow(flow: Callable[..., dict[str, Any]], **kwargs: Any) -> dict[str, A
 def _print_stage_lines(stages: dict[str, dict[str, Any]]) -> None:
     for name, summary in stages.items():
         reasons = ", ".join(f"{k}: {v}" for k, v in summary["rejects_by_reason"].items())
-        print(f"  {name:<12} {summary['rows_in']} in = {summary['rows_out']} out + "
+        print(f"  {name:<12} {summary['status']:<8} {summary['rows_in']} in = {summary['rows_out']} out + "
               f"{summary['rows_rejected']} rejected{f' ({reasons})' if reasons else ''}"
               f"  [{summary['timings']['seconds']:.1f}s]")
 

@@ -80,6 +80,9 @@ def stale_downstream(ref: RunRef, config: BaseModel, stage_name: str) -> list[st
 
 
 def stage_summary(ref: RunRef, stage_name: str) -> dict[str, Any]:
+    """Counts and timings of a finished stage, plus whether this call computed or skipped it."""
     manifest = ref.store.stage(stage_name).manifest
-    return {key: manifest[key] for key in ("stage", "fingerprint", "rows_in", "rows_out",
-                                           "rows_rejected", "rejects_by_reason", "timings")}
+    status = ref.store.read().get("stages", {}).get(stage_name, {}).get("status", "done")
+    return {"status": status, **{key: manifest[key] for key in (
+        "stage", "fingerprint", "rows_in", "rows_out", "rows_rejected", "rejects_by_reason",
+        "timings")}}

@@ -55,7 +55,7 @@ def stage_report(artifact: StageArtifact, samples: int) -> str:
              f"{manifest['rows_rejected']} rejected, {len(manifest['shard_ids'])} shard(s), "
              f"{manifest['timings']['seconds']:.2f}s",
              "schema:"]
-    lines += [f"  {name}: {dtype}" for name, dtype in manifest["schema"].items()]
+    lines += [f"  {name}: {dtype}" for name, dtype in manifest["schema"]]
     for table in manifest.get("side_tables", []):
         lines.append(f"side table '{table}': {artifact.num_rows(table)} rows, "
                      f"columns {artifact.schema(table).names}")

@@ -12,7 +12,9 @@ from typing import Literal
 
 URL_RE = re.compile(r"(?:https?://|www\.)\S+", re.IGNORECASE)
 MENTION_RE = re.compile(r"(?<!\w)@\w+")
-HASHTAG_RE = re.compile(r"(?<!\w)#(\w+)")
+HASHTAG_RE = re.compile(r"#(\w*)")
+# Some dumps (TweetEval among them) store line breaks as the two characters backslash + n.
+ESCAPED_BREAK_RE = re.compile(r"\\[nrt]")
 SPACE_RE = re.compile(r"\s+")
 
 # Unambiguous English contractions; "'s" is left alone (is / has / possessive cannot be told apart).
@@ -45,10 +47,10 @@ def expand_contractions(text: str) -> str:
 def clean_post_text(text: str, hashtags: HashtagMode = "strip_sign",
                     contractions: bool = True) -> str:
     """Remove URLs and @mentions, handle #tags, expand contractions, unescape HTML, fold spaces."""
-    text = html.unescape(text)
+    text = ESCAPED_BREAK_RE.sub(" ", html.unescape(text))
     text = URL_RE.sub(" ", text)
     text = MENTION_RE.sub(" ", text)
-    text = HASHTAG_RE.sub(r"\1" if hashtags == "strip_sign" else " ", text)
+    text = HASHTAG_RE.sub(r" \1" if hashtags == "strip_sign" else " ", text)
     if contractions:
         text = expand_contractions(text)
     return SPACE_RE.sub(" ", text).strip()

@@ -1,0 +1,30 @@
+# Two commands a new user needs: `make demo` and `make test`. Each creates or refreshes the
+# virtual environment at .venv/ when it is missing or older than pyproject.toml.
+PYTHON ?= python3
+VENV := .venv
+STAMP := $(VENV)/.installed
+AFFECTFLOW := $(VENV)/bin/affectflow
+DEMO_DATA := artifacts/demo-data
+
+.PHONY: demo test bench venv clean-demo
+
+$(STAMP): pyproject.toml
+	test -x $(VENV)/bin/python || $(PYTHON) -m venv $(VENV)
+	$(VENV)/bin/python -m pip install --quiet --upgrade pip
+	$(VENV)/bin/python -m pip install --quiet -e '.[dev]'
+	touch $(STAMP)
+
+venv: $(STAMP)
+
+demo: $(STAMP)
+	$(AFFECTFLOW) demo-data $(DEMO_DATA)
+	$(AFFECTFLOW) run pretrain --config configs/demo.yaml
+
+test: $(STAMP)
+	$(VENV)/bin/python -m pytest -q
+
+bench: $(STAMP)
+	$(VENV)/bin/python -m bench --quick
+
+clean-demo:
+	rm -rf $(DEMO_DATA) artifacts/runs

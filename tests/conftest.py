@@ -1,0 +1,39 @@
+"""Shared fixtures: a small demo dataset and tiny dataset builders for ingest tests."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from affectflow.demo.generate import generate_demo
+
+SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+
+
+@pytest.fixture(scope="session")
+def demo_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A 60-post demo dataset, generated once per test session."""
+    out = tmp_path_factory.mktemp("demo")
+    generate_demo(out, posts=60, seed=7, per_class=6)
+    return out
+
+
+def write_image(path: Path, size: tuple[int, int] = (64, 64), colour: tuple[int, int, int] = (200, 40, 40),
+                fmt: str = "JPEG") -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.new("RGB", size, colour).save(path, format=fmt)
+    return path
+
+
+def write_tumemo(root: Path, posts: dict[str, tuple[str, str]]) -> Path:
+    """TumEmo layout from {id: (label, text)}; every post gets a valid 64x64 image."""
+    root.mkdir(parents=True, exist_ok=True)
+    lines = ["id label"]
+    for post_id, (label, text) in posts.items():
+        write_image(root / f"{post_id}.jpg")
+        (root / f"{post_id}.txt").write_text(text, encoding="utf-8")
+        lines.append(f"{post_id} {label}")
+    (root / "all_data_id_and_label.txt").write_text("\n".join(lines) + "\n")
+    return root

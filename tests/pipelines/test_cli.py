@@ -1,0 +1,98 @@
+"""The CLI end to end on a small demo dataset, under Prefect's test harness."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+from typing import Iterator
+
+import pytest
+
+from affectflow.pipelines.cli import main
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture
+def workdir(tmp_path: Path, demo_dir: Path) -> Iterator[Path]:
+    """A working folder with the demo config and demo data where the config expects them."""
+    shutil.copytree(REPO / "configs", tmp_path / "configs")
+    shutil.copytree(demo_dir, tmp_path / "artifacts" / "demo-data")
+    previous = Path.cwd()
+    os.chdir(tmp_path)
+    try:
+        yield tmp_path
+    finally:
+        os.chdir(previous)
+
+
+def run_cli(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
+    code = main(["--quiet", *argv])
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+def test_pretrain_rerun_runs_and_inspect(prefect_harness: None, workdir: Path,
+                                         capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, err = run_cli(capsys, "run", "pretrain", "--config", "configs/demo.yaml",
+                             "--run-id", "demo1", "--set", "ingest.shard_size=16")
+    assert code == 0, err
+    assert "run demo1 finished" in out
+    assert "ingest" in out and "61 in = 57 out + 4 rejected" in out
+    run = json.loads((workdir / "artifacts/runs/demo1/run.json").read_text())
+    assert run["config"]["ingest"]["shard_size"] == 16
+    assert run["stages"]["ingest"]["status"] == "done"
+    assert (workdir / "artifacts/runs/demo1/ingest/_manifest.json").is_file()
+    assert (workdir / "artifacts/runs/demo1/ingest/rejects.parquet").is_file()
+    assert len(list((workdir / "artifacts/runs/demo1/ingest").glob("part-*.parquet"))) == 4
+
+    code, out, _ = run_cli(capsys, "run", "pretrain", "--config", "configs/demo.yaml",
+                           "--run-id", "demo1", "--set", "ingest.shard_size=16")
+    assert code == 0 and "skipped" in out
+
+    code, out, _ = run_cli(capsys, "stage", "ingest", "--run", "demo1",
+                           "--set", "ingest.min_image_side=100")
+    assert code == 0 and "running" not in out
+    assert "downstream stages now stale" in out
+    run = json.loads((workdir / "artifacts/runs/demo1/run.json").read_text())
+    assert run["config"]["ingest"]["min_image_side"] == 100
+
+    code, out, _ = run_cli(capsys, "runs")
+    assert code == 0 and "demo1" in out and "ingest" in out
+
+    code, out, _ = run_cli(capsys, "inspect", "demo1", "ingest", "--samples", "2")
+    assert code == 0
+    for expected in ("schema:", "sample_id: string", "rejects by reason:", "truncated_image",
+                     "first 2 rows:"):
+        assert expected in out
+
+    code, out, _ = run_cli(capsys, "inspect", "demo1")
+    assert code == 0 and "ingest" in out
+
+
+@pytest.mark.parametrize(("argv", "message"), [
+    (["run", "pretrain", "--config", "configs/missing.yaml"], "config file not found"),
+    (["run", "pretrain", "--config", "configs/demo.yaml", "--set", "ingest.nope=1"],
+     "unknown key 'ingest.nope'"),
+    (["stage", "nosuch", "--run", "x"], "unknown stage 'nosuch'"),
+    (["stage", "ingest", "--run", "never-ran"], "no run 'never-ran'"),
+    (["inspect", "never-ran"], "no run 'never-ran'"),
+    (["demo-data", "out", "--posts", "3"], "too small"),
+])
+def test_errors_are_one_line_with_a_hint(workdir: Path, capsys: pytest.CaptureFixture[str],
+                                         argv: list[str], message: str) -> None:
+    code, _, err = run_cli(capsys, *argv)
+    assert code == 2
+    lines = err.strip().splitlines()
+    assert lines[0].startswith("error: ") and message in lines[0]
+    assert "Traceback" not in err and len(lines) <= 2
+
+
+def test_every_command_has_help(capsys: pytest.CaptureFixture[str]) -> None:
+    for command in ("demo-data", "run", "stage", "runs", "inspect"):
+        with pytest.raises(SystemExit) as exited:
+            main([command, "--help"])
+        assert exited.value.code == 0
+        assert "usage: affectflow" in capsys.readouterr().out

@@ -1,0 +1,70 @@
+"""Config validation fails before any work, naming the key and the fix."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from affectflow.core.errors import UserError
+from affectflow.pipelines.config import apply_overrides, load_config, parse_override
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def write(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "c.yaml"
+    path.write_text(text)
+    return path
+
+
+def test_demo_config_is_valid_once_the_data_exists(demo_dir: Path) -> None:
+    config = load_config(REPO / "configs" / "demo.yaml",
+                         [f"ingest.path={demo_dir / 'tumemo'}"])
+    assert config.ingest.source == "tumemo"
+    assert config.run.stages[0] == "ingest"
+
+
+@pytest.mark.parametrize(("text", "overrides", "message", "hint"), [
+    ("ingest: {source: tumemo, path: ., colour: red}", [], "unknown key 'ingest.colour'", "spelling"),
+    ("ingest: {source: tumemo, path: ., shard_size: many}", [], "'ingest.shard_size'", "--set ingest.shard_size"),
+    ("ingest: {source: tumemo, path: /definitely/missing}", [], "path does not exist", "ingest.path"),
+    ("ingest: {path: .}", [], "missing key 'ingest.source'", "add 'source"),
+    ("run: {stages: [ingest]}", [], "have no section", "ingest:"),
+    ("run: {stages: [nope]}\ningest: {source: tumemo, path: .}", [], "unknown stages", "run.stages"),
+    ("ingest: {source: tumemo, path: .}", ["run.workers=0"], "'run.workers'", "run.workers"),
+    ("colours: 3", [], "unknown key 'colours'", "spelling"),
+    ("- a list", [], "must be a mapping", ""),
+    ("ingest: [unclosed", [], "not valid YAML", ""),
+])
+def test_config_errors_name_the_key(tmp_path: Path, text: str, overrides: list[str],
+                                    message: str, hint: str) -> None:
+    with pytest.raises(UserError) as caught:
+        load_config(write(tmp_path, text), overrides)
+    assert message in caught.value.message
+    assert hint in caught.value.hint or hint in caught.value.message
+
+
+def test_missing_config_file(tmp_path: Path) -> None:
+    with pytest.raises(UserError, match="config file not found"):
+        load_config(tmp_path / "none.yaml")
+
+
+def test_overrides_parse_yaml_values_and_nest() -> None:
+    assert parse_override("ingest.shard_size=64") == (["ingest", "shard_size"], 64)
+    assert parse_override("a.b.c=[1, 2]") == (["a", "b", "c"], [1, 2])
+    assert apply_overrides({"a": {"x": 1}}, ["a.y=true", "b.z=hi"]) == \
+        {"a": {"x": 1, "y": True}, "b": {"z": "hi"}}
+    for bad in ("noequals", "top=1"):
+        with pytest.raises(UserError):
+            parse_override(bad)
+
+
+def test_stage_order_must_respect_inputs(tmp_path: Path) -> None:
+    from affectflow.stages.registry import STAGES
+    downstream = [name for name, cls in STAGES.items() if cls.inputs]
+    if not downstream:
+        pytest.skip("no stage with inputs registered yet")
+    text = f"run: {{stages: [{downstream[0]}, ingest]}}\ningest: {{source: tumemo, path: .}}"
+    with pytest.raises(UserError, match="listed before it"):
+        load_config(write(tmp_path, text))

@@ -1,0 +1,161 @@
+"""Ingest of each source kind and every reject reason; accounting always closes."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import pytest
+from pydantic import ValidationError
+
+from affectflow.core.runner import StageJob, run_stage
+from affectflow.core.runs import RunStore
+from affectflow.stages.ingest import IngestParams, IngestStage
+from tests.conftest import write_image, write_tumemo
+
+
+@dataclass(frozen=True)
+class Settings:
+    workers: int = 2
+
+
+def ingest(tmp_path: Path, **params: Any) -> tuple[dict[str, Any], pd.DataFrame, pd.DataFrame]:
+    store = RunStore(tmp_path / "artifacts", "run")
+    store.create({}, {})
+    manifest = run_stage(StageJob(store, IngestStage(), IngestParams(**params), Settings()))
+    assert manifest["rows_in"] == manifest["rows_out"] + manifest["rows_rejected"]
+    artifact = store.stage("ingest")
+    rows = artifact.read_all().to_pandas() if manifest["rows_out"] else pd.DataFrame()
+    return manifest, rows, artifact.rejects().to_pandas()
+
+
+def reasons(rejects: pd.DataFrame) -> dict[str, str]:
+    return dict(zip(rejects["source_id"], rejects["reason"]))
+
+
+def test_tumemo_every_reject_reason(tmp_path: Path) -> None:
+    root = write_tumemo(tmp_path / "tumemo", {
+        "1": ("Happy", "so happy today #sunshine @bob https://t.co/x can't wait"),
+        "2": ("Sad", "   "),
+        "3": ("Calm", "fine"), "4": ("Calm", "fine"), "5": ("Calm", "fine"),
+        "6": ("Calm", "fine"), "7": ("Calm", "fine"), "8": ("Joyful", "unknown label"),
+        "9": ("Fear", "latin-1 text"), "10": ("Love", "no text file"),
+        "11": ("Angry", "@only https://t.co/only"),
+    })
+    (root / "3.jpg").write_bytes(b"")
+    data = (root / "4.jpg").read_bytes()
+    (root / "4.jpg").write_bytes(data[: len(data) // 2])
+    (root / "5.jpg").write_bytes(b"this is not an image at all")
+    write_image(root / "6.jpg", size=(10, 10))
+    (root / "7.jpg").unlink()
+    (root / "9.txt").write_bytes("caf\xe9 triste".encode("latin-1"))
+    (root / "10.txt").unlink()
+    with open(root / "all_data_id_and_label.txt", "a") as handle:
+        handle.write("1 Happy\nthis line is malformed\n")
+
+    manifest, rows, rejects = ingest(tmp_path, source="tumemo", path=root,
+                                     text_encodings=["utf-8"], dataset_name="t")
+    assert reasons(rejects) == {
+        "2": "empty_text", "3": "zero_byte_image", "4": "truncated_image", "5": "unreadable_image",
+        "6": "image_too_small", "7": "missing_image", "8": "unknown_label",
+        "9": "undecodable_text", "10": "missing_text", "11": "empty_text",
+        "1": "duplicate_id", "line:14": "malformed_line"}
+    assert manifest["rows_in"] == 13 and manifest["rows_out"] == 1
+    row = rows.iloc[0]
+    assert row["text_raw"].startswith("so happy today #sunshine")
+    assert row["text"] == "so happy today sunshine cannot wait"
+    assert (row["width"], row["height"], row["image_format"]) == (64, 64, "JPEG")
+    assert len(row["sample_id"]) == 32 and len(row["image_sha256"]) == 64
+    assert row["label"] == "Happy" and row["label_id"] == 1
+
+
+def test_tumemo_latin1_fallback_and_decompression_limit(tmp_path: Path) -> None:
+    root = write_tumemo(tmp_path / "tumemo", {"1": ("Sad", "x"), "2": ("Sad", "y")})
+    (root / "1.txt").write_bytes("caf\xe9 triste".encode("latin-1"))
+    write_image(root / "2.jpg", size=(300, 300))
+    _, rows, rejects = ingest(tmp_path, source="tumemo", path=root, max_image_pixels=200 * 200)
+    assert rows["text"].tolist() == ["café triste"]
+    assert reasons(rejects) == {"2": "image_too_large"}
+
+
+@pytest.mark.parametrize("fmt", ["csv", "jsonl", "parquet"])
+def test_manifest_sources(tmp_path: Path, fmt: str) -> None:
+    write_image(tmp_path / "img" / "a.png", fmt="PNG")
+    write_image(tmp_path / "img" / "b.jpg")
+    records = [{"post": "a", "file": "img/a.png", "body": "a red car", "emo": "joy", "split": "train"},
+               {"post": "b", "file": "img/b.jpg", "body": "a blue boat", "emo": "anger", "split": "test"},
+               {"post": "c", "file": "img/missing.jpg", "body": "gone", "emo": "joy", "split": "val"},
+               {"post": "d", "file": "img/a.png", "body": "bad split", "emo": "joy", "split": "holdout"}]
+    path = tmp_path / f"manifest.{fmt}"
+    frame = pd.DataFrame(records)
+    if fmt == "csv":
+        frame.to_csv(path, index=False)
+    elif fmt == "jsonl":
+        path.write_text("\n".join(json.dumps(r) for r in records))
+    else:
+        frame.to_parquet(path)
+    columns = {"id": "post", "image": "file", "text": "body", "label": "emo", "split": "split"}
+    manifest, rows, rejects = ingest(tmp_path, source="manifest", path=path, columns=columns)
+    assert rows["source_id"].tolist() == ["a", "b"]
+    assert rows["split"].tolist() == ["train", "test"]
+    assert rows["image_format"].tolist() == ["PNG", "JPEG"]
+    assert reasons(rejects) == {"c": "missing_image", "d": "unknown_split"}
+
+
+def test_manifest_with_missing_column_is_a_user_error(tmp_path: Path) -> None:
+    path = tmp_path / "m.csv"
+    pd.DataFrame([{"id": "a", "text": "x"}]).to_csv(path, index=False)
+    from affectflow.core.errors import UserError
+    with pytest.raises(UserError, match="no column 'image'"):
+        ingest(tmp_path, source="manifest", path=path)
+
+
+def test_image_folder_with_stratified_split(tmp_path: Path) -> None:
+    for label in ("anger", "awe"):
+        for index in range(10):
+            write_image(tmp_path / "fi" / label / f"{index}.jpg")
+    (tmp_path / "fi" / "awe" / "notes.txt").write_text("not an image")
+    _, rows, rejects = ingest(tmp_path, source="image_folder", path=tmp_path / "fi")
+    assert len(rows) == 20 and rejects.empty
+    counts = rows.groupby(["label", "split"]).size().to_dict()
+    assert counts == {("anger", "test"): 1, ("anger", "train"): 8, ("anger", "val"): 1,
+                      ("awe", "test"): 1, ("awe", "train"): 8, ("awe", "val"): 1}
+    assert sorted(rows["label_id"].unique()) == [0, 1]
+    _, again, _ = ingest(tmp_path / "again", source="image_folder", path=tmp_path / "fi")
+    assert rows.set_index("source_id")["split"].equals(again.set_index("source_id")["split"])
+
+
+def test_image_folder_with_split_files(tmp_path: Path) -> None:
+    for label in ("anger", "awe"):
+        write_image(tmp_path / "fi" / label / "0.jpg")
+        write_image(tmp_path / "fi" / label / "1.jpg")
+    splits = tmp_path / "splits"
+    splits.mkdir()
+    (splits / "train.txt").write_text("anger/0.jpg\nawe/0.jpg\n")
+    (splits / "val.txt").write_text("anger/1.jpg\n")
+    (splits / "test.txt").write_text("awe/1.jpg\n")
+    _, rows, _ = ingest(tmp_path, source="image_folder", path=tmp_path / "fi", split_dir=splits)
+    assert dict(zip(rows["source_id"], rows["split"])) == {
+        "anger/0.jpg": "train", "anger/1.jpg": "val", "awe/0.jpg": "train", "awe/1.jpg": "test"}
+
+
+def test_demo_dataset_ingests_with_its_planted_bad_files(demo_dir: Path, tmp_path: Path) -> None:
+    manifest, rows, rejects = ingest(tmp_path, source="tumemo", path=demo_dir / "tumemo",
+                                     shard_size=16)
+    assert manifest["rows_in"] == 61
+    assert sorted(rejects["reason"]) == ["duplicate_id", "empty_text", "truncated_image",
+                                         "zero_byte_image"]
+    assert len(manifest["shard_ids"]) == 4
+    assert set(rows["split"]) == {"train", "val", "test"}
+
+
+def test_params_are_validated(tmp_path: Path) -> None:
+    with pytest.raises(ValidationError, match="path does not exist"):
+        IngestParams(source="tumemo", path=tmp_path / "nope")
+    with pytest.raises(ValidationError, match="unknown text encoding"):
+        IngestParams(source="tumemo", path=tmp_path, text_encodings=["klingon"])
+    with pytest.raises(ValidationError, match="sum to 1"):
+        IngestParams(source="tumemo", path=tmp_path, split_ratios=(0.5, 0.1, 0.1))
