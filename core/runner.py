@@ -60,16 +60,18 @@ class StageJob:
             artifacts[name] = artifact
         return artifacts
 
-    def fingerprint(self) -> str:
-        """hash(stage name, params, input fingerprints, code version, external source)."""
+    def fingerprint(self) -> tuple[str, str | None]:
+        """hash(stage name, params, input fingerprints, code version, external source), and the
+        external source's own fingerprint (computed once: it may stat a whole dataset)."""
+        source = self.stage.source_fingerprint(self.params, self.settings)
         return hash_value({
             "stage": self.stage.name,
             "params": self.params.model_dump(mode="json"),
             "inputs": {name: art.fingerprint for name, art in self.input_artifacts().items()},
             "code": self.stage.code_version(),
             "schema_version": self.stage.schema_version,
-            "source": self.stage.source_fingerprint(self.params, self.settings),
-        })
+            "source": source,
+        }), source
 
     def context(self, fingerprint: str) -> StageContext:
         out = self.output.path
@@ -103,7 +105,7 @@ def _shard_done(job: StageJob, shard_id: int, fingerprint: str) -> bool:
 
 def plan_stage(job: StageJob, force: bool = False) -> StagePlan:
     """Decide what to do: nothing (fingerprint unchanged), resume finished shards, or start over."""
-    fingerprint = job.fingerprint()
+    fingerprint, source_fingerprint = job.fingerprint()
     out = job.output
     if not force and out.complete and out.manifest.get("fingerprint") == fingerprint:
         ids = out.manifest.get("shard_ids", [])
@@ -122,6 +124,7 @@ def plan_stage(job: StageJob, force: bool = False) -> StagePlan:
         out.path.mkdir(parents=True)
         shard_ids = list(job.stage.prepare(job.context(fingerprint)))
         write_json(plan_file, {"fingerprint": fingerprint, "shard_ids": shard_ids,
+                               "source_fingerprint": source_fingerprint,
                                "started": utc_now(), "started_at": time.time()})
     pending = [sid for sid in shard_ids if not _shard_done(job, sid, fingerprint)]
     if resumable and len(pending) < len(shard_ids):
@@ -208,7 +211,7 @@ def finalize_stage(job: StageJob, fingerprint: str) -> dict[str, Any]:
         "params": job.params.model_dump(mode="json"),
         "fingerprint": fingerprint,
         "inputs": {name: art.fingerprint for name, art in ctx.inputs.items()},
-        "source_fingerprint": job.stage.source_fingerprint(job.params, job.settings),
+        "source_fingerprint": plan["source_fingerprint"],
         "code_version": job.stage.code_version(),
         "affectflow_version": affectflow.__version__,
         "schema_version": job.stage.schema_version,
