@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 from pathlib import Path
 from typing import Any
 
@@ -34,3 +35,19 @@ def hash_file(path: Path, chunk_size: int = 1 << 20) -> str:
 def stable_sample_id(*parts: str) -> str:
     """128-bit id from the sample's source identity (dataset name + source id), hex encoded."""
     return hashlib.sha256("\x1f".join(parts).encode("utf-8")).hexdigest()[:32]
+
+
+def tree_fingerprint(root: Path) -> str:
+    """Hash of every file's relative path, size and mtime below `root` (or of the file itself).
+
+    Cheap (stat only) and changes whenever a file is added, removed, rewritten or touched.
+    """
+    entries = []
+    if root.is_file():
+        paths = [root]
+    else:
+        paths = [Path(folder) / name for folder, _, names in os.walk(root) for name in names]
+    for path in sorted(paths):
+        stat = path.stat()
+        entries.append((str(path.relative_to(root.parent)), stat.st_size, stat.st_mtime_ns))
+    return hash_value(entries)

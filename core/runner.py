@@ -51,7 +51,7 @@ class StageJob:
 
     def input_artifacts(self) -> dict[str, StageArtifact]:
         artifacts = {}
-        for name in self.stage.inputs:
+        for name in self.stage.input_names(self.params):
             artifact = self.run.stage(name)
             if not artifact.complete:
                 raise UserError(f"stage '{self.stage.name}' needs '{name}', which has not finished "
@@ -158,8 +158,11 @@ def compute_shard(job: StageJob, fingerprint: str, shard_id: int) -> ShardOutput
     for table_name, table in output.tables.items():
         if table_name not in schemas:
             raise RuntimeError(f"{job.stage.name} produced undeclared table '{table_name}'")
-        output.tables[table_name] = table.select(schemas[table_name].names).cast(
-            schemas[table_name])
+        selected = table.select(schemas[table_name].names)
+        # Side tables hold vectors whose width depends on the model: their declared schema fixes
+        # the columns, the writer keeps the actual (fixed-size list) types.
+        output.tables[table_name] = (selected.cast(schemas[table_name])
+                                     if table_name == MAIN_TABLE else selected)
     output.rejects = output.rejects.select(REJECTS_SCHEMA.names).cast(REJECTS_SCHEMA)
     return output
 
@@ -216,7 +219,8 @@ def finalize_stage(job: StageJob, fingerprint: str) -> dict[str, Any]:
         "affectflow_version": affectflow.__version__,
         "schema_version": job.stage.schema_version,
         "schema": [[field.name, str(field.type)] for field in job.stage.schema],
-        "side_tables": sorted(job.stage.side_schemas),
+        "side_tables": {name: [[f.name, str(f.type)] for f in job.output.schema(name)]
+                        for name in sorted(job.stage.side_schemas)},
         "shard_ids": shard_ids,
         "rows_in": rows_in, "rows_out": rows_out, "rows_rejected": rows_rejected,
         "rejects_by_reason": by_reason,

@@ -81,6 +81,11 @@ class Stage(ABC):
     # parallel tasks; stages that hold a model process their shards in one task instead.
     shard_parallel: ClassVar[bool] = False
 
+    def input_names(self, params: StageParams) -> tuple[str, ...]:
+        """Inputs this configuration actually reads (a subset of `inputs`, which is the maximum
+        set and fixes the stage order)."""
+        return self.inputs
+
     def code_version(self) -> str:
         """Hash of the module that defines the stage: editing the stage's code reruns it."""
         source = inspect.getsource(inspect.getmodule(type(self)))  # type: ignore[arg-type]
@@ -92,7 +97,7 @@ class Stage(ABC):
 
     def prepare(self, ctx: StageContext) -> list[int]:
         """Default for map stages: one shard per shard of the first input."""
-        return ctx.input(self.inputs[0]).shard_ids()
+        return ctx.input(self.input_names(ctx.params)[0]).shard_ids()
 
     def setup(self, ctx: StageContext) -> Any:
         return None

@@ -6,7 +6,6 @@ row ends up either in the output or in `rejects.parquet` with a reason.
 
 from __future__ import annotations
 
-import os
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Literal
@@ -16,7 +15,7 @@ import pyarrow.parquet as pq
 from pydantic import Field, field_validator, model_validator
 
 from affectflow.core.atomic import write_parquet
-from affectflow.core.hashing import hash_value, stable_sample_id
+from affectflow.core.hashing import hash_value, stable_sample_id, tree_fingerprint
 from affectflow.core.stage import ShardOutput, Stage, StageContext, StageParams
 from affectflow.core.store import MAIN_TABLE, StageArtifact, make_rejects
 from affectflow.stages.image_check import ImageProblem, check_image
@@ -114,16 +113,6 @@ class IngestParams(StageParams):
         return None
 
 
-def _tree_fingerprint(root: Path) -> str:
-    """Hash of every file's relative path, size and mtime below `root` (or of the file itself)."""
-    entries = []
-    paths = [root] if root.is_file() else [Path(d) / f for d, _, files in os.walk(root) for f in files]
-    for path in sorted(paths):
-        stat = path.stat()
-        entries.append((str(path.relative_to(root.parent)), stat.st_size, stat.st_mtime_ns))
-    return hash_value(entries)
-
-
 def list_source(params: IngestParams) -> list[SourceRecord]:
     if params.source == "tumemo":
         records = list_tumemo(params.path, params.image_dir or params.path,
@@ -147,7 +136,7 @@ class IngestStage(Stage):
 
     def source_fingerprint(self, params: IngestParams, settings: Any) -> str:  # type: ignore[override]
         roots = [params.path] + [p for p in (params.image_dir, params.text_dir, params.split_dir) if p]
-        return hash_value([_tree_fingerprint(root) for root in roots])
+        return hash_value([tree_fingerprint(root) for root in roots])
 
     def prepare(self, ctx: StageContext) -> list[int]:
         params: IngestParams = ctx.params  # type: ignore[assignment]
