@@ -18,6 +18,7 @@ venv: $(STAMP)
 
 demo: $(STAMP)
 	$(AFFECTFLOW) demo-data $(DEMO_DATA)
+	$(AFFECTFLOW) demo-models $(DEMO_DATA)
 	$(AFFECTFLOW) run pretrain --config configs/demo.yaml
 
 test: $(STAMP)

@@ -14,7 +14,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from affectflow.core.errors import UserError
-from affectflow.demo.scenes import (COLOURS, EMOTION_PALETTES, EMOTION_WORDS, FI_CLASSES,
+from affectflow.demo.scenes import (COLOURS, EMOTION_MOODS, EMOTION_PALETTES, EMOTION_WORDS,
+                                    FI_CLASSES,
                                     FI_PALETTE_SHIFT, FI_TO_POST_EMOTION, OBJECTS,
                                     OPPOSITE_EMOTION, draw_scene)
 
@@ -125,14 +126,43 @@ def write_ground_truth(path: Path, posts: list[Post]) -> None:
                              bad.get(post.post_id, "")])
 
 
+def write_caption_pairs(root: Path, count: int, rng: random.Random, size: int) -> None:
+    """Clean image–caption pairs (objects, colours and mood all true) for the demo's CLIP and
+    captioner: the stand-in for the web-scale pretraining real models come with."""
+    root.mkdir(parents=True, exist_ok=True)
+    emotions = sorted(EMOTION_PALETTES)
+    with open(root / "manifest.csv", "w", newline="", encoding="utf-8") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["id", "image", "text", "label"])
+        for index in range(count):
+            emotion = emotions[index % len(emotions)]
+            objects = _scene(rng)
+            draw_scene(emotion, objects, rng, size).save(root / f"{index:05d}.jpg", quality=90)
+            moods = list(EMOTION_MOODS[emotion])
+            rng.shuffle(moods)
+            writer.writerow([f"{index:05d}", f"{index:05d}.jpg",
+                             f"a {moods[0]}, {moods[1]} picture of {_describe(objects)}", emotion])
+
+
+def write_anp_vocabulary(path: Path) -> None:
+    """The demo's adjective–noun vocabulary: every mood adjective with every object noun."""
+    anps = [f"{mood}_{noun}" for moods in EMOTION_MOODS.values() for mood in moods
+            for noun in OBJECTS]
+    path.write_text("\n".join(anps) + "\n", encoding="utf-8")
+
+
 def generate_demo(out_dir: Path, posts: int = 420, seed: int = 0, image_size: int = 128,
-                  per_class: int = 40) -> dict[str, int]:
-    """Write `tumemo/`, `fi/` and `ground_truth.csv` under `out_dir`; same seed, same bytes."""
+                  per_class: int = 40, caption_pairs: int = 1400) -> dict[str, int]:
+    """Write `tumemo/`, `fi/`, `captions/`, `anps.txt` and `ground_truth.csv` under `out_dir`;
+    the same seed gives the same bytes."""
     if posts < 20:
         raise UserError(f"--posts {posts} is too small", hint="use at least 20 posts")
     rng = random.Random(seed)
     records = make_posts(posts, rng)
     write_tumemo(out_dir / "tumemo", records, random.Random(seed + 1), image_size)
     write_image_folder(out_dir / "fi", per_class, random.Random(seed + 2), image_size)
+    write_caption_pairs(out_dir / "captions", caption_pairs, random.Random(seed + 3), image_size)
+    write_anp_vocabulary(out_dir / "anps.txt")
     write_ground_truth(out_dir / "ground_truth.csv", records)
-    return {"posts": posts, "label_lines": posts + 1, "fi_images": per_class * len(FI_CLASSES)}
+    return {"posts": posts, "label_lines": posts + 1, "fi_images": per_class * len(FI_CLASSES),
+            "caption_pairs": caption_pairs}

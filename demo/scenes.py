@@ -31,6 +31,14 @@ EMOTION_WORDS: dict[str, list[str]] = {
     "Fear": ["scared", "afraid", "terrified", "creepy", "nightmare"],
 }
 
+# Mood adjectives describe a palette in the clean captions the demo CLIP learns from, and make
+# up the demo's adjective-noun vocabulary (mood adjective x object).
+EMOTION_MOODS: dict[str, tuple[str, str]] = {
+    "Love": ("romantic", "tender"), "Happy": ("cheerful", "sunny"), "Calm": ("peaceful", "serene"),
+    "Bored": ("dull", "grey"), "Sad": ("gloomy", "lonely"), "Angry": ("furious", "violent"),
+    "Fear": ("scary", "haunted"),
+}
+
 # Emotional mismatch flips the text's emotion to a clearly different one.
 OPPOSITE_EMOTION = {"Love": "Angry", "Happy": "Sad", "Calm": "Fear", "Bored": "Happy",
                     "Sad": "Happy", "Angry": "Calm", "Fear": "Calm"}

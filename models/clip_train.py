@@ -47,7 +47,7 @@ def train_clip(bundle: ClipBundle, pixels: torch.Tensor, texts: Sequence[str], e
             loss.backward()
             optimizer.step()
             schedule.step()
-            losses.append(float(loss))
+            losses.append(float(loss.detach()))
         history.append(sum(losses) / len(losses))
         logger.info("clip training epoch %d/%d: loss %.4f", epoch + 1, epochs, history[-1])
     model.eval()

@@ -26,6 +26,14 @@ def _cmd_demo_data(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_demo_models(args: argparse.Namespace) -> int:
+    from affectflow.demo.models import build_demo_models
+
+    built = build_demo_models(Path(args.dir), epochs=args.epochs, seed=args.seed)
+    print(f"demo models ready: {built}")
+    return 0
+
+
 def _run_flow(flow: Callable[..., dict[str, Any]], **kwargs: Any) -> dict[str, Any]:
     configure_prefect_env()
     return flow(**kwargs)
@@ -100,6 +108,12 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--posts", type=int, default=420, help="number of posts (default 420)")
     demo.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     demo.set_defaults(func=_cmd_demo_data)
+
+    models = commands.add_parser("demo-models", help="train/build the demo's small models")
+    models.add_argument("dir", help="demo data folder (models go to DIR/models)")
+    models.add_argument("--epochs", type=int, default=8, help="CLIP training epochs (default 8)")
+    models.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    models.set_defaults(func=_cmd_demo_models)
 
     run = commands.add_parser("run", help="run a pipeline flow from a config")
     run.add_argument("flow", choices=["pretrain"], help="which flow")

@@ -16,7 +16,7 @@ from prefect.futures import PrefectFuture, wait
 from prefect.task_runners import ThreadPoolTaskRunner
 
 from affectflow.core.runner import finalize_stage, plan_stage, run_shard, run_stage
-from affectflow.pipelines.config import config_snapshot, load_config
+from affectflow.pipelines.config import config_snapshot, load_config, stage_params
 from affectflow.pipelines.execution import (RunRef, code_version, make_job, open_run, run_config,
                                             stage_summary, stale_downstream)
 from affectflow.stages.registry import STAGES
@@ -66,8 +66,10 @@ def submit_stage(ref: RunRef, stage_name: str, force: bool,
 def run_chain(ref: RunRef, stages: list[str], force: list[str]) -> dict[str, Any]:
     """Submit stages in order; each waits only for its own inputs, so independent ones overlap."""
     futures: dict[str, PrefectFuture[dict[str, Any]]] = {}
+    config = run_config(ref)
     for name in stages:
-        upstream = [futures[dep] for dep in STAGES[name].inputs if dep in futures]
+        inputs = make_job(ref, config, name).stage.input_names(stage_params(config, name))
+        upstream = [futures[dep] for dep in inputs if dep in futures]
         futures[name] = submit_stage(ref, name, name in force, upstream)
     wait(list(futures.values()))
     return {name: future.result() for name, future in futures.items()}

@@ -56,9 +56,9 @@ def stage_report(artifact: StageArtifact, samples: int) -> str:
              f"{manifest['timings']['seconds']:.2f}s",
              "schema:"]
     lines += [f"  {name}: {dtype}" for name, dtype in manifest["schema"]]
-    for table in manifest.get("side_tables", []):
+    for table, columns in manifest.get("side_tables", {}).items():
         lines.append(f"side table '{table}': {artifact.num_rows(table)} rows, "
-                     f"columns {artifact.schema(table).names}")
+                     + ", ".join(f"{name}: {dtype}" for name, dtype in columns))
     if manifest["rejects_by_reason"]:
         lines.append("rejects by reason:")
         lines += [f"  {reason}: {count}" for reason, count in

@@ -4,11 +4,14 @@ from __future__ import annotations
 
 from affectflow.core.errors import UserError
 from affectflow.core.stage import Stage
+from affectflow.stages.emotional import EmotionalStage
+from affectflow.stages.factual import FactualStage
 from affectflow.stages.ingest import IngestStage
 
-STAGES: dict[str, type[Stage]] = {cls.name: cls for cls in (IngestStage,)}
+STAGES: dict[str, type[Stage]] = {cls.name: cls for cls in (IngestStage, FactualStage,
+                                                             EmotionalStage)}
 
-PRETRAIN_CHAIN: tuple[str, ...] = ("ingest",)
+PRETRAIN_CHAIN: tuple[str, ...] = ("ingest", "factual", "emotional")
 
 
 def get_stage(name: str) -> Stage:

@@ -8,15 +8,17 @@ import pytest
 from PIL import Image
 
 from affectflow.demo.generate import generate_demo
+from affectflow.demo.models import build_demo_models
 
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 
 
 @pytest.fixture(scope="session")
 def demo_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A 60-post demo dataset, generated once per test session."""
+    """A 60-post demo dataset with its demo models (a briefly trained tiny CLIP), built once."""
     out = tmp_path_factory.mktemp("demo")
-    generate_demo(out, posts=60, seed=7, per_class=6)
+    generate_demo(out, posts=60, seed=7, per_class=6, caption_pairs=640)
+    build_demo_models(out, epochs=8, seed=0)
     return out
 
 

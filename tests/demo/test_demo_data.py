@@ -19,9 +19,9 @@ def tree_digest(root: Path) -> str:
 
 
 def test_same_seed_same_bytes_other_seed_other_bytes(tmp_path: Path) -> None:
-    generate_demo(tmp_path / "a", posts=24, seed=3, per_class=2)
-    generate_demo(tmp_path / "b", posts=24, seed=3, per_class=2)
-    generate_demo(tmp_path / "c", posts=24, seed=4, per_class=2)
+    generate_demo(tmp_path / "a", posts=24, seed=3, per_class=2, caption_pairs=14)
+    generate_demo(tmp_path / "b", posts=24, seed=3, per_class=2, caption_pairs=14)
+    generate_demo(tmp_path / "c", posts=24, seed=4, per_class=2, caption_pairs=14)
     assert tree_digest(tmp_path / "a") == tree_digest(tmp_path / "b")
     assert tree_digest(tmp_path / "a") != tree_digest(tmp_path / "c")
 

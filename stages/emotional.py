@@ -1,0 +1,176 @@
+"""`emotional`: emotional agreement of image and post (PACL stage 1, emotional side).
+
+D(v) = the image's top-k adjective–noun pairs, detected zero-shot with CLIP against an ANP
+vocabulary (DeepSentiBank's Caffe detector cannot run here); B = a sentence encoder for tweets.
+emotional_score = cosine(B(D(v) joined as text), B(post text)). B(post text) is kept as the
+`text_features` side table: the frozen text features that clustering and PACL reuse.
+
+By default the image embeddings come from the `factual` stage when it used the same CLIP (the
+image pass is the dominant cost); the stage then runs after `factual`. With
+`reuse_factual_embeddings: false` it encodes images itself and can run concurrently with it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import torch
+from pydantic import Field, field_validator
+
+from affectflow.core.errors import UserError
+from affectflow.core.stage import ShardOutput, Stage, StageContext, StageParams
+from affectflow.core.store import MAIN_TABLE, StageArtifact, make_rejects
+from affectflow.models.anp import AnpScorer, load_anp_vocabulary
+from affectflow.models.clip import ClipBundle, encode_images, load_clip
+from affectflow.models.text_encoder import TextEncoder, load_text_encoder
+from affectflow.stages.batching import prefetched_image_batches
+from affectflow.stages.factual import EMBEDDINGS, column_vectors, vector_column
+from affectflow.stages.model_specs import check_model_spec, model_fingerprint, resolve_text_encoder
+
+TEXT_FEATURES = "text_features"
+
+
+class EmotionalParams(StageParams):
+    clip: str = Field("ViT-B-32:laion2b_s34b_b79k", description="CLIP for zero-shot ANP detection")
+    anp_vocabulary: Path | None = Field(None, description="adjective_noun per line; default MVSO English")
+    anp_templates: list[str] = Field(default_factory=lambda: ["a photo of {}."], min_length=1)
+    top_k: int = Field(3, ge=1, le=20)
+    anp_score: str = Field("cosine", pattern="^(cosine|softmax)$")
+    text_encoder: str = Field("vinai/bertweet-base", description="hub id or local folder")
+    pooling: str = Field("mean", pattern="^(mean|cls)$")
+    normalize_tweets: bool | None = Field(None, description="default: on for BERTweet")
+    max_length: int | None = Field(None, ge=2)
+    text_column: str = Field("text", pattern="^(text|text_raw)$")
+    reuse_factual_embeddings: bool = True
+    batch_size: int = Field(64, ge=1)
+    device: str | None = None
+    seed: int = 0
+
+    @field_validator("clip", "text_encoder")
+    @classmethod
+    def _local_models_exist(cls, value: str) -> str:
+        return check_model_spec(value)
+
+    @field_validator("anp_vocabulary")
+    @classmethod
+    def _vocabulary_exists(cls, value: Path | None) -> Path | None:
+        if value is not None and not value.is_file():
+            raise ValueError(f"file not found: {value} (an adjective_noun-per-line file; omit the "
+                             f"key for the packaged MVSO vocabulary)")
+        return value
+
+
+@dataclass
+class EmotionalState:
+    clip: ClipBundle
+    anps: AnpScorer
+    text_encoder: TextEncoder
+
+
+class EmotionalStage(Stage):
+    name = "emotional"
+    inputs = ("ingest", "factual")
+    Params = EmotionalParams
+    schema = pa.schema([("sample_id", pa.string()), ("emotional_score", pa.float32()),
+                        ("anps", pa.list_(pa.string())), ("anp_scores", pa.list_(pa.float32())),
+                        ("anp_text", pa.string())])
+    side_schemas = {TEXT_FEATURES: pa.schema([("sample_id", pa.string()),
+                                              ("text_feature", pa.list_(pa.float16()))])}
+
+    def input_names(self, params: EmotionalParams) -> tuple[str, ...]:  # type: ignore[override]
+        return self.inputs if params.reuse_factual_embeddings else ("ingest",)
+
+    def source_fingerprint(self, params: EmotionalParams, settings: Any) -> str:  # type: ignore[override]
+        specs = [params.clip, params.text_encoder]
+        if params.anp_vocabulary:
+            specs.append(str(params.anp_vocabulary))
+        return model_fingerprint(*specs)
+
+    def prepare(self, ctx: StageContext) -> list[int]:
+        params: EmotionalParams = ctx.params  # type: ignore[assignment]
+        if params.reuse_factual_embeddings:
+            factual_clip = ctx.input("factual").manifest["params"]["clip"]
+            if factual_clip != params.clip:
+                raise UserError(f"emotional.clip {params.clip!r} differs from factual.clip "
+                                f"{factual_clip!r}, so its image embeddings cannot be reused",
+                                hint="use the same clip or set emotional.reuse_factual_embeddings=false")
+        return ctx.input("ingest").shard_ids()
+
+    def setup(self, ctx: StageContext) -> EmotionalState:
+        params: EmotionalParams = ctx.params  # type: ignore[assignment]
+        torch.manual_seed(params.seed)
+        clip = load_clip(params.clip, device=params.device)
+        cache_dir = Path(ctx.settings.artifact_root) / "cache" / "anp"
+        anps = AnpScorer(clip, load_anp_vocabulary(params.anp_vocabulary), params.anp_templates,
+                         cache_dir=cache_dir)
+        encoder = load_text_encoder(resolve_text_encoder(params.text_encoder), pooling=params.pooling,
+                                    normalize_tweets=params.normalize_tweets,
+                                    device=params.device, max_length=params.max_length)
+        return EmotionalState(clip, anps, encoder)
+
+    def _image_embeddings(self, ctx: StageContext, state: EmotionalState, shard_id: int,
+                          rows: pa.Table) -> tuple[dict[int, np.ndarray], list[tuple[int, str, str]]]:
+        """Image embeddings by row index, and (index, reason, detail) for rows without one."""
+        params: EmotionalParams = ctx.params  # type: ignore[assignment]
+        index_of = {sid: i for i, sid in enumerate(rows["sample_id"].to_pylist())}
+        if params.reuse_factual_embeddings:
+            side = ctx.input("factual").read_shard(shard_id, ["sample_id", "image_embedding"],
+                                                   table=EMBEDDINGS)
+            vectors = column_vectors(side["image_embedding"])
+            found = {index_of[sid]: vectors[j] for j, sid in enumerate(side["sample_id"].to_pylist())}
+            missing = [(i, "no_image_embedding", "rejected by the factual stage")
+                       for i in range(rows.num_rows) if i not in found]
+            return found, missing
+        found, missing = {}, []
+        for batch in prefetched_image_batches(rows["image_path"].to_pylist(), params.batch_size,
+                                              state.clip.preprocess, ctx.settings.workers):
+            missing += [(i, "image_load_failed", error) for i, error in batch.failures]
+            if batch.pixels is not None:
+                found.update(zip(batch.indices, encode_images(state.clip, batch.pixels).numpy()))
+        return found, missing
+
+    def process(self, ctx: StageContext, state: EmotionalState, shard_id: int) -> ShardOutput:
+        params: EmotionalParams = ctx.params  # type: ignore[assignment]
+        rows = ctx.input("ingest").read_shard(
+            shard_id, columns=["sample_id", "source_id", "image_path", params.text_column])
+        found, missing = self._image_embeddings(ctx, state, shard_id, rows)
+        kept = sorted(found)
+        ids = rows["sample_id"].to_pylist()
+        texts = rows[params.text_column].to_pylist()
+        width = state.text_encoder.dim
+        if kept:
+            matches = state.anps.top_k(torch.from_numpy(np.stack([found[i] for i in kept])),
+                                       k=params.top_k, score=params.anp_score)
+            anp_lists = [list(texts_) for texts_ in matches.anp_texts]
+            anp_scores = matches.scores.numpy().astype(np.float32)
+            anp_text = [", ".join(anps) for anps in anp_lists]
+            anp_features = state.text_encoder.encode(anp_text, params.batch_size).numpy()
+            post_features = state.text_encoder.encode([texts[i] for i in kept],
+                                                      params.batch_size).numpy()
+            scores = (anp_features * post_features).sum(axis=1).astype(np.float32)
+        else:
+            anp_lists, anp_text = [], []
+            anp_scores = np.zeros((0, params.top_k), np.float32)
+            post_features = np.zeros((0, width), np.float32)
+            scores = np.zeros(0, np.float32)
+        kept_ids = pa.array([ids[i] for i in kept], pa.string())
+        main = pa.table({"sample_id": kept_ids, "emotional_score": scores,
+                         "anps": pa.array(anp_lists, pa.list_(pa.string())),
+                         "anp_scores": pa.array([list(s) for s in anp_scores], pa.list_(pa.float32())),
+                         "anp_text": pa.array(anp_text, pa.string())})
+        side = pa.table({"sample_id": kept_ids, "text_feature": vector_column(post_features)})
+        rejects = make_rejects([{"sample_id": ids[i], "source_id": rows["source_id"][i].as_py(),
+                                 "reason": reason, "detail": detail} for i, reason, detail in missing])
+        return ShardOutput(rows_in=rows.num_rows, tables={MAIN_TABLE: main, TEXT_FEATURES: side},
+                           rejects=rejects)
+
+    def finalize(self, ctx: StageContext) -> dict[str, Any]:
+        table = StageArtifact(ctx.output_dir).read_all(columns=["emotional_score", "anps"])
+        scores = table["emotional_score"].to_numpy()
+        flat = table["anps"].combine_chunks().flatten().to_pandas()
+        return {"score_mean": float(scores.mean()) if len(scores) else None,
+                "top_anps": flat.value_counts().head(10).to_dict()}

@@ -1,0 +1,234 @@
+"""`partition`: split samples into strong / partial-emotional / partial-factual / weak (PACL stage 1).
+
+A sample is factual-matched when its normalised factual score is strictly greater than the
+factual threshold, and likewise for the emotional score (docs/partition.md explains the
+threshold modes and the default). `prepare` streams the two score columns once (twice in
+`quantile` mode) to fix the thresholds; shards are then processed independently; `finalize`
+writes `summary.json` and the pictures in `figures/`.
+"""
+
+from __future__ import annotations
+
+import inspect
+import sys
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+from pydantic import Field, field_validator, model_validator
+
+from affectflow.core.atomic import write_json
+from affectflow.core.errors import UserError
+from affectflow.core.hashing import hash_bytes, hash_file
+from affectflow.core.stage import ShardOutput, Stage, StageContext, StageParams
+from affectflow.core.store import MAIN_TABLE, StageArtifact
+from affectflow.stages import (partition_align, partition_figures, partition_stats,
+                               partition_truth)
+from affectflow.stages.partition_align import (AlignedShard, align_scores, read_columns,
+                                               read_scores)
+from affectflow.stages.partition_figures import ScoreHistograms, draw_density, draw_histogram
+from affectflow.stages.partition_stats import (Mode, ScoreScale, ScoreStatistics, load_scales,
+                                               save_scales)
+from affectflow.stages.partition_truth import TruthCheck, load_ground_truth
+
+PARTITIONS = ("strong", "partial_emotional", "partial_factual", "weak")
+# Reported by the PACL paper on TumEmo at sigma 0.7; "partial" is both partial kinds together.
+PAPER_SHARES = {"strong": 0.22, "partial": 0.51, "weak": 0.27}
+PAPER_SIGMA = 0.7
+SCORES = ("factual", "emotional")
+SUMMARY_FILE = "summary.json"
+FIGURES_DIR = "figures"
+FIGURE_FILES = {"factual": "factual_histogram.png", "emotional": "emotional_histogram.png",
+                "density": "score_density.png"}
+
+SCHEMA = pa.schema([
+    ("sample_id", pa.string()),
+    ("factual_score", pa.float32()),
+    ("emotional_score", pa.float32()),
+    ("factual_norm", pa.float64()),
+    ("emotional_norm", pa.float64()),
+    ("factual_matched", pa.bool_()),
+    ("emotional_matched", pa.bool_()),
+    ("partition", pa.string()),
+])
+
+_SUMMARY_COLUMNS = ["sample_id", "factual_score", "emotional_score", "factual_matched",
+                    "emotional_matched", "partition"]
+# Index (not factual matched) * 2 + (not emotional matched) -> partition name.
+_BY_MATCH = np.array(["strong", "partial_factual", "partial_emotional", "weak"], dtype=object)
+
+
+class PartitionParams(StageParams):
+    """Threshold mode and sigma per score, and optional planted ground truth to check against."""
+
+    factual_mode: Mode = Field("quantile", description="absolute | minmax | quantile")
+    emotional_mode: Mode = Field("quantile", description="absolute | minmax | quantile")
+    factual_sigma: float = Field(0.5, description="threshold on the factual mode's scale")
+    emotional_sigma: float = Field(0.5, description="threshold on the emotional mode's scale")
+    ground_truth: Path | None = Field(
+        None, description="CSV with source_id, factual_match, emotional_match (demo data has one)")
+
+    @field_validator("ground_truth")
+    @classmethod
+    def _truth_exists(cls, value: Path | None) -> Path | None:
+        if value is not None and not value.is_file():
+            raise ValueError(f"ground truth file does not exist: {value} (the demo writes one at "
+                             f"artifacts/demo-data/ground_truth.csv; or leave it unset)")
+        return value
+
+    @model_validator(mode="after")
+    def _sigma_in_range(self) -> "PartitionParams":
+        for score in SCORES:
+            mode, sigma = getattr(self, f"{score}_mode"), getattr(self, f"{score}_sigma")
+            low = -1.0 if mode == "absolute" else 0.0
+            if not low <= sigma <= 1.0:
+                raise ValueError(f"{score}_sigma {sigma} is outside [{low:g}, 1] for "
+                                 f"{score}_mode {mode!r}")
+        return self
+
+    def mode(self, score: str) -> Mode:
+        return getattr(self, f"{score}_mode")
+
+    def sigma(self, score: str) -> float:
+        return getattr(self, f"{score}_sigma")
+
+
+def assign_partitions(factual_matched: np.ndarray, emotional_matched: np.ndarray) -> np.ndarray:
+    return _BY_MATCH[(~factual_matched).astype(int) * 2 + (~emotional_matched).astype(int)]
+
+
+class PartitionStage(Stage):
+    name = "partition"
+    inputs = ("factual", "emotional")
+    Params = PartitionParams
+    schema = SCHEMA
+    # Each shard takes milliseconds; a Prefect task per shard would cost more than the work.
+    shard_parallel = False
+
+    def code_version(self) -> str:
+        """The stage module plus its helper modules: editing any of them reruns the stage."""
+        modules = (sys.modules[__name__], partition_align, partition_stats, partition_figures,
+                   partition_truth)
+        return hash_bytes("".join(inspect.getsource(m) for m in modules).encode("utf-8"))[:16]
+
+    def source_fingerprint(self, params: PartitionParams, settings: Any) -> str | None:  # type: ignore[override]
+        return hash_file(params.ground_truth) if params.ground_truth else None
+
+    def _aligned(self, ctx: StageContext, shard_id: int) -> AlignedShard:
+        return align_scores(read_scores(ctx.input("factual"), shard_id),
+                            read_scores(ctx.input("emotional"), shard_id))
+
+    def prepare(self, ctx: StageContext) -> list[int]:
+        """Stream the score columns to fix each score's scale; save it in the plan folder."""
+        params: PartitionParams = ctx.params  # type: ignore[assignment]
+        shard_ids = sorted(set(ctx.input("factual").shard_ids())
+                           | set(ctx.input("emotional").shard_ids()))
+        stats = {score: ScoreStatistics(params.mode(score), params.sigma(score))
+                 for score in SCORES}
+        if params.ground_truth is not None and not _ingest(ctx).complete:
+            raise UserError("partition.ground_truth needs the ingest stage's source ids, but "
+                            f"{_ingest(ctx).path} is not a finished stage",
+                            hint="run ingest in the same run, or unset partition.ground_truth")
+        for shard_id in shard_ids:
+            aligned = self._aligned(ctx, shard_id)
+            for score in SCORES:
+                stats[score].add(getattr(aligned, score)[aligned.kept])
+        second_pass = [score for score in SCORES if stats[score].needs_bucket_pass]
+        if second_pass:
+            for score in second_pass:
+                stats[score].start_bucket_pass()
+            for shard_id in shard_ids:
+                aligned = self._aligned(ctx, shard_id)
+                for score in second_pass:
+                    stats[score].add_to_bucket(getattr(aligned, score)[aligned.kept])
+        ctx.work_dir.mkdir(parents=True, exist_ok=True)
+        save_scales(ctx.work_dir, {score: stats[score].scale() for score in SCORES})
+        return shard_ids
+
+    def setup(self, ctx: StageContext) -> dict[str, ScoreScale]:
+        return load_scales(ctx.work_dir)
+
+    def process(self, ctx: StageContext, state: dict[str, ScoreScale], shard_id: int) -> ShardOutput:
+        aligned = self._aligned(ctx, shard_id)
+        kept = aligned.kept
+        columns: dict[str, Any] = {"sample_id": aligned.sample_ids.filter(pa.array(kept))}
+        matched = {}
+        for score in SCORES:
+            raw = getattr(aligned, score)[kept]
+            norm = state[score].normalise(raw)
+            matched[score] = state[score].matched(norm)
+            columns[f"{score}_score"] = raw
+            columns[f"{score}_norm"] = norm
+        columns["factual_matched"] = matched["factual"]
+        columns["emotional_matched"] = matched["emotional"]
+        columns["partition"] = assign_partitions(matched["factual"], matched["emotional"])
+        return ShardOutput(rows_in=aligned.rows_in,
+                           tables={MAIN_TABLE: pa.table(columns, schema=SCHEMA)},
+                           rejects=aligned.rejects())
+
+    def finalize(self, ctx: StageContext) -> dict[str, Any]:
+        """Counts, shares and thresholds (next to the paper's), figures, optional truth check."""
+        params: PartitionParams = ctx.params  # type: ignore[assignment]
+        scales = load_scales(ctx.work_dir)
+        output = StageArtifact(ctx.output_dir)
+        histograms = ScoreHistograms.for_scales(scales["factual"], scales["emotional"])
+        counts = dict.fromkeys(PARTITIONS, 0)
+        truth = TruthCheck(load_ground_truth(params.ground_truth)) if params.ground_truth else None
+        for shard_id in output.shard_ids():
+            table = read_columns(output.shard_path(shard_id), _SUMMARY_COLUMNS)
+            histograms.add(table["factual_score"].to_numpy(), table["emotional_score"].to_numpy())
+            for row in pc.value_counts(table["partition"]).to_pylist():
+                counts[row["values"]] += row["counts"]
+            if truth is not None:
+                truth.add(_source_ids(_ingest(ctx), shard_id, table["sample_id"]),
+                          table["factual_matched"].to_numpy(),
+                          table["emotional_matched"].to_numpy())
+        summary = share_summary(counts, scales)
+        figures = ctx.output_dir / FIGURES_DIR
+        for score in SCORES:
+            draw_histogram(figures / FIGURE_FILES[score], f"{score} score",
+                           getattr(histograms, f"{score}_edges"),
+                           getattr(histograms, f"{score}_counts"), scales[score])
+        draw_density(figures / FIGURE_FILES["density"], histograms, scales["factual"],
+                     scales["emotional"], {name: summary["partitions"][name]["share"]
+                                           for name in PARTITIONS})
+        summary["figures"] = [f"{FIGURES_DIR}/{name}" for name in FIGURE_FILES.values()]
+        if truth is not None:
+            summary["ground_truth"] = truth.report()
+        write_json(ctx.output_dir / SUMMARY_FILE, summary)
+        return summary
+
+
+def _ingest(ctx: StageContext) -> StageArtifact:
+    """The run's ingest artifact: not a declared input (factual already depends on it), read
+    only to map sample ids to the source ids a ground-truth file uses."""
+    return StageArtifact(ctx.run_dir / "ingest")
+
+
+def _source_ids(ingest: StageArtifact, shard_id: int, sample_ids: pa.ChunkedArray) -> list[str | None]:
+    """source_id of each sample, looked up in the matching ingest shard."""
+    if not ingest.shard_path(shard_id).is_file():
+        return [None] * len(sample_ids)
+    table = read_columns(ingest.shard_path(shard_id), ["sample_id", "source_id"])
+    position = pc.index_in(sample_ids, value_set=table["sample_id"].combine_chunks())
+    return table["source_id"].combine_chunks().take(position).to_pylist()
+
+
+def share_summary(counts: dict[str, int], scales: dict[str, ScoreScale]) -> dict[str, Any]:
+    """Counts and shares per partition beside the paper's, plus the thresholds used."""
+    total = sum(counts.values())
+
+    def share(count: int) -> float:
+        return count / total if total else 0.0
+
+    partial = counts["partial_emotional"] + counts["partial_factual"]
+    return {
+        "samples": total,
+        "partitions": {name: {"count": counts[name], "share": share(counts[name])}
+                       for name in PARTITIONS},
+        "partial": {"count": partial, "share": share(partial)},
+        "paper": {"sigma": PAPER_SIGMA, **PAPER_SHARES},
+        "thresholds": {score: scales[score].describe() for score in SCORES},
+    }

@@ -1,0 +1,35 @@
+"""Running stage chains in tests through the real config + runner path (no Prefect)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from affectflow.core.runner import run_stage
+from affectflow.pipelines.config import load_config
+from affectflow.pipelines.execution import RunRef, make_job, open_run
+
+
+def demo_config(demo_dir: Path, artifact_root: Path, **sections: dict[str, Any]) -> dict[str, Any]:
+    """The demo config pointed at a test demo folder, with per-section overrides."""
+    raw: dict[str, Any] = {
+        "run": {"artifact_root": str(artifact_root), "workers": 2},
+        "ingest": {"source": "tumemo", "path": str(demo_dir / "tumemo"), "shard_size": 16,
+                   "dataset_name": "demo"},
+        "factual": {"clip": str(demo_dir / "models" / "clip"), "batch_size": 16},
+        "emotional": {"clip": str(demo_dir / "models" / "clip"),
+                      "anp_vocabulary": str(demo_dir / "anps.txt"),
+                      "text_encoder": "packaged:all-MiniLM-L6-v2", "batch_size": 16},
+    }
+    for name, values in sections.items():
+        raw.setdefault(name, {}).update(values)
+    return raw
+
+
+def run_stages(raw: dict[str, Any], stages: list[str], run_id: str = "test",
+               force: bool = False) -> RunRef:
+    config = load_config(None, raw=raw)
+    ref = open_run(config, run_id)
+    for name in stages:
+        run_stage(make_job(ref, config, name), force=force)
+    return ref
