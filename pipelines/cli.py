@@ -90,10 +90,33 @@ def _cmd_inspect(args: argparse.Namespace) -> int:
     from affectflow.pipelines.inspect import run_overview, stage_report
 
     store = RunStore(Path(args.artifact_root), args.run_id)
+    if args.html and args.stage != "partition":
+        raise UserError("--html is only available for the partition stage",
+                        hint=f"affectflow inspect {args.run_id} partition --html FILE")
     if not args.stage:
         print(run_overview(store))
         return 0
+    if args.stage == "partition":
+        from affectflow.pipelines.partition_view import partition_report
+
+        print(partition_report(store, args.samples))
+        if args.html:
+            from affectflow.pipelines.partition_gallery import write_gallery
+
+            path = write_gallery(store, Path(args.html), per_partition=args.per_partition)
+            print(f"gallery written to {path}")
+        return 0
     print(stage_report(store.stage(args.stage), args.samples))
+    return 0
+
+
+def _cmd_export(args: argparse.Namespace) -> int:
+    from affectflow.core.runs import RunStore
+    from affectflow.pipelines.partition_export import export_partition
+
+    store = RunStore(Path(args.artifact_root), args.run_id)
+    rows = export_partition(store, Path(args.out), args.partition)
+    print(f"{rows} rows of run {args.run_id} written to {args.out}")
     return 0
 
 
@@ -140,9 +163,21 @@ def build_parser() -> argparse.ArgumentParser:
     inspect.add_argument("run_id")
     inspect.add_argument("stage", nargs="?", help="stage name (omit for the run overview)")
     inspect.add_argument("--samples", type=int, default=5, help="sample rows to show")
+    inspect.add_argument("--html", metavar="FILE",
+                         help="partition only: also write a self-contained HTML gallery")
+    inspect.add_argument("--per-partition", type=int, default=60,
+                         help="gallery cards per partition (default 60)")
     inspect.set_defaults(func=_cmd_inspect)
 
-    for sub in (stage, runs, inspect):
+    export = commands.add_parser("export", help="write a stage's rows for external tools")
+    export.add_argument("run_id")
+    export.add_argument("stage", choices=["partition"], help="stage to export")
+    export.add_argument("--partition", help="only this partition (strong, partial_emotional, "
+                                            "partial_factual, weak); default: all")
+    export.add_argument("--out", required=True, help="output file: *.parquet or *.csv")
+    export.set_defaults(func=_cmd_export)
+
+    for sub in (stage, runs, inspect, export):
         sub.add_argument("--artifact-root", default="artifacts",
                          help="folder holding runs/ (default: artifacts)")
     return parser

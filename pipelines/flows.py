@@ -17,6 +17,7 @@ from prefect.task_runners import ThreadPoolTaskRunner
 
 from affectflow.core.runner import finalize_stage, plan_stage, run_shard, run_stage
 from affectflow.pipelines.config import config_snapshot, load_config, stage_params
+from affectflow.pipelines.partition_publish import publish_partition_artifacts
 from affectflow.pipelines.execution import (RunRef, code_version, make_job, open_run, run_config,
                                             stage_summary, stale_downstream)
 from affectflow.stages.registry import STAGES
@@ -82,6 +83,8 @@ def pretrain_flow(config_path: str, overrides: list[str] | None = None,
     config = load_config(Path(config_path), overrides or [])
     ref = open_run(config, run_id)
     stages = run_chain(ref, list(config.run.stages), force or [])
+    if "partition" in stages:
+        publish_partition_artifacts(ref.store)
     return {"run_id": ref.run_id, "run_dir": str(ref.store.path), "stages": stages}
 
 
@@ -94,4 +97,6 @@ def rerun_stage_flow(run_id: str, stage: str, artifact_root: str = "artifacts",
     if overrides:
         ref.store.create(config_snapshot(config), code_version())
     summary = run_chain(ref, [stage], [stage] if force else [])[stage]
+    if stage == "partition":
+        publish_partition_artifacts(ref.store)
     return {"run_id": run_id, "stage": summary, "stale": stale_downstream(ref, config, stage)}

@@ -7,11 +7,12 @@ from affectflow.core.stage import Stage
 from affectflow.stages.emotional import EmotionalStage
 from affectflow.stages.factual import FactualStage
 from affectflow.stages.ingest import IngestStage
+from affectflow.stages.partition import PartitionStage
 
 STAGES: dict[str, type[Stage]] = {cls.name: cls for cls in (IngestStage, FactualStage,
-                                                             EmotionalStage)}
+                                                             EmotionalStage, PartitionStage)}
 
-PRETRAIN_CHAIN: tuple[str, ...] = ("ingest", "factual", "emotional")
+PRETRAIN_CHAIN: tuple[str, ...] = ("ingest", "factual", "emotional", "partition")
 
 
 def get_stage(name: str) -> Stage:
