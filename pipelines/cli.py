@@ -10,7 +10,7 @@ import json
 import logging
 import sys
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from affectflow.core.errors import UserError
 from affectflow.pipelines.prefect_env import configure_prefect_env
@@ -34,11 +34,6 @@ def _cmd_demo_models(args: argparse.Namespace) -> int:
     return 0
 
 
-def _run_flow(flow: Callable[..., dict[str, Any]], **kwargs: Any) -> dict[str, Any]:
-    configure_prefect_env()
-    return flow(**kwargs)
-
-
 def _print_stage_lines(stages: dict[str, dict[str, Any]]) -> None:
     for name, summary in stages.items():
         reasons = ", ".join(f"{k}: {v}" for k, v in summary["rejects_by_reason"].items())
@@ -51,10 +46,11 @@ def _cmd_run(args: argparse.Namespace) -> int:
     from affectflow.pipelines.config import load_config
 
     load_config(Path(args.config), args.set)  # fail on config errors before Prefect starts
-    from affectflow.pipelines.flows import pretrain_flow
+    from affectflow.pipelines.flows import cternet_flow, pretrain_flow
 
-    result = _run_flow(pretrain_flow, config_path=args.config, overrides=args.set,
-                       run_id=args.run_id, force=args.force or [])
+    flow = {"pretrain": pretrain_flow, "cternet": cternet_flow}[args.flow]
+    result = flow(config_path=args.config, overrides=args.set, run_id=args.run_id,
+                  force=args.force or [])
     print(f"run {result['run_id']} finished: {result['run_dir']}")
     _print_stage_lines(result["stages"])
     return 0
@@ -68,8 +64,8 @@ def _cmd_stage(args: argparse.Namespace) -> int:
     run_config(RunRef(args.artifact_root, args.run), args.set)
     from affectflow.pipelines.flows import rerun_stage_flow
 
-    result = _run_flow(rerun_stage_flow, run_id=args.run, stage=args.name,
-                       artifact_root=args.artifact_root, overrides=args.set, force=args.force)
+    result = rerun_stage_flow(run_id=args.run, stage=args.name, artifact_root=args.artifact_root,
+                              overrides=args.set, force=args.force)
     _print_stage_lines({args.name: result["stage"]})
     stale = result["stale"]
     print("downstream stages now stale: " + (", ".join(stale) if stale else "none"))
@@ -96,6 +92,12 @@ def _cmd_inspect(args: argparse.Namespace) -> int:
     if not args.stage:
         print(run_overview(store))
         return 0
+    if args.maps:
+        from affectflow.pipelines.cternet_maps import write_sentiment_maps
+
+        out = store.stage("cternet_eval").path / "maps"
+        print(f"sentiment maps: {write_sentiment_maps(store, args.maps, out)}")
+        return 0
     if args.stage == "partition":
         from affectflow.pipelines.partition_view import partition_report
 
@@ -120,6 +122,21 @@ def _cmd_export(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_bench(args: argparse.Namespace) -> int:
+    """Runs `python -m bench` from the checkout (benchmarks are not part of the installed package)."""
+    import subprocess
+
+    import affectflow
+
+    checkout = Path(affectflow.__file__).resolve().parents[1]
+    if not (checkout / "bench" / "__main__.py").is_file():
+        raise UserError("benchmarks live in the source checkout's bench/ folder, not found here",
+                        hint="run from a clone of the repository (pip install -e .)")
+    command = [sys.executable, "-m", "bench", *(["--quick"] if args.quick else []),
+               *(["--only", *args.only] if args.only else [])]
+    return subprocess.run(command, cwd=checkout).returncode
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="affectflow", description=__doc__.splitlines()[0])
     parser.add_argument("--debug", action="store_true", help="show tracebacks on errors")
@@ -139,7 +156,8 @@ def build_parser() -> argparse.ArgumentParser:
     models.set_defaults(func=_cmd_demo_models)
 
     run = commands.add_parser("run", help="run a pipeline flow from a config")
-    run.add_argument("flow", choices=["pretrain"], help="which flow")
+    run.add_argument("flow", choices=["pretrain", "cternet"],
+                     help="pretrain (posts -> PACL) or cternet (labelled images -> CTERNet)")
     run.add_argument("--config", required=True, help="experiment YAML, e.g. configs/demo.yaml")
     run.add_argument("--run-id", help="reuse or name a run (default: a new id)")
     run.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
@@ -167,6 +185,8 @@ def build_parser() -> argparse.ArgumentParser:
                          help="partition only: also write a self-contained HTML gallery")
     inspect.add_argument("--per-partition", type=int, default=60,
                          help="gallery cards per partition (default 60)")
+    inspect.add_argument("--maps", type=int, default=0, metavar="N",
+                         help="cternet: write sentiment-map overlays of N test images")
     inspect.set_defaults(func=_cmd_inspect)
 
     export = commands.add_parser("export", help="write a stage's rows for external tools")
@@ -177,6 +197,11 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("--out", required=True, help="output file: *.parquet or *.csv")
     export.set_defaults(func=_cmd_export)
 
+    bench = commands.add_parser("bench", help="run the benchmarks in bench/ and print one table")
+    bench.add_argument("--quick", action="store_true", help="smaller sizes, fewer repeats")
+    bench.add_argument("--only", nargs="*", help="benchmark module names")
+    bench.set_defaults(func=_cmd_bench)
+
     for sub in (stage, runs, inspect, export):
         sub.add_argument("--artifact-root", default="artifacts",
                          help="folder holding runs/ (default: artifacts)")
@@ -184,6 +209,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    configure_prefect_env()  # before anything imports Prefect, which reads its settings early
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO,
                         format=LOG_FORMAT, stream=sys.stderr)

@@ -7,12 +7,13 @@ stage's own params model, so a stage added to the registry is configurable with 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model, field_validator
 
 from affectflow.core.errors import UserError
+from affectflow.pipelines.task_runners import check_runner_installed
 from affectflow.stages.registry import PRETRAIN_CHAIN, STAGES
 
 
@@ -25,7 +26,16 @@ class RunSettings(BaseModel):
     workers: int = Field(2, ge=1, description="parallel decode / shard workers")
     stages: list[str] = Field(default_factory=lambda: list(PRETRAIN_CHAIN),
                               description="stages of the pretrain flow, in order")
-    task_runner: str = Field("threads", description="threads | dask | ray")
+    task_runner: Literal["threads", "dask", "ray"] = Field(
+        "threads", description="Prefect task runner for the stage tasks")
+    dask_address: str | None = Field(None, description="Dask scheduler address; default: LocalCluster")
+    ray_address: str | None = Field(None, description="Ray address (ray://...); default: local Ray")
+
+    @field_validator("task_runner")
+    @classmethod
+    def _runner_installed(cls, value: str) -> str:
+        check_runner_installed(value)
+        return value
 
     @field_validator("stages")
     @classmethod

@@ -1,4 +1,7 @@
-"""Prefect flows: `pretrain` (the stage chain), `rerun-stage` (one stage of an existing run).
+"""Prefect flows: `pretrain` and `cternet` (a run's configured stage chain), `rerun-stage`.
+
+Each run's stages execute in the `stage-chain` subflow on the task runner its config names
+(threads, Dask or Ray), so deployments and the CLI get the same choice.
 
 Tasks receive a `RunRef` (artifact root + run id) and stage names, never data: each task
 re-reads the run's saved config and opens the artifacts it needs. Caching is the artifact
@@ -13,11 +16,11 @@ from typing import Any
 from prefect import flow, task
 from prefect.cache_policies import NO_CACHE
 from prefect.futures import PrefectFuture, wait
-from prefect.task_runners import ThreadPoolTaskRunner
 
 from affectflow.core.runner import finalize_stage, plan_stage, run_shard, run_stage
 from affectflow.pipelines.config import config_snapshot, load_config, stage_params
 from affectflow.pipelines.partition_publish import publish_partition_artifacts
+from affectflow.pipelines.task_runners import make_task_runner
 from affectflow.pipelines.execution import (RunRef, code_version, make_job, open_run, run_config,
                                             stage_summary, stale_downstream)
 from affectflow.stages.registry import STAGES
@@ -76,19 +79,45 @@ def run_chain(ref: RunRef, stages: list[str], force: list[str]) -> dict[str, Any
     return {name: future.result() for name, future in futures.items()}
 
 
-@flow(name="pretrain", task_runner=ThreadPoolTaskRunner(max_workers=4))
-def pretrain_flow(config_path: str, overrides: list[str] | None = None,
-                  run_id: str | None = None, force: list[str] | None = None) -> dict[str, Any]:
-    """Ingest -> ... -> the configured stage chain, writing `artifacts/runs/<run_id>/`."""
+@flow(name="stage-chain")
+def chain_flow(ref: RunRef, stages: list[str], force: list[str]) -> dict[str, Any]:
+    """The stages of one run on the configured task runner (a subflow, so each run picks its own)."""
+    results = run_chain(ref, stages, force)
+    if "partition" in results:
+        publish_partition_artifacts(ref.store)
+    return results
+
+
+def run_stages_on_configured_runner(ref: RunRef, config: Any, stages: list[str],
+                                    force: list[str]) -> dict[str, Any]:
+    runner = make_task_runner(config.run)
+    return chain_flow.with_options(task_runner=runner)(ref, stages, force)
+
+
+def run_configured_flow(config_path: str, overrides: list[str] | None, run_id: str | None,
+                        force: list[str] | None) -> dict[str, Any]:
+    """Shared body of the named flows: validate, open the run, run its configured stage chain."""
     config = load_config(Path(config_path), overrides or [])
     ref = open_run(config, run_id)
-    stages = run_chain(ref, list(config.run.stages), force or [])
-    if "partition" in stages:
-        publish_partition_artifacts(ref.store)
+    stages = run_stages_on_configured_runner(ref, config, list(config.run.stages), force or [])
     return {"run_id": ref.run_id, "run_dir": str(ref.store.path), "stages": stages}
 
 
-@flow(name="rerun-stage", task_runner=ThreadPoolTaskRunner(max_workers=4))
+@flow(name="pretrain")
+def pretrain_flow(config_path: str, overrides: list[str] | None = None,
+                  run_id: str | None = None, force: list[str] | None = None) -> dict[str, Any]:
+    """Ingest -> scoring -> partition -> ... -> the configured stage chain of a pretraining run."""
+    return run_configured_flow(config_path, overrides, run_id, force)
+
+
+@flow(name="cternet")
+def cternet_flow(config_path: str, overrides: list[str] | None = None,
+                 run_id: str | None = None, force: list[str] | None = None) -> dict[str, Any]:
+    """Ingest a labelled image folder, train CTERNet, evaluate it (configs/cternet_*.yaml)."""
+    return run_configured_flow(config_path, overrides, run_id, force)
+
+
+@flow(name="rerun-stage")
 def rerun_stage_flow(run_id: str, stage: str, artifact_root: str = "artifacts",
                      overrides: list[str] | None = None, force: bool = False) -> dict[str, Any]:
     """Rerun one stage of an existing run (with optional overrides) and report what is now stale."""
@@ -96,7 +125,5 @@ def rerun_stage_flow(run_id: str, stage: str, artifact_root: str = "artifacts",
     config = run_config(ref, overrides or [])
     if overrides:
         ref.store.create(config_snapshot(config), code_version())
-    summary = run_chain(ref, [stage], [stage] if force else [])[stage]
-    if stage == "partition":
-        publish_partition_artifacts(ref.store)
+    summary = run_stages_on_configured_runner(ref, config, [stage], [stage] if force else [])[stage]
     return {"run_id": run_id, "stage": summary, "stale": stale_downstream(ref, config, stage)}

@@ -4,15 +4,19 @@ from __future__ import annotations
 
 from affectflow.core.errors import UserError
 from affectflow.core.stage import Stage
+from affectflow.stages.cternet_eval import CTERNetEvalStage
+from affectflow.stages.cternet_train import CTERNetTrainStage
 from affectflow.stages.emotional import EmotionalStage
 from affectflow.stages.factual import FactualStage
 from affectflow.stages.ingest import IngestStage
 from affectflow.stages.partition import PartitionStage
 
-STAGES: dict[str, type[Stage]] = {cls.name: cls for cls in (IngestStage, FactualStage,
-                                                             EmotionalStage, PartitionStage)}
+STAGES: dict[str, type[Stage]] = {cls.name: cls for cls in (
+    IngestStage, FactualStage, EmotionalStage, PartitionStage, CTERNetTrainStage,
+    CTERNetEvalStage)}
 
 PRETRAIN_CHAIN: tuple[str, ...] = ("ingest", "factual", "emotional", "partition")
+CTERNET_CHAIN: tuple[str, ...] = ("ingest", "cternet_train", "cternet_eval")
 
 
 def get_stage(name: str) -> Stage:

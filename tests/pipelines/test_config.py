@@ -18,11 +18,17 @@ def write(tmp_path: Path, text: str) -> Path:
     return path
 
 
-def test_demo_config_is_valid_once_the_data_exists(demo_dir: Path) -> None:
-    config = load_config(REPO / "configs" / "demo.yaml",
-                         [f"ingest.path={demo_dir / 'tumemo'}"])
+def test_demo_config_is_valid_once_the_demo_data_and_models_exist(
+        demo_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    (tmp_path / "artifacts").mkdir()
+    (tmp_path / "artifacts" / "demo-data").symlink_to(demo_dir)
+    monkeypatch.chdir(tmp_path)
+    config = load_config(REPO / "configs" / "demo.yaml")
     assert config.ingest.source == "tumemo"
     assert config.run.stages[0] == "ingest"
+    monkeypatch.chdir(REPO.parent)
+    with pytest.raises(UserError, match="model path does not exist"):
+        load_config(REPO / "configs" / "demo.yaml")
 
 
 @pytest.mark.parametrize(("text", "overrides", "message", "hint"), [

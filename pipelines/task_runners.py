@@ -1,0 +1,43 @@
+"""The Prefect task runner a run uses: local threads (default), Dask, or Ray — chosen by config.
+
+Map stages fan out one task per shard; with Dask or Ray those tasks run in worker processes
+(or on a cluster) that each load a stage's model once and keep it for every shard they process.
+Shards travel as paths, so nothing large crosses the wire.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+from typing import Any
+
+from prefect.task_runners import ThreadPoolTaskRunner
+
+from affectflow.core.errors import UserError
+
+EXTRAS = {"dask": ("prefect_dask", "affectflow[dask]"), "ray": ("prefect_ray", "affectflow[ray]")}
+
+
+def check_runner_installed(kind: str) -> None:
+    """Config-time check so a missing extra fails before any work."""
+    if kind in EXTRAS and importlib.util.find_spec(EXTRAS[kind][0]) is None:
+        module, extra = EXTRAS[kind]
+        raise ValueError(f"task_runner '{kind}' needs {module}: pip install '{extra}'")
+
+
+def make_task_runner(settings: Any) -> Any:
+    """Build the configured runner; a Dask LocalCluster gets one single-threaded process per worker."""
+    if settings.task_runner == "threads":
+        return ThreadPoolTaskRunner(max_workers=max(4, settings.workers))
+    if settings.task_runner == "dask":
+        from prefect_dask import DaskTaskRunner
+
+        if settings.dask_address:
+            return DaskTaskRunner(address=settings.dask_address)
+        return DaskTaskRunner(cluster_kwargs={"n_workers": settings.workers,
+                                              "threads_per_worker": 1, "processes": True})
+    if settings.task_runner == "ray":
+        from prefect_ray import RayTaskRunner
+
+        return RayTaskRunner(address=settings.ray_address) if settings.ray_address else RayTaskRunner()
+    raise UserError(f"unknown task runner {settings.task_runner!r}",
+                    hint="set run.task_runner to threads, dask or ray")

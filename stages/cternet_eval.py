@@ -1,0 +1,149 @@
+"""`cternet_eval`: predict the test split with the selected CTERNet and score it.
+
+Only split == "test" rows are this stage's input. Each gets a prediction row (predicted class,
+class probabilities = softmax of the model's prediction, correct) or a reject: no label, a
+label outside the model's classes, or an image that no longer loads. `finalize` computes the
+metrics (stages/cternet_metrics.py), draws the confusion matrix and writes `report.md` with the
+paper's FI figures beside ours.
+"""
+
+from __future__ import annotations
+
+import inspect
+import sys
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import torch
+from pydantic import Field, field_validator
+
+from affectflow.core.atomic import write_text
+from affectflow.core.errors import UserError
+from affectflow.core.hashing import hash_bytes
+from affectflow.core.stage import ShardOutput, Stage, StageContext, StageParams
+from affectflow.core.store import MAIN_TABLE, StageArtifact, make_rejects
+from affectflow.models import cternet_classifier, cternet_data
+from affectflow.models.cternet_classifier import TrainedClassifier, load_classifier
+from affectflow.models.cternet_data import eval_transform
+from affectflow.models.cternet_train import intra_op_threads
+from affectflow.models.encoder_runtime import inference_context, resolve_device
+from affectflow.stages import cternet_figures, cternet_metrics, cternet_report
+from affectflow.stages.batching import prefetched_image_batches
+from affectflow.stages.cternet_figures import draw_confusion_matrix
+from affectflow.stages.cternet_metrics import PAPER_FI_ACCURACY, compute_metrics
+from affectflow.stages.cternet_report import CONFUSION_FIGURE, render_report
+
+REPORT_FILE = "report.md"
+
+SCHEMA = pa.schema([
+    ("sample_id", pa.string()),
+    ("label", pa.string()),
+    ("predicted", pa.string()),
+    ("probabilities", pa.list_(pa.float32())),
+    ("correct", pa.bool_()),
+])
+
+
+class CTERNetEvalParams(StageParams):
+    batch_size: int = Field(64, ge=1)
+    device: str | None = Field(None, description="cpu, cuda, cuda:N; default: GPU when present")
+    cpu_threads: int | None = Field(None, ge=1, description="torch CPU threads (default: torch's)")
+
+    @field_validator("device")
+    @classmethod
+    def _device_available(cls, value: str | None) -> str | None:
+        resolve_device(value)
+        return value
+
+
+@dataclass
+class EvalState:
+    classifier: TrainedClassifier
+    class_index: dict[str, int]
+
+
+class CTERNetEvalStage(Stage):
+    name = "cternet_eval"
+    inputs = ("ingest", "cternet_train")
+    Params = CTERNetEvalParams
+    schema = SCHEMA
+
+    def code_version(self) -> str:
+        modules = (sys.modules[__name__], cternet_metrics, cternet_report, cternet_figures,
+                   cternet_classifier, cternet_data)
+        return hash_bytes("".join(inspect.getsource(m) for m in modules).encode("utf-8"))[:16]
+
+    def prepare(self, ctx: StageContext) -> list[int]:
+        ingest = ctx.input("ingest")
+        splits = ingest.read_all(columns=["split"])["split"]
+        if not pc.sum(pc.equal(splits, "test")).as_py():
+            raise UserError("the ingest has no split == 'test' rows to evaluate",
+                            hint="give ingest.split_ratios a test share, or add split_dir/test.txt")
+        return ingest.shard_ids()
+
+    def setup(self, ctx: StageContext) -> EvalState:
+        params: CTERNetEvalParams = ctx.params  # type: ignore[assignment]
+        classifier = load_classifier(ctx.input("cternet_train").path, params.device)
+        return EvalState(classifier, {name: i for i, name in enumerate(classifier.classes)})
+
+    def process(self, ctx: StageContext, state: EvalState, shard_id: int) -> ShardOutput:
+        params: CTERNetEvalParams = ctx.params  # type: ignore[assignment]
+        table = ctx.input("ingest").read_shard(
+            shard_id, columns=["sample_id", "source_id", "image_path", "label", "split"])
+        rows = [row for row in table.to_pylist() if row["split"] == "test"]
+        rejects = []
+        scorable = []
+        for row in rows:
+            if row["label"] is None:
+                rejects.append({**row, "reason": "missing_label",
+                                "detail": "test rows need a label"})
+            elif row["label"] not in state.class_index:
+                rejects.append({**row, "reason": "label_not_in_classes",
+                                "detail": f"label {row['label']!r} not in the model's classes "
+                                          f"{state.classifier.classes}"})
+            else:
+                scorable.append(row)
+        kept = []
+        preprocess = eval_transform(state.classifier.model.config.input_size)
+        for batch in prefetched_image_batches([row["image_path"] for row in scorable],
+                                              params.batch_size, preprocess, ctx.settings.workers):
+            rejects += [{**scorable[i], "reason": "image_load_failed", "detail": error}
+                        for i, error in batch.failures]
+            if batch.pixels is None:
+                continue
+            with intra_op_threads(params.cpu_threads), inference_context(state.classifier.device):
+                logits = state.classifier.model(batch.pixels.to(state.classifier.device)).logits
+            probabilities = torch.softmax(logits.float(), dim=1).cpu().numpy()
+            for i, row_probabilities in zip(batch.indices, probabilities):
+                predicted = state.classifier.classes[int(row_probabilities.argmax())]
+                kept.append({"sample_id": scorable[i]["sample_id"], "label": scorable[i]["label"],
+                             "predicted": predicted, "probabilities": row_probabilities.tolist(),
+                             "correct": predicted == scorable[i]["label"]})
+        return ShardOutput(rows_in=len(rows),
+                           tables={MAIN_TABLE: pa.Table.from_pylist(kept, schema=SCHEMA)},
+                           rejects=make_rejects(rejects))
+
+    def finalize(self, ctx: StageContext) -> dict[str, Any]:
+        """Metrics, confusion matrix, markdown report; the metrics also go to the manifest."""
+        training = ctx.input("cternet_train").manifest["summary"]
+        classes: list[str] = training["classes"]
+        rows = StageArtifact(ctx.output_dir).read_all(columns=["label", "predicted"])
+        if rows.num_rows == 0:
+            raise UserError("no test image could be scored, so there are no metrics",
+                            hint=f"see the reasons in {ctx.output_dir / 'rejects.parquet'}")
+        index = {name: i for i, name in enumerate(classes)}
+        true = np.array([index[name] for name in rows["label"].to_pylist()], dtype=np.int64)
+        predicted = np.array([index[name] for name in rows["predicted"].to_pylist()],
+                             dtype=np.int64)
+        metrics = compute_metrics(true, predicted, classes)
+        draw_confusion_matrix(np.array(metrics.confusion), classes,
+                              ctx.output_dir / CONFUSION_FIGURE)
+        write_text(ctx.output_dir / REPORT_FILE, render_report(metrics, training))
+        summary = metrics.as_dict()
+        if metrics.binary_accuracy is not None:
+            summary["paper_fi_percent"] = PAPER_FI_ACCURACY
+        summary.update(report=REPORT_FILE, figures=[CONFUSION_FIGURE])
+        return summary

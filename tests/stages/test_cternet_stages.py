@@ -1,0 +1,349 @@
+"""`cternet_train` and `cternet_eval` through the real runner: accounting, rejects, val-only
+selection, the test split never read, exact resume, metrics equal to scikit-learn's, maps."""
+
+from __future__ import annotations
+
+import random
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pytest
+import torch
+import yaml
+from PIL import Image
+from pydantic import ValidationError
+from sklearn.metrics import (accuracy_score, confusion_matrix, f1_score,
+                             precision_recall_fscore_support)
+
+from affectflow.core.atomic import write_parquet
+from affectflow.core.errors import UserError
+from affectflow.core.runner import StageJob, run_stage
+from affectflow.core.runs import RunStore
+from affectflow.core.store import PLAN_DIR
+from affectflow.demo.generate import write_image_folder
+from affectflow.models import cternet_train
+from affectflow.models.cternet_checkpoint import LAST_CHECKPOINT
+from affectflow.models.cternet_classifier import load_classifier
+from affectflow.models.cternet_data import eval_transform, load_rgb
+from affectflow.pipelines.cternet_maps import write_sentiment_maps
+from affectflow.stages.cternet_eval import CTERNetEvalParams, CTERNetEvalStage
+from affectflow.stages.cternet_metrics import FI_CLASSES, compute_metrics
+from affectflow.stages.cternet_train import CTERNetTrainParams, CTERNetTrainStage
+from affectflow.stages.ingest import IngestParams, IngestStage
+
+CONFIGS = Path(__file__).resolve().parents[2] / "configs"
+TRAIN = {"backbone": "test_resnet", "pretrained": False, "input_size": 48, "epochs": 8,
+         "batch_size": 8, "lr": 0.05, "step_size": 6, "crop_scale": [0.5, 1.0],
+         "cpu_threads": 1, "device": "cpu"}
+# 8 images per class split 4 / 2 / 2: 32 train, 16 val, 16 test rows.
+INGEST = {"source": "image_folder", "dataset_name": "fi-test", "split_ratios": [0.5, 0.25, 0.25],
+          "shard_size": 20}
+TIMING_FIELDS = ["images_per_second", "seconds"]
+CHAIN = ("ingest", "cternet_train", "cternet_eval")
+
+
+@dataclass(frozen=True)
+class Settings:
+    artifact_root: Path
+    workers: int = 2
+
+
+@pytest.fixture(autouse=True, scope="module")
+def single_thread() -> Iterator[None]:
+    """One intra-op thread: on a shared 2-core machine it is faster and steadier than two."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
+@pytest.fixture(scope="module")
+def fi_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The demo's FI-style folder, small; fear's files carry HTML specials in their names."""
+    root = tmp_path_factory.mktemp("fi-data") / "fi"
+    write_image_folder(root, per_class=8, rng=random.Random(3), size=64)
+    for path in sorted((root / "fear").iterdir()):
+        path.rename(path.with_name(f"<img src=x onerror=alert(1)>&{path.name}"))
+    return root
+
+
+def run(root: Path, run_id: str, data: Path, stages: tuple[str, ...] = CHAIN,
+        **train: Any) -> RunStore:
+    """Run the stages in order through core.runner, as the flow would."""
+    store = RunStore(root, run_id)
+    store.create({}, {})
+    settings = Settings(artifact_root=root)
+    jobs = {"ingest": (IngestStage(), IngestParams(**INGEST, path=data)),
+            "cternet_train": (CTERNetTrainStage(), CTERNetTrainParams(**{**TRAIN, **train})),
+            "cternet_eval": (CTERNetEvalStage(), CTERNetEvalParams(batch_size=8, device="cpu"))}
+    for name in stages:
+        stage, params = jobs[name]
+        manifest = run_stage(StageJob(store, stage, params, settings))
+        assert manifest["rows_in"] == manifest["rows_out"] + manifest["rows_rejected"]
+    return store
+
+
+@pytest.fixture(scope="module")
+def baseline(fi_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> RunStore:
+    return run(tmp_path_factory.mktemp("artifacts"), "baseline", fi_dir)
+
+
+def rewrite_ingest(store: RunStore, change: Callable[[dict[str, Any]], dict[str, Any]]) -> None:
+    """Edit the finished ingest table in place (its manifest and fingerprint stay)."""
+    artifact = store.stage("ingest")
+    for shard_id, table in artifact.iter_shards():
+        rows = [change(row) for row in table.to_pylist()]
+        write_parquet(artifact.shard_path(shard_id),
+                      pa.Table.from_pylist(rows, schema=table.schema))
+
+
+def split_rows(store: RunStore, split: str) -> list[dict[str, Any]]:
+    table = store.stage("ingest").read_all()
+    return table.filter(pc.equal(table["split"], split)).to_pylist()
+
+
+def model_state(store: RunStore) -> dict[str, torch.Tensor]:
+    return torch.load(store.stage("cternet_train").path / "model.pt", weights_only=True)
+
+
+def history(store: RunStore) -> list[dict[str, Any]]:
+    table = store.stage("cternet_train").read_all(table="history")
+    return table.drop_columns(TIMING_FIELDS).to_pylist()
+
+
+def assert_same_model(first: RunStore, second: RunStore) -> None:
+    state, other = model_state(first), model_state(second)
+    assert state.keys() == other.keys()
+    assert all(torch.equal(state[key], other[key]) for key in state)
+    assert history(first) == history(second)
+
+
+def test_training_rows_outputs_and_summary(baseline: RunStore) -> None:
+    train = baseline.stage("cternet_train")
+    manifest = train.manifest
+    assert (manifest["rows_in"], manifest["rows_out"], manifest["rows_rejected"]) == (48, 48, 0)
+    rows = train.read_all()
+    assert set(rows["split"].to_pylist()) == {"train", "val"}
+    test_ids = {row["sample_id"] for row in split_rows(baseline, "test")}
+    assert not set(rows["sample_id"].to_pylist()) & test_ids
+    summary = manifest["summary"]
+    assert summary["classes"] == sorted(FI_CLASSES)
+    counts = (summary["train_images"], summary["val_images"], summary["test_rows_not_read"])
+    assert counts == (32, 16, 16)
+    assert summary["weights_source"] == "random" and summary["resumed_from_epoch"] == 0
+    assert train.num_rows("history") == TRAIN["epochs"]
+    assert (train.path / "training_curves.png").stat().st_size > 0
+    assert load_classifier(train.path, "cpu").classes == sorted(FI_CLASSES)
+
+
+def test_selected_epoch_is_the_best_on_val_and_model_pt_is_it(baseline: RunStore) -> None:
+    summary = baseline.stage("cternet_train").manifest["summary"]
+    val_accuracy = [row["val_accuracy"] for row in history(baseline)]
+    assert summary["best_epoch"] == val_accuracy.index(max(val_accuracy)) + 1
+    classifier = load_classifier(baseline.stage("cternet_train").path, "cpu")
+    preprocess = eval_transform(TRAIN["input_size"])
+    val = split_rows(baseline, "val")
+    with torch.no_grad():
+        pixels = torch.stack([preprocess(load_rgb(row["image_path"])) for row in val])
+        logits = classifier.model(pixels).logits
+    predicted = [classifier.classes[i] for i in logits.argmax(dim=1).tolist()]
+    accuracy = np.mean([p == r["label"] for p, r in zip(predicted, val)])
+    assert accuracy == pytest.approx(summary["best_val_accuracy"])
+
+
+def test_learning_is_above_chance(baseline: RunStore) -> None:
+    summary = baseline.stage("cternet_eval").manifest["summary"]
+    assert summary["accuracy"] > 2 / 8  # twice chance for 8 classes
+
+
+def test_test_split_is_never_read_by_training(baseline: RunStore, fi_dir: Path,
+                                              tmp_path: Path) -> None:
+    data = tmp_path / "fi"
+    shutil.copytree(fi_dir, data)
+    store = run(tmp_path / "artifacts", "poisoned", data, stages=("ingest",))
+    test_ids = {row["sample_id"] for row in split_rows(store, "test")}
+    for row in split_rows(store, "test"):
+        Path(row["image_path"]).write_bytes(b"not an image any more")
+    poisoned = {"label": "zz-poisoned-class"}  # would change the class list if test rows counted
+    rewrite_ingest(store, lambda row: row | poisoned if row["sample_id"] in test_ids else row)
+    run(tmp_path / "artifacts", "poisoned", data, stages=("cternet_train",))
+    assert store.stage("cternet_train").manifest["rows_rejected"] == 0
+    assert_same_model(store, baseline)
+
+
+def test_unusable_training_rows_are_rejected_with_reasons(baseline: RunStore, fi_dir: Path,
+                                                          tmp_path: Path) -> None:
+    data = tmp_path / "fi"
+    shutil.copytree(fi_dir, data)
+    store = run(tmp_path / "artifacts", "rejects", data, stages=("ingest",))
+    train, test = split_rows(store, "train"), split_rows(store, "test")
+    kept = [row for row in train if row["label"] != "sadness"]
+    Path(kept[0]["image_path"]).unlink()
+    Path(kept[1]["image_path"]).write_bytes(b"changed after ingest")
+    Path(test[0]["image_path"]).write_bytes(b"changed after ingest")
+    unlabelled = kept[2]["sample_id"]
+    rewrite_ingest(store, lambda row: row | {"label": None} if row["sample_id"] == unlabelled
+                   else row)
+    classes = [name for name in FI_CLASSES if name != "sadness"]
+    run(tmp_path / "artifacts", "rejects", data, stages=("cternet_train", "cternet_eval"),
+        classes=classes)
+
+    trained = store.stage("cternet_train").manifest
+    assert trained["rejects_by_reason"] == {"missing_image": 1, "image_changed": 1,
+                                            "missing_label": 1, "label_not_in_classes": 6}
+    assert (trained["rows_in"], trained["rows_out"]) == (48, 39)
+    assert load_classifier(store.stage("cternet_train").path, "cpu").classes == classes
+    evaluated = store.stage("cternet_eval").manifest
+    assert evaluated["rejects_by_reason"] == {"label_not_in_classes": 2, "image_load_failed": 1}
+    assert (evaluated["rows_in"], evaluated["rows_out"]) == (16, 13)
+    assert evaluated["summary"]["binary_accuracy"] is None
+    report = (store.stage("cternet_eval").path / "report.md").read_text()
+    assert "72.71" not in report and "not the FI set" in report
+
+
+def test_too_little_training_data_fails_with_the_fix(fi_dir: Path, tmp_path: Path) -> None:
+    with pytest.raises(UserError, match="fewer than one batch of 64") as error:
+        run(tmp_path, "small", fi_dir, stages=("ingest", "cternet_train"), batch_size=64)
+    assert "batch_size" in error.value.hint
+
+
+def test_interrupted_training_resumes_to_the_same_model(baseline: RunStore, fi_dir: Path,
+                                                        tmp_path: Path,
+                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    original_save_last = cternet_train.save_last
+    epochs_saved: list[int] = []
+
+    def save_then_stop(*args: Any, **kwargs: Any) -> None:
+        original_save_last(*args, **kwargs)
+        epochs_saved.append(args[-1].epoch)
+        if len(epochs_saved) == 2:
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(cternet_train, "save_last", save_then_stop)
+    with pytest.raises(KeyboardInterrupt):
+        run(tmp_path, "resumed", fi_dir, stages=("ingest", "cternet_train"))
+    store = RunStore(tmp_path, "resumed")
+    assert not store.stage("cternet_train").complete
+    assert store.read()["stages"]["cternet_train"]["status"] == "failed"
+    monkeypatch.setattr(cternet_train, "save_last", original_save_last)
+    run(tmp_path, "resumed", fi_dir, stages=("ingest", "cternet_train"))
+    assert store.stage("cternet_train").manifest["summary"]["resumed_from_epoch"] == 2
+    assert_same_model(store, baseline)
+
+
+def test_training_on_two_gloo_processes_through_torchrun(fi_dir: Path, tmp_path: Path) -> None:
+    store = run(tmp_path, "ddp", fi_dir, stages=("ingest", "cternet_train"), processes=2, epochs=2)
+    trained = store.stage("cternet_train")
+    assert trained.manifest["summary"]["processes"] == 2
+    # Each process trains on its half of the 32 images; the epoch's counts are summed over both.
+    epochs = trained.read_all(table="history").to_pylist()
+    assert [round(row["images_per_second"] * row["seconds"]) for row in epochs] == [32, 32]
+    last = torch.load(trained.path / PLAN_DIR / LAST_CHECKPOINT, weights_only=True)
+    assert len(last["rng"]) == 2 and not torch.equal(last["rng"][0]["cpu"], last["rng"][1]["cpu"])
+    assert not any(key.startswith("module.") for key in last["model"])
+    assert load_classifier(trained.path, "cpu").classes == sorted(FI_CLASSES)
+
+
+def test_eval_rows_and_metrics_equal_scikit_learn(baseline: RunStore) -> None:
+    evaluated = baseline.stage("cternet_eval")
+    rows = evaluated.read_all().to_pandas()
+    assert sorted(rows["sample_id"]) == sorted(r["sample_id"] for r in split_rows(baseline, "test"))
+    classes = sorted(FI_CLASSES)
+    probabilities = np.stack(rows["probabilities"].to_list())
+    np.testing.assert_allclose(probabilities.sum(axis=1), 1.0, atol=1e-5)
+    assert [classes[i] for i in probabilities.argmax(axis=1)] == rows["predicted"].tolist()
+    assert (rows["correct"] == (rows["label"] == rows["predicted"])).all()
+
+    summary = evaluated.manifest["summary"]
+    true, predicted = rows["label"], rows["predicted"]
+    assert summary["accuracy"] == pytest.approx(accuracy_score(true, predicted))
+    assert summary["weighted_f1"] == pytest.approx(
+        f1_score(true, predicted, labels=classes, average="weighted", zero_division=0))
+    precision, recall, f1, support = precision_recall_fscore_support(
+        true, predicted, labels=classes, zero_division=0)
+    assert [row["name"] for row in summary["per_class"]] == classes
+    assert [row["precision"] for row in summary["per_class"]] == pytest.approx(precision)
+    assert [row["recall"] for row in summary["per_class"]] == pytest.approx(recall)
+    assert [row["f1"] for row in summary["per_class"]] == pytest.approx(f1)
+    assert [row["support"] for row in summary["per_class"]] == support.tolist()
+    assert summary["confusion"] == confusion_matrix(true, predicted, labels=classes).tolist()
+    positive = {"amusement", "awe", "contentment", "excitement"}
+    assert summary["binary_accuracy"] == pytest.approx(
+        np.mean([(t in positive) == (p in positive) for t, p in zip(true, predicted)]))
+
+
+def test_eval_report_and_figure_put_the_papers_figures_beside_ours(baseline: RunStore) -> None:
+    folder = baseline.stage("cternet_eval").path
+    summary = baseline.stage("cternet_eval").manifest["summary"]
+    report = (folder / "report.md").read_text()
+    assert "| metric | this run | CTERNet paper (FI, reported) |" in report
+    assert f"| accuracy (8-class) | {100 * summary['accuracy']:.2f} | 72.71 |" in report
+    assert f"| binary accuracy | {100 * summary['binary_accuracy']:.2f} | 91.01 |" in report
+    assert "random weights" in report
+    assert summary["paper_fi_percent"] == {"accuracy": 72.71, "binary_accuracy": 91.01}
+    assert (folder / "confusion_matrix.png").stat().st_size > 0
+
+
+def test_binary_accuracy_groups_fi_classes_by_polarity() -> None:
+    classes = ["sadness", "amusement", "anger", "awe", "contentment", "disgust", "excitement",
+               "fear"]
+    index = {name: i for i, name in enumerate(classes)}
+    pairs = [("amusement", "awe"), ("anger", "fear"), ("awe", "sadness"),
+             ("disgust", "contentment"), ("excitement", "excitement")]
+    true = np.array([index[t] for t, _ in pairs])
+    predicted = np.array([index[p] for _, p in pairs])
+    metrics = compute_metrics(true, predicted, classes)
+    assert metrics.accuracy == pytest.approx(1 / 5)
+    assert metrics.binary_accuracy == pytest.approx(3 / 5)
+    assert compute_metrics(true % 3, predicted % 3, ["a", "b", "c"]).binary_accuracy is None
+
+
+def test_sentiment_maps_are_written_with_escaped_text(baseline: RunStore, tmp_path: Path) -> None:
+    index = write_sentiment_maps(baseline, 16, tmp_path / "maps")
+    page = index.read_text(encoding="utf-8")
+    pictures = sorted((tmp_path / "maps").glob("*.png"))
+    assert len(pictures) == 16 and page.count("<figure") == 16
+    assert all(f'src="{picture.name}"' in page for picture in pictures)
+    assert "&lt;img src=x onerror=alert(1)&gt;&amp;fear" in page and "<img src=x" not in page
+    with Image.open(pictures[0]) as image:
+        assert image.size == (448, 224)
+    with pytest.raises(UserError, match="no finished cternet_eval"):
+        write_sentiment_maps(RunStore(tmp_path, "absent"), 4, tmp_path / "none")
+
+
+@pytest.mark.parametrize(("key", "values"), [
+    ("backbone", {"backbone": "no_such_net"}),
+    ("crop_scale", {"crop_scale": [0.9, 0.5]}),
+    ("backbone_checkpoint", {"backbone_checkpoint": "/nonexistent/backbone.pt"}),
+    ("num_classes", {"classes": ["a", "b"], "num_classes": 3}),
+    ("counterfactual", {"counterfactual": "inverted"}),
+    ("batch_size", {"batch_size": 1}),
+    ("device", {"device": "not-a-device"}),
+    ("k_maps", {"k_maps": 0}),
+    ("epoch", {"epoch": 3}),
+])
+def test_params_are_validated_with_the_key_named(key: str, values: dict[str, Any]) -> None:
+    with pytest.raises(ValidationError, match=key):
+        CTERNetTrainParams(**values)
+
+
+def test_configs_hold_the_paper_recipe_and_a_runnable_demo() -> None:
+    paper = yaml.safe_load((CONFIGS / "cternet_paper.yaml").read_text())
+    demo = yaml.safe_load((CONFIGS / "cternet_demo.yaml").read_text())
+    for config in (paper, demo):
+        assert config["run"]["stages"] == ["ingest", "cternet_train", "cternet_eval"]
+        assert config["ingest"]["source"] == "image_folder"
+        CTERNetEvalParams(**config.get("cternet_eval") or {})
+    recipe = CTERNetTrainParams(**paper["cternet_train"])
+    assert (recipe.backbone, recipe.pretrained, recipe.input_size) == ("res2net101d", True, 448)
+    assert (recipe.lr, recipe.momentum, recipe.step_size, recipe.lr_decay) == (1e-4, 0.9, 10, 0.1)
+    with pytest.raises(ValidationError, match="path does not exist"):
+        IngestParams(**paper["ingest"])
+    small = CTERNetTrainParams(**demo["cternet_train"])
+    assert not small.pretrained and small.input_size <= 112
+    assert demo["ingest"]["path"] == "artifacts/demo-data/fi"
