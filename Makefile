@@ -20,6 +20,7 @@ demo: $(STAMP)
 	$(AFFECTFLOW) demo-data $(DEMO_DATA)
 	$(AFFECTFLOW) demo-models $(DEMO_DATA)
 	$(AFFECTFLOW) run pretrain --config configs/demo.yaml
+	$(AFFECTFLOW) run cternet --config configs/cternet_demo.yaml
 
 test: $(STAMP)
 	$(VENV)/bin/python -m pytest -q
