@@ -28,7 +28,7 @@ from affectflow.core.progress import Progress
 from affectflow.core.runs import RunStore, utc_now
 from affectflow.core.stage import ShardOutput, Stage, StageContext, StageParams
 from affectflow.core.store import (MAIN_TABLE, MANIFEST, PLAN_DIR, REJECTS, REJECTS_SCHEMA,
-                                   SHARD_WORK_DIR, StageArtifact, shard_name)
+                                   SHARD_WORK_DIR, StageArtifact)
 
 logger = logging.getLogger("affectflow.runner")
 
@@ -154,7 +154,7 @@ def compute_shard(job: StageJob, fingerprint: str, shard_id: int) -> ShardOutput
     if output.rows_in != kept + rejected:
         raise RuntimeError(f"{job.stage.name} shard {shard_id}: accounting does not close: "
                            f"{output.rows_in} in != {kept} out + {rejected} rejected")
-    schemas = {MAIN_TABLE: job.stage.schema, **job.stage.side_schemas}
+    schemas = {MAIN_TABLE: job.stage.output_schema(job.params), **job.stage.side_schemas}
     for table_name, table in output.tables.items():
         if table_name not in schemas:
             raise RuntimeError(f"{job.stage.name} produced undeclared table '{table_name}'")
@@ -218,7 +218,7 @@ def finalize_stage(job: StageJob, fingerprint: str) -> dict[str, Any]:
         "code_version": job.stage.code_version(),
         "affectflow_version": affectflow.__version__,
         "schema_version": job.stage.schema_version,
-        "schema": [[field.name, str(field.type)] for field in job.stage.schema],
+        "schema": [[field.name, str(field.type)] for field in job.stage.output_schema(job.params)],
         "side_tables": {name: [[f.name, str(f.type)] for f in job.output.schema(name)]
                         for name in sorted(job.stage.side_schemas)},
         "shard_ids": shard_ids,

@@ -19,6 +19,7 @@ import inspect
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import ModuleType
 from typing import Any, ClassVar
 
 import pyarrow as pa
@@ -80,6 +81,8 @@ class Stage(ABC):
     # True when shards are independent and cheap to set up, so an orchestrator may run them as
     # parallel tasks; stages that hold a model process their shards in one task instead.
     shard_parallel: ClassVar[bool] = False
+    # Helper and model modules whose code changes the stage's results (part of its fingerprint).
+    code_modules: ClassVar[tuple[ModuleType, ...]] = ()
 
     def input_names(self, params: StageParams) -> tuple[str, ...]:
         """Inputs this configuration actually reads (a subset of `inputs`, which is the maximum
@@ -87,9 +90,14 @@ class Stage(ABC):
         return self.inputs
 
     def code_version(self) -> str:
-        """Hash of the module that defines the stage: editing the stage's code reruns it."""
-        source = inspect.getsource(inspect.getmodule(type(self)))  # type: ignore[arg-type]
+        """Hash of the stage's module and its `code_modules`: editing that code reruns it."""
+        modules = (inspect.getmodule(type(self)), *self.code_modules)
+        source = "".join(inspect.getsource(module) for module in modules)  # type: ignore[arg-type]
         return hash_bytes(source.encode("utf-8"))[:16]
+
+    def output_schema(self, params: StageParams) -> pa.Schema:
+        """The main table's schema; stages whose columns depend on params override this."""
+        return self.schema
 
     def source_fingerprint(self, params: StageParams, settings: Any) -> str | None:
         """Fingerprint of external inputs (files outside the run); None for stages without any."""

@@ -6,7 +6,6 @@ Every failure a user can fix prints one line and a hint; `--debug` shows the tra
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import sys
 from pathlib import Path

@@ -9,8 +9,6 @@ paper's FI figures beside ours.
 
 from __future__ import annotations
 
-import inspect
-import sys
 from dataclasses import dataclass
 from typing import Any
 
@@ -22,7 +20,6 @@ from pydantic import Field, field_validator
 
 from affectflow.core.atomic import write_text
 from affectflow.core.errors import UserError
-from affectflow.core.hashing import hash_bytes
 from affectflow.core.stage import ShardOutput, Stage, StageContext, StageParams
 from affectflow.core.store import MAIN_TABLE, StageArtifact, make_rejects
 from affectflow.models import cternet_classifier, cternet_data
@@ -71,10 +68,7 @@ class CTERNetEvalStage(Stage):
     Params = CTERNetEvalParams
     schema = SCHEMA
 
-    def code_version(self) -> str:
-        modules = (sys.modules[__name__], cternet_metrics, cternet_report, cternet_figures,
-                   cternet_classifier, cternet_data)
-        return hash_bytes("".join(inspect.getsource(m) for m in modules).encode("utf-8"))[:16]
+    code_modules = (cternet_metrics, cternet_report, cternet_figures, cternet_classifier, cternet_data)
 
     def prepare(self, ctx: StageContext) -> list[int]:
         ingest = ctx.input("ingest")

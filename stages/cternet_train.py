@@ -15,9 +15,7 @@ table and `training_curves.png`.
 from __future__ import annotations
 
 import dataclasses
-import inspect
 import json
-import sys
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Literal
@@ -29,7 +27,7 @@ from pydantic import Field, field_validator, model_validator
 
 from affectflow.core.atomic import write_json, write_parquet
 from affectflow.core.errors import UserError
-from affectflow.core.hashing import hash_bytes, hash_file, tree_fingerprint
+from affectflow.core.hashing import hash_file, tree_fingerprint
 from affectflow.core.stage import ShardOutput, Stage, StageContext, StageParams
 from affectflow.core.store import MAIN_TABLE, StageArtifact, make_rejects
 from affectflow.models import (cternet_checkpoint, cternet_classifier, cternet_data,
@@ -196,11 +194,7 @@ class CTERNetTrainStage(Stage):
     schema = SCHEMA
     side_schemas = {HISTORY: HISTORY_SCHEMA}
 
-    def code_version(self) -> str:
-        """This module and the training code it drives: editing any of them retrains."""
-        modules = (sys.modules[__name__], cternet_train, cternet_data, cternet_checkpoint,
-                   cternet_classifier, cternet_distributed, cternet_figures)
-        return hash_bytes("".join(inspect.getsource(m) for m in modules).encode("utf-8"))[:16]
+    code_modules = (cternet_train, cternet_data, cternet_checkpoint, cternet_classifier, cternet_distributed, cternet_figures)
 
     def source_fingerprint(self, params: CTERNetTrainParams,  # type: ignore[override]
                            settings: Any) -> str | None:

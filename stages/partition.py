@@ -9,8 +9,6 @@ writes `summary.json` and the pictures in `figures/`.
 
 from __future__ import annotations
 
-import inspect
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +19,7 @@ from pydantic import Field, field_validator, model_validator
 
 from affectflow.core.atomic import write_json
 from affectflow.core.errors import UserError
-from affectflow.core.hashing import hash_bytes, hash_file
+from affectflow.core.hashing import hash_file
 from affectflow.core.stage import ShardOutput, Stage, StageContext, StageParams
 from affectflow.core.store import MAIN_TABLE, StageArtifact
 from affectflow.stages import (partition_align, partition_figures, partition_stats,
@@ -107,11 +105,7 @@ class PartitionStage(Stage):
     # Each shard takes milliseconds; a Prefect task per shard would cost more than the work.
     shard_parallel = False
 
-    def code_version(self) -> str:
-        """The stage module plus its helper modules: editing any of them reruns the stage."""
-        modules = (sys.modules[__name__], partition_align, partition_stats, partition_figures,
-                   partition_truth)
-        return hash_bytes("".join(inspect.getsource(m) for m in modules).encode("utf-8"))[:16]
+    code_modules = (partition_align, partition_stats, partition_figures, partition_truth)
 
     def source_fingerprint(self, params: PartitionParams, settings: Any) -> str | None:  # type: ignore[override]
         return hash_file(params.ground_truth) if params.ground_truth else None

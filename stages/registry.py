@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from affectflow.core.errors import UserError
 from affectflow.core.stage import Stage
+from affectflow.stages.cluster import ClusterStage
 from affectflow.stages.cternet_eval import CTERNetEvalStage
 from affectflow.stages.cternet_train import CTERNetTrainStage
 from affectflow.stages.emotional import EmotionalStage
@@ -12,10 +13,10 @@ from affectflow.stages.ingest import IngestStage
 from affectflow.stages.partition import PartitionStage
 
 STAGES: dict[str, type[Stage]] = {cls.name: cls for cls in (
-    IngestStage, FactualStage, EmotionalStage, PartitionStage, CTERNetTrainStage,
+    IngestStage, FactualStage, EmotionalStage, PartitionStage, ClusterStage, CTERNetTrainStage,
     CTERNetEvalStage)}
 
-PRETRAIN_CHAIN: tuple[str, ...] = ("ingest", "factual", "emotional", "partition")
+PRETRAIN_CHAIN: tuple[str, ...] = ("ingest", "factual", "emotional", "partition", "cluster")
 CTERNET_CHAIN: tuple[str, ...] = ("ingest", "cternet_train", "cternet_eval")
 
 
