@@ -19,25 +19,51 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
-from pydantic import Field, field_validator, model_validator
-
 from affectflow.core.atomic import write_json, write_parquet
 from affectflow.core.errors import UserError
 from affectflow.core.hashing import hash_file, hash_value
 from affectflow.core.stage import ShardOutput, Stage, StageContext, StageParams
 from affectflow.core.store import MAIN_TABLE, make_rejects
-from affectflow.stages import cluster_features, cluster_inputs, cluster_kmeans, cluster_report
 from affectflow.models.pacl import SCHEMAS, parse_visual_spec
-from affectflow.stages.cluster_features import (FEATURE_COLUMN, LISTING_COLUMNS, EncoderSpec,
-                                                FeatureCache, check_visual_spec,
-                                                ensure_image_features, weights_fingerprint)
-from affectflow.stages.cluster_inputs import (TEXT_FEATURE_COLUMN, AlignedShard, align_shard,
-                                              read_if_present)
-from affectflow.stages.cluster_kmeans import (Init, KmeansResult, faiss_uses_gpu, kmeans,
-                                              kmeans_plus_plus_available, l2_normalise)
-from affectflow.stages.cluster_report import (SIDES, add_truth, draw_sweep, load_emotion_truth,
-                                              side_report)
+from affectflow.stages import (
+    cluster_features,
+    cluster_inputs,
+    cluster_kmeans,
+    cluster_report,
+)
+from affectflow.stages.cluster_features import (
+    FEATURE_COLUMN,
+    LISTING_COLUMNS,
+    EncoderSpec,
+    FeatureCache,
+    check_visual_spec,
+    ensure_image_features,
+    weights_fingerprint,
+)
+from affectflow.stages.cluster_inputs import (
+    TEXT_FEATURE_COLUMN,
+    AlignedShard,
+    align_shard,
+    read_if_present,
+)
+from affectflow.stages.cluster_kmeans import (
+    Init,
+    KmeansResult,
+    faiss_uses_gpu,
+    kmeans,
+    kmeans_plus_plus_available,
+    l2_normalise,
+)
+from affectflow.stages.cluster_report import (
+    SIDES,
+    add_truth,
+    draw_sweep,
+    load_emotion_truth,
+    side_report,
+)
 from affectflow.stages.emotional import TEXT_FEATURES
+from affectflow.stages.param_types import Device, GroundTruthCsv
+from pydantic import Field, field_validator, model_validator
 
 IMAGE_FEATURES = "image_features"
 REPORT_FILE = "report.json"
@@ -68,9 +94,8 @@ class ClusterParams(StageParams):
     nredo: int = Field(1, ge=1, description="k-means restarts; the best objective is kept")
     seed: int = Field(0, description="k-means initialisation (and random-init encoder) seed")
     batch_size: int = Field(64, ge=1)
-    device: str | None = Field(None, description="cpu, cuda, cuda:N; default: GPU when present")
-    ground_truth: Path | None = Field(
-        None, description="CSV with source_id, emotion, text_emotion (demo data has one)")
+    device: Device = None
+    ground_truth: GroundTruthCsv = None
 
     @field_validator("visual_encoder")
     @classmethod
@@ -105,14 +130,6 @@ class ClusterParams(StageParams):
         if value == "kmeans++" and not kmeans_plus_plus_available():
             raise ValueError("init 'kmeans++' needs faiss >= 1.14; upgrade faiss-cpu / "
                              "faiss-gpu-cu12 or set init: random")
-        return value
-
-    @field_validator("ground_truth")
-    @classmethod
-    def _truth_exists(cls, value: Path | None) -> Path | None:
-        if value is not None and not value.is_file():
-            raise ValueError(f"ground truth file does not exist: {value} (the demo writes one at "
-                             f"artifacts/demo-data/ground_truth.csv; or leave it unset)")
         return value
 
 

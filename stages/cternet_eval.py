@@ -16,8 +16,6 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import torch
-from pydantic import Field, field_validator
-
 from affectflow.core.atomic import write_text
 from affectflow.core.errors import UserError
 from affectflow.core.stage import ShardOutput, Stage, StageContext, StageParams
@@ -26,12 +24,14 @@ from affectflow.models import cternet_classifier, cternet_data
 from affectflow.models.cternet_classifier import TrainedClassifier, load_classifier
 from affectflow.models.cternet_data import eval_transform
 from affectflow.models.cternet_train import intra_op_threads
-from affectflow.models.encoder_runtime import inference_context, resolve_device
+from affectflow.models.encoder_runtime import inference_context
 from affectflow.stages import cternet_figures, cternet_metrics, cternet_report
 from affectflow.stages.batching import prefetched_image_batches
 from affectflow.stages.cternet_figures import draw_confusion_matrix
 from affectflow.stages.cternet_metrics import PAPER_FI_ACCURACY, compute_metrics
 from affectflow.stages.cternet_report import CONFUSION_FIGURE, render_report
+from affectflow.stages.param_types import Device
+from pydantic import Field
 
 REPORT_FILE = "report.md"
 
@@ -46,14 +46,8 @@ SCHEMA = pa.schema([
 
 class CTERNetEvalParams(StageParams):
     batch_size: int = Field(64, ge=1)
-    device: str | None = Field(None, description="cpu, cuda, cuda:N; default: GPU when present")
+    device: Device = None
     cpu_threads: int | None = Field(None, ge=1, description="torch CPU threads (default: torch's)")
-
-    @field_validator("device")
-    @classmethod
-    def _device_available(cls, value: str | None) -> str | None:
-        resolve_device(value)
-        return value
 
 
 @dataclass

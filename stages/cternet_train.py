@@ -23,24 +23,44 @@ from typing import Any, Literal
 import pyarrow as pa
 import pyarrow.compute as pc
 import torch
-from pydantic import Field, field_validator, model_validator
-
 from affectflow.core.atomic import write_json, write_parquet
 from affectflow.core.errors import UserError
 from affectflow.core.hashing import hash_file, tree_fingerprint
 from affectflow.core.stage import ShardOutput, Stage, StageContext, StageParams
 from affectflow.core.store import MAIN_TABLE, StageArtifact, make_rejects
-from affectflow.models import (cternet_checkpoint, cternet_classifier, cternet_data,
-                               cternet_distributed, cternet_train)
+from affectflow.models import (
+    cternet_checkpoint,
+    cternet_classifier,
+    cternet_data,
+    cternet_distributed,
+    cternet_train,
+)
 from affectflow.models.cternet_classifier import save_classifier
-from affectflow.models.cternet_config import COUNTERFACTUAL_STRATEGIES, MODES, CTERNetConfig
+from affectflow.models.cternet_config import (
+    COUNTERFACTUAL_STRATEGIES,
+    MODES,
+    CTERNetConfig,
+)
 from affectflow.models.cternet_data import LabelledImages
-from affectflow.models.cternet_distributed import JOB_FILE, TrainingJob, launch, write_job
-from affectflow.models.cternet_train import (TrainingOutcome, TrainingRecipe, Runtime,
-                                             best_model_state, read_outcome, train_cternet)
+from affectflow.models.cternet_distributed import (
+    JOB_FILE,
+    TrainingJob,
+    launch,
+    write_job,
+)
+from affectflow.models.cternet_train import (
+    Runtime,
+    TrainingOutcome,
+    TrainingRecipe,
+    best_model_state,
+    read_outcome,
+    train_cternet,
+)
 from affectflow.models.encoder_runtime import resolve_device
 from affectflow.stages import cternet_figures
 from affectflow.stages.cternet_figures import draw_training_curves
+from affectflow.stages.param_types import Device
+from pydantic import Field, field_validator, model_validator
 
 HISTORY = "history"
 CURVES_FIGURE = "training_curves.png"
@@ -92,7 +112,7 @@ class CTERNetTrainParams(StageParams):
     weight_decay: float = Field(0.0, ge=0)
     crop_scale: tuple[float, float] = Field((0.08, 1.0), description="random resized crop area")
     seed: int = 0
-    device: str | None = Field(None, description="cpu, cuda, cuda:N; default: GPU when present")
+    device: Device = None
     processes: int = Field(1, ge=1, description="> 1: torchrun data-parallel processes")
     cpu_threads: int | None = Field(None, ge=1, description="torch CPU threads (default: torch's)")
 
@@ -117,12 +137,6 @@ class CTERNetTrainParams(StageParams):
         if not 0 < value[0] <= value[1] <= 1:
             raise ValueError(f"crop_scale {list(value)} must satisfy 0 < low <= high <= 1 "
                              "(e.g. [0.08, 1.0])")
-        return value
-
-    @field_validator("device")
-    @classmethod
-    def _device_available(cls, value: str | None) -> str | None:
-        resolve_device(value)
         return value
 
     @model_validator(mode="after")

@@ -19,8 +19,6 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 import torch
-from pydantic import Field, field_validator
-
 from affectflow.core.errors import UserError
 from affectflow.core.stage import ShardOutput, Stage, StageContext, StageParams
 from affectflow.core.store import MAIN_TABLE, StageArtifact, make_rejects
@@ -29,7 +27,13 @@ from affectflow.models.clip import ClipBundle, encode_images, load_clip
 from affectflow.models.text_encoder import TextEncoder, load_text_encoder
 from affectflow.stages.batching import prefetched_image_batches
 from affectflow.stages.factual import EMBEDDINGS, column_vectors, vector_column
-from affectflow.stages.model_specs import check_model_spec, model_fingerprint, resolve_text_encoder
+from affectflow.stages.model_specs import (
+    check_model_spec,
+    model_fingerprint,
+    resolve_text_encoder,
+)
+from affectflow.stages.param_types import Device
+from pydantic import Field, field_validator
 
 TEXT_FEATURES = "text_features"
 
@@ -47,7 +51,7 @@ class EmotionalParams(StageParams):
     text_column: str = Field("text", pattern="^(text|text_raw)$")
     reuse_factual_embeddings: bool = True
     batch_size: int = Field(64, ge=1)
-    device: str | None = None
+    device: Device = None
     seed: int = 0
 
     @field_validator("clip", "text_encoder")

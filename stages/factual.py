@@ -12,13 +12,13 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 import torch
-from pydantic import Field, field_validator
-
 from affectflow.core.stage import ShardOutput, Stage, StageContext, StageParams
 from affectflow.core.store import MAIN_TABLE, make_rejects
 from affectflow.models.clip import ClipBundle, encode_images, encode_texts, load_clip
 from affectflow.stages.batching import prefetched_image_batches
 from affectflow.stages.model_specs import check_model_spec, model_fingerprint
+from affectflow.stages.param_types import Device
+from pydantic import Field, field_validator
 
 EMBEDDINGS = "embeddings"
 
@@ -41,7 +41,7 @@ class FactualParams(StageParams):
                       description="open_clip arch[:tag|:checkpoint] or a saved model folder")
     text_column: str = Field("text", pattern="^(text|text_raw)$")
     batch_size: int = Field(64, ge=1)
-    device: str | None = Field(None, description="cpu, cuda, cuda:N; default: GPU when present")
+    device: Device = None
     seed: int = Field(0, description="seeds random-init specs so runs are reproducible")
 
     @field_validator("clip")

@@ -9,27 +9,43 @@ writes `summary.json` and the pictures in `figures/`.
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
-from pydantic import Field, field_validator, model_validator
-
 from affectflow.core.atomic import write_json
 from affectflow.core.errors import UserError
 from affectflow.core.hashing import hash_file
 from affectflow.core.stage import ShardOutput, Stage, StageContext, StageParams
 from affectflow.core.store import MAIN_TABLE, StageArtifact
-from affectflow.stages import (partition_align, partition_figures, partition_stats,
-                               partition_truth)
-from affectflow.stages.partition_align import (AlignedShard, align_scores, read_columns,
-                                               read_scores)
-from affectflow.stages.partition_figures import ScoreHistograms, draw_density, draw_histogram
-from affectflow.stages.partition_stats import (Mode, ScoreScale, ScoreStatistics, load_scales,
-                                               save_scales)
+from affectflow.stages import (
+    partition_align,
+    partition_figures,
+    partition_stats,
+    partition_truth,
+)
+from affectflow.stages.param_types import GroundTruthCsv
+from affectflow.stages.partition_align import (
+    AlignedShard,
+    align_scores,
+    read_columns,
+    read_scores,
+)
+from affectflow.stages.partition_figures import (
+    ScoreHistograms,
+    draw_density,
+    draw_histogram,
+)
+from affectflow.stages.partition_stats import (
+    Mode,
+    ScoreScale,
+    ScoreStatistics,
+    load_scales,
+    save_scales,
+)
 from affectflow.stages.partition_truth import TruthCheck, load_ground_truth
+from pydantic import Field, model_validator
 
 PARTITIONS = ("strong", "partial_emotional", "partial_factual", "weak")
 # Reported by the PACL paper on TumEmo at sigma 0.7; "partial" is both partial kinds together.
@@ -65,16 +81,7 @@ class PartitionParams(StageParams):
     emotional_mode: Mode = Field("quantile", description="absolute | minmax | quantile")
     factual_sigma: float = Field(0.5, description="threshold on the factual mode's scale")
     emotional_sigma: float = Field(0.5, description="threshold on the emotional mode's scale")
-    ground_truth: Path | None = Field(
-        None, description="CSV with source_id, factual_match, emotional_match (demo data has one)")
-
-    @field_validator("ground_truth")
-    @classmethod
-    def _truth_exists(cls, value: Path | None) -> Path | None:
-        if value is not None and not value.is_file():
-            raise ValueError(f"ground truth file does not exist: {value} (the demo writes one at "
-                             f"artifacts/demo-data/ground_truth.csv; or leave it unset)")
-        return value
+    ground_truth: GroundTruthCsv = None
 
     @model_validator(mode="after")
     def _sigma_in_range(self) -> "PartitionParams":
