@@ -5,6 +5,7 @@ from __future__ import annotations
 import resource
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Callable, TypeVar
 
 T = TypeVar("T")
@@ -40,3 +41,17 @@ def timed(fn: Callable[[], T], repeats: int = 1) -> tuple[T, float]:
 def peak_rss_mib() -> float:
     """Peak resident memory of this process so far (Linux reports KiB)."""
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+
+
+def start_prefect(home: Path) -> None:
+    """Point Prefect at `home` and start its ephemeral API, so timed flow runs do not pay for it."""
+    from affectflow.pipelines.prefect_env import configure_prefect_env
+
+    configure_prefect_env(home)
+    from prefect import flow
+
+    @flow(name="bench-warm-up")
+    def warm_up() -> None:
+        """An empty flow: its first call starts the API."""
+
+    warm_up()

@@ -5,15 +5,17 @@ workers vs 1 on this machine (target >= 1.6x)."""
 from __future__ import annotations
 
 import importlib.util
+import os
 import tempfile
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 from affectflow.demo.generate import generate_demo
 from affectflow.demo.models import build_demo_models
-from affectflow.pipelines.prefect_env import configure_prefect_env
-from bench.common import BenchRow
+from bench.common import BenchRow, start_prefect
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -27,38 +29,43 @@ def _flow_seconds(config_overrides: list[str], run_id: str) -> tuple[float, dict
     return time.perf_counter() - start, result
 
 
+@contextmanager
+def demo_workdir(tmp: Path, quick: bool) -> Iterator[Path]:
+    """A working folder laid out like the repository's (`artifacts/demo-data` with demo data and
+    models), made current so configs/demo.yaml's relative paths resolve there; yields the data."""
+    work = tmp / "work"
+    data = work / "artifacts" / "demo-data"
+    generate_demo(data, posts=140 if quick else 420, seed=0, per_class=4 if quick else 40,
+                  caption_pairs=640 if quick else 1400)
+    build_demo_models(data, epochs=4 if quick else 8)
+    previous = Path.cwd()
+    os.chdir(work)
+    try:
+        yield data
+    finally:
+        os.chdir(previous)
+
+
 def run(quick: bool) -> list[BenchRow]:
     with tempfile.TemporaryDirectory() as tmp:
-        configure_prefect_env(Path(tmp) / "prefect")
-        from prefect import flow
-
-        @flow(name="bench-warm-up")
-        def warm_up() -> None:
-            """Starts the ephemeral Prefect API so the timed runs do not pay for it."""
-
-        warm_up()
-        data = Path(tmp) / "demo"
-        generate_demo(data, posts=140 if quick else 420, seed=0, per_class=4,
-                      caption_pairs=640 if quick else 1400)
-        build_demo_models(data, epochs=4 if quick else 8)
-        root = Path(tmp) / "artifacts"
-        base = [f"run.artifact_root={root}", f"ingest.path={data / 'tumemo'}",
-                f"factual.clip={data / 'models' / 'clip'}", f"emotional.clip={data / 'models' / 'clip'}",
-                f"emotional.anp_vocabulary={data / 'anps.txt'}",
-                f"partition.ground_truth={data / 'ground_truth.csv'}"]
-        wall, result = _flow_seconds(base, "profile")
-        stage_seconds = {name: s["timings"]["seconds"] for name, s in result["stages"].items()}
-        share = max(0.0, wall - sum(stage_seconds.values())) / wall
-        rows = [BenchRow("demo pipeline: Prefect orchestration share", share, 0.10,
-                         higher_is_better=False,
-                         detail=f"wall {wall:.1f}s; " + ", ".join(
-                             f"{k} {v:.1f}s" for k, v in stage_seconds.items()))]
-        if importlib.util.find_spec("prefect_dask") is not None:
-            rows.append(_dask_speedup(Path(tmp), data, base, quick))
+        start_prefect(Path(tmp) / "prefect")
+        with demo_workdir(Path(tmp), quick):
+            wall, result = _flow_seconds([], "profile")
+            rows = [_orchestration_share(wall, result)]
+            if importlib.util.find_spec("prefect_dask") is not None:
+                rows.append(_dask_speedup(Path(tmp), quick))
         return rows
 
 
-def _dask_speedup(tmp: Path, data: Path, base: list[str], quick: bool) -> BenchRow:
+def _orchestration_share(wall: float, result: dict[str, Any]) -> BenchRow:
+    stage_seconds = {name: s["timings"]["seconds"] for name, s in result["stages"].items()}
+    share = max(0.0, wall - sum(stage_seconds.values())) / wall
+    return BenchRow("demo pipeline: Prefect orchestration share", share, 0.10,
+                    higher_is_better=False, detail=f"wall {wall:.1f}s; " + ", ".join(
+                        f"{k} {v:.1f}s" for k, v in stage_seconds.items()))
+
+
+def _dask_speedup(tmp: Path, quick: bool) -> BenchRow:
     """Ingest of large JPEGs, the CPU-bound map stage, with 1 vs 2 single-threaded Dask workers."""
     from bench.ingest_speed import make_posts
 
@@ -67,8 +74,8 @@ def _dask_speedup(tmp: Path, data: Path, base: list[str], quick: bool) -> BenchR
     make_posts(posts, 96 if quick else 240, 768)
     seconds = {}
     for workers in (1, 2):
-        overrides = base + [f"ingest.path={posts}", "run.task_runner=dask", f"run.workers={workers}",
-                            "ingest.shard_size=8", "run.stages=[ingest]"]
+        overrides = [f"ingest.path={posts}", "run.task_runner=dask", f"run.workers={workers}",
+                     "ingest.shard_size=8", "run.stages=[ingest]"]
         wall, result = _flow_seconds(overrides, f"dask-{workers}")
         seconds[workers] = result["stages"]["ingest"]["timings"]["seconds"]
     return BenchRow("ingest speed-up, 2 Dask workers vs 1", seconds[1] / seconds[2], 1.6,

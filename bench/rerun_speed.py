@@ -5,35 +5,23 @@ from __future__ import annotations
 import tempfile
 from pathlib import Path
 
-from affectflow.demo.generate import generate_demo
-from affectflow.pipelines.prefect_env import configure_prefect_env
-from bench.common import BenchRow, timed
+from bench.common import BenchRow, start_prefect, timed
+from bench.pipeline_profile import demo_workdir
 
 REPO = Path(__file__).resolve().parents[1]
 
 
 def run(quick: bool) -> list[BenchRow]:
     with tempfile.TemporaryDirectory() as tmp:
-        configure_prefect_env(Path(tmp) / "prefect")
-        from prefect import flow
-
+        start_prefect(Path(tmp) / "prefect")
         from affectflow.pipelines.flows import pretrain_flow
 
-        @flow(name="bench-warm-up")
-        def warm_up() -> None:
-            """Starts the ephemeral Prefect API so neither timed run pays for it."""
-
-        warm_up()
-        data = Path(tmp) / "demo"
-        generate_demo(data, posts=120 if quick else 420, seed=0)
-        overrides = [f"ingest.path={data / 'tumemo'}", f"run.artifact_root={Path(tmp) / 'artifacts'}"]
-
         def pipeline() -> dict:
-            return pretrain_flow(config_path=str(REPO / "configs" / "demo.yaml"),
-                                 overrides=overrides, run_id="bench")
+            return pretrain_flow(config_path=str(REPO / "configs" / "demo.yaml"), run_id="bench")
 
-        first, first_seconds = timed(pipeline)
-        second, rerun_seconds = timed(pipeline)
+        with demo_workdir(Path(tmp), quick):
+            first, first_seconds = timed(pipeline)
+            second, rerun_seconds = timed(pipeline)
     statuses = {name: stage["status"] for name, stage in second["stages"].items()}
     if any(status != "skipped" for status in statuses.values()):
         raise RuntimeError(f"no-change rerun recomputed stages: {statuses}")
