@@ -42,7 +42,7 @@ def bare_decode(files: list[Path]) -> int:
 
 
 def run(quick: bool) -> list[BenchRow]:
-    count, size = (120, 512) if quick else (400, 768)
+    count, size = (120, 512) if quick else (1000, 768)
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp) / "posts"
         root.mkdir()

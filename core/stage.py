@@ -81,6 +81,9 @@ class Stage(ABC):
     # True when shards are independent and cheap to set up, so an orchestrator may run them as
     # parallel tasks; stages that hold a model process their shards in one task instead.
     shard_parallel: ClassVar[bool] = False
+    # True when the stage runs a model: its task carries the GPU tag, so a Prefect concurrency
+    # limit on that tag (one slot per GPU) keeps two model stages off the same device.
+    uses_accelerator: ClassVar[bool] = False
     # Helper and model modules whose code changes the stage's results (part of its fingerprint).
     code_modules: ClassVar[tuple[ModuleType, ...]] = ()
 

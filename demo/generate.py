@@ -128,7 +128,8 @@ def write_ground_truth(path: Path, posts: list[Post]) -> None:
 
 def write_caption_pairs(root: Path, count: int, rng: random.Random, size: int) -> None:
     """Clean image–caption pairs (objects, colours and mood all true) for the demo's CLIP and
-    captioner: the stand-in for the web-scale pretraining real models come with."""
+    captioner: the stand-in for the web-scale pretraining real models come with. The wording
+    has a verb ("shows") so captions learnt from it yield subject–verb–object triplets."""
     root.mkdir(parents=True, exist_ok=True)
     emotions = sorted(EMOTION_PALETTES)
     with open(root / "manifest.csv", "w", newline="", encoding="utf-8") as handle:
@@ -141,7 +142,8 @@ def write_caption_pairs(root: Path, count: int, rng: random.Random, size: int) -
             moods = list(EMOTION_MOODS[emotion])
             rng.shuffle(moods)
             writer.writerow([f"{index:05d}", f"{index:05d}.jpg",
-                             f"a {moods[0]}, {moods[1]} picture of {_describe(objects)}", emotion])
+                             f"a {moods[0]} and {moods[1]} picture shows {_describe(objects)}.",
+                             emotion])
 
 
 def write_anp_vocabulary(path: Path) -> None:

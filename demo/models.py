@@ -54,6 +54,13 @@ def build_demo_clip(data_dir: Path, out_dir: Path, epochs: int = 8, seed: int = 
     return out_dir
 
 
-def build_demo_models(data_dir: Path, epochs: int = 8, seed: int = 0) -> dict[str, str]:
+def build_demo_models(data_dir: Path, epochs: int = 8, seed: int = 0,
+                      captioner_epochs: int = 24) -> dict[str, str]:
     """Every model the demo config names, under `<data_dir>/models/`."""
-    return {"clip": str(build_demo_clip(data_dir, data_dir / "models" / "clip", epochs, seed))}
+    # Imported here: demo.captioner reads the caption pairs through this module.
+    from affectflow.demo.captioner import build_demo_captioner
+
+    models = data_dir / "models"
+    return {"clip": str(build_demo_clip(data_dir, models / "clip", epochs, seed)),
+            "captioner": str(build_demo_captioner(data_dir, models / "captioner", seed=seed,
+                                                  epochs=captioner_epochs))}

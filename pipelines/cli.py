@@ -107,6 +107,11 @@ def _cmd_inspect(args: argparse.Namespace) -> int:
             path = write_gallery(store, Path(args.html), per_partition=args.per_partition)
             print(f"gallery written to {path}")
         return 0
+    if args.stage in ("caption", "triplets"):
+        from affectflow.pipelines.knowledge_view import knowledge_report
+
+        print(knowledge_report(store, args.stage, args.samples))
+        return 0
     print(stage_report(store.stage(args.stage), args.samples))
     return 0
 

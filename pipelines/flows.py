@@ -26,6 +26,9 @@ from affectflow.pipelines.execution import (RunRef, code_version, make_job, open
 from affectflow.stages.registry import STAGES
 
 TASK_OPTIONS: dict[str, Any] = {"cache_policy": NO_CACHE, "persist_result": False}
+# Tag of tasks that run a model; `prefect concurrency-limit create affectflow-gpu <GPUs>` makes
+# Prefect run at most that many at once (docs/scaling.md).
+GPU_TAG = "affectflow-gpu"
 
 
 @task(task_run_name="{stage_name}", **TASK_OPTIONS)
@@ -58,7 +61,8 @@ def submit_stage(ref: RunRef, stage_name: str, force: bool,
                  wait_for: list[PrefectFuture[Any]]) -> PrefectFuture[dict[str, Any]]:
     """Shard-parallel stages fan out one task per pending shard; others run as one task."""
     if not STAGES[stage_name].shard_parallel:
-        return stage_task.submit(ref, stage_name, force, wait_for=wait_for)
+        tags = [GPU_TAG] if STAGES[stage_name].uses_accelerator else []
+        return stage_task.with_options(tags=tags).submit(ref, stage_name, force, wait_for=wait_for)
     plan = plan_task.submit(ref, stage_name, force, wait_for=wait_for).result()
     if plan["up_to_date"]:
         return stage_task.submit(ref, stage_name, False)

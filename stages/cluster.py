@@ -144,6 +144,7 @@ def check_ks(ks: list[int], available: int, what: str) -> None:
 
 class ClusterStage(Stage):
     name = "cluster"
+    uses_accelerator = True
     inputs = ("ingest", "emotional", "partition")
     Params = ClusterParams
     side_schemas = {IMAGE_FEATURES: pa.schema([("sample_id", pa.string()),

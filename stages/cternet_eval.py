@@ -58,6 +58,7 @@ class EvalState:
 
 class CTERNetEvalStage(Stage):
     name = "cternet_eval"
+    uses_accelerator = True
     inputs = ("ingest", "cternet_train")
     Params = CTERNetEvalParams
     schema = SCHEMA

@@ -203,6 +203,7 @@ def _check_row(row: dict[str, Any], class_index: dict[str, int]) -> tuple[str, s
 
 class CTERNetTrainStage(Stage):
     name = "cternet_train"
+    uses_accelerator = True
     inputs = ("ingest",)
     Params = CTERNetTrainParams
     schema = SCHEMA

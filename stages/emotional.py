@@ -77,6 +77,7 @@ class EmotionalState:
 
 class EmotionalStage(Stage):
     name = "emotional"
+    uses_accelerator = True
     inputs = ("ingest", "factual")
     Params = EmotionalParams
     schema = pa.schema([("sample_id", pa.string()), ("emotional_score", pa.float32()),

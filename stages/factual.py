@@ -57,6 +57,7 @@ class FactualState:
 
 class FactualStage(Stage):
     name = "factual"
+    uses_accelerator = True
     inputs = ("ingest",)
     Params = FactualParams
     schema = pa.schema([("sample_id", pa.string()), ("factual_score", pa.float32()),

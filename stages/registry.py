@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from affectflow.core.errors import UserError
 from affectflow.core.stage import Stage
+from affectflow.stages.caption import CaptionStage
 from affectflow.stages.cluster import ClusterStage
 from affectflow.stages.cternet_eval import CTERNetEvalStage
 from affectflow.stages.cternet_train import CTERNetTrainStage
@@ -11,12 +12,14 @@ from affectflow.stages.emotional import EmotionalStage
 from affectflow.stages.factual import FactualStage
 from affectflow.stages.ingest import IngestStage
 from affectflow.stages.partition import PartitionStage
+from affectflow.stages.triplets import TripletsStage
 
 STAGES: dict[str, type[Stage]] = {cls.name: cls for cls in (
-    IngestStage, FactualStage, EmotionalStage, PartitionStage, ClusterStage, CTERNetTrainStage,
-    CTERNetEvalStage)}
+    IngestStage, CaptionStage, TripletsStage, FactualStage, EmotionalStage, PartitionStage,
+    ClusterStage, CTERNetTrainStage, CTERNetEvalStage)}
 
-PRETRAIN_CHAIN: tuple[str, ...] = ("ingest", "factual", "emotional", "partition", "cluster")
+PRETRAIN_CHAIN: tuple[str, ...] = ("ingest", "caption", "triplets", "factual", "emotional",
+                                   "partition", "cluster")
 CTERNET_CHAIN: tuple[str, ...] = ("ingest", "cternet_train", "cternet_eval")
 
 

@@ -16,6 +16,7 @@ def demo_config(demo_dir: Path, artifact_root: Path, **sections: dict[str, Any])
         "run": {"artifact_root": str(artifact_root), "workers": 2},
         "ingest": {"source": "tumemo", "path": str(demo_dir / "tumemo"), "shard_size": 16,
                    "dataset_name": "demo"},
+        "caption": {"kind": "blip", "model": str(demo_dir / "models" / "captioner")},
         "factual": {"clip": str(demo_dir / "models" / "clip"), "batch_size": 16},
         "emotional": {"clip": str(demo_dir / "models" / "clip"),
                       "anp_vocabulary": str(demo_dir / "anps.txt"),
