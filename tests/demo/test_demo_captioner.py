@@ -40,7 +40,7 @@ def digest(path: Path) -> str:
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory: pytest.TempPathFactory) -> Path:
     data = pairs(tmp_path_factory.mktemp("pairs"), 256, seed=3)
-    return build_demo_captioner(data, data / "models" / "captioner", seed=0, epochs=8)
+    return build_demo_captioner(data, data / "models" / "captioner", seed=0, epochs=16)
 
 
 def test_trained_captioner_names_the_mood_of_unseen_pictures(trained: Path, tmp_path: Path) -> None:
@@ -63,7 +63,7 @@ def test_vocabulary_comes_from_the_caption_words(trained: Path) -> None:
     vocabulary = caption_vocabulary(texts)
     assert {"gloomy", "lonely", "picture", "car", "orange"} <= set(vocabulary)
     tokenizer = load_captioner("blip", str(trained)).preprocessor.processor.tokenizer
-    assert tokenizer.tokenize(texts[0]) == texts[0].replace(",", " ,").split()
+    assert tokenizer.tokenize(texts[0]) == texts[0].replace(",", " ,").replace(".", " .").split()
 
 
 def test_a_saved_captioner_is_reused_not_retrained(trained: Path,
