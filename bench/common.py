@@ -43,11 +43,17 @@ def peak_rss_mib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
 
 
-def start_prefect(home: Path) -> None:
-    """Point Prefect at `home` and start its ephemeral API, so timed flow runs do not pay for it."""
+BENCH_PREFECT_HOME = Path("artifacts/bench/prefect")
+
+
+def start_prefect() -> None:
+    """Start Prefect's ephemeral API (state under artifacts/bench/prefect, shared by every
+    benchmark of a run and outliving their temporary folders), so timed flow runs do not pay
+    for its start-up."""
     from affectflow.pipelines.prefect_env import configure_prefect_env
 
-    configure_prefect_env(home)
+    BENCH_PREFECT_HOME.mkdir(parents=True, exist_ok=True)
+    configure_prefect_env(BENCH_PREFECT_HOME)
     from prefect import flow
 
     @flow(name="bench-warm-up")

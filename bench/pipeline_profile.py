@@ -48,7 +48,7 @@ def demo_workdir(tmp: Path, quick: bool) -> Iterator[Path]:
 
 def run(quick: bool) -> list[BenchRow]:
     with tempfile.TemporaryDirectory() as tmp:
-        start_prefect(Path(tmp) / "prefect")
+        start_prefect()
         with demo_workdir(Path(tmp), quick):
             wall, result = _flow_seconds([], "profile")
             rows = [_orchestration_share(wall, result)]

@@ -13,7 +13,7 @@ REPO = Path(__file__).resolve().parents[1]
 
 def run(quick: bool) -> list[BenchRow]:
     with tempfile.TemporaryDirectory() as tmp:
-        start_prefect(Path(tmp) / "prefect")
+        start_prefect()
         from affectflow.pipelines.flows import pretrain_flow
 
         def pipeline() -> dict:
