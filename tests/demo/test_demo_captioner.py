@@ -4,11 +4,9 @@ from __future__ import annotations
 
 import hashlib
 import random
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-import torch
 
 import affectflow.demo.captioner as demo_captioner
 from affectflow.demo.captioner import build_demo_captioner, caption_vocabulary
@@ -19,13 +17,7 @@ from affectflow.models.captioner import load_captioner
 from affectflow.stages.batching import load_rgb
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread() -> Iterator[None]:
-    """Tiny matmuls: one thread avoids contention on a shared 2-core machine; restored afterwards."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def pairs(root: Path, count: int, seed: int) -> Path:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator
 from pathlib import Path
 
 import huggingface_hub.constants
@@ -21,13 +20,7 @@ TINY_SIZE = 64
 LOGGER_NAME = "affectflow.models.cternet"
 
 
-@pytest.fixture(autouse=True, scope="module")
-def single_thread() -> Iterator[None]:
-    """One intra-op thread: on a shared 2-core machine it is faster and steadier than two."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def tiny_config(**overrides: object) -> CTERNetConfig:

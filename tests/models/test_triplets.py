@@ -3,7 +3,6 @@ and the SRL-model path through a tiny BIO tagger trained here and loaded back fr
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -24,13 +23,7 @@ from affectflow.models.triplets import (
 )
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread() -> Iterator[None]:
-    """Tiny matmuls: one thread avoids contention on a shared 2-core machine; restored afterwards."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 # Sentences on which en_core_web_sm 3.8.0 parses reliably, with the exact triplets expected.

@@ -4,7 +4,6 @@ run on demo-scene posts after a real ingest; output equals a direct captioner ca
 from __future__ import annotations
 
 import random
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -28,13 +27,7 @@ from tests.conftest import write_tumemo
 FAST = {"num_beams": 2, "max_new_tokens": 8, "min_new_tokens": 2}
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread() -> Iterator[None]:
-    """Tiny matmuls: one thread avoids contention on a shared 2-core machine; restored afterwards."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")

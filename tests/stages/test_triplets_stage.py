@@ -4,13 +4,11 @@ checks; and the knowledge view over all three stages."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import pyarrow as pa
 import pytest
-import torch
 from pydantic import ValidationError
 
 import affectflow.stages.triplets as triplets_stage
@@ -49,13 +47,7 @@ POSTS: dict[str, tuple[str, str | None, list[Triplet]]] = {
 }
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread() -> Iterator[None]:
-    """Tiny matmuls: one thread avoids contention on a shared 2-core machine; restored afterwards."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @dataclass(frozen=True)
