@@ -11,12 +11,15 @@ from affectflow.stages.cternet_train import CTERNetTrainStage
 from affectflow.stages.emotional import EmotionalStage
 from affectflow.stages.factual import FactualStage
 from affectflow.stages.ingest import IngestStage
+from affectflow.stages.pacl import PaclStage
 from affectflow.stages.partition import PartitionStage
+from affectflow.stages.probe import ProbeStage
+from affectflow.stages.probe_ingest import ProbeIngestStage
 from affectflow.stages.triplets import TripletsStage
 
 STAGES: dict[str, type[Stage]] = {cls.name: cls for cls in (
     IngestStage, CaptionStage, TripletsStage, FactualStage, EmotionalStage, PartitionStage,
-    ClusterStage, CTERNetTrainStage, CTERNetEvalStage)}
+    ClusterStage, PaclStage, ProbeIngestStage, ProbeStage, CTERNetTrainStage, CTERNetEvalStage)}
 
 PRETRAIN_CHAIN: tuple[str, ...] = ("ingest", "caption", "triplets", "factual", "emotional",
                                    "partition", "cluster")

@@ -1,0 +1,96 @@
+"""Params of the `pacl` stage: validated at config time, with messages naming the key and the fix."""
+
+from __future__ import annotations
+
+from pydantic import Field, field_validator, model_validator
+
+from affectflow.core.stage import StageParams
+from affectflow.models.pacl import SCHEMAS, parse_visual_spec
+from affectflow.models.pacl_losses import ALL_PARTITIONS, PaclLossWeights
+from affectflow.models.pacl_train import PaclTrainConfig
+from affectflow.stages.cluster_features import check_visual_spec
+from affectflow.stages.param_types import Device
+
+PARTITION_KEYS = tuple(part.key for part in ALL_PARTITIONS)
+_DEFAULT_WEIGHTS = PaclLossWeights()
+
+
+class PaclParams(StageParams):
+    """Encoder, schedule and optimiser of PACL pretraining (defaults: the paper's ResNet-50 run)."""
+
+    visual_encoder: str = Field("timm:resnet50", description="timm:<name>[:<file>] or "
+                                "open_clip:<arch>[:<tag or file>] / open_clip:local-dir:<folder>")
+    pretrained: bool = Field(True, description="load the spec's weights; false = random init")
+    k: int = Field(2, ge=2, description="which cluster columns to read: factual_k{k}, emotional_k{k}")
+    embed_dim: int = Field(768, ge=1, description="shared embedding width of both projections")
+    temperature: float = Field(0.07, gt=0, le=1)
+    image_size: int | None = Field(None, ge=16, description="default: the encoder's input size")
+    epochs: int = Field(30, ge=1, description="pretraining epochs; the loss schedule uses thirds")
+    samples_per_partition: int = Field(16, ge=1, description="per active partition per micro-batch")
+    accumulation_steps: int = Field(1, ge=1)
+    backbone_lr: float = Field(1e-3, gt=0, description="paper: ResNet-50 1e-3, ViT 1e-5")
+    head_lr: float = Field(1e-3, gt=0)
+    weight_decay: float = Field(0.01, ge=0)
+    warmup_fraction: float = Field(0.05, ge=0, lt=1, description="share of steps in linear warm-up")
+    min_lr_ratio: float = Field(0.0, ge=0, le=1, description="cosine floor as a share of the lr")
+    max_grad_norm: float | None = Field(1.0, gt=0, description="null = no clipping")
+    loss_weights: dict[str, float] = Field(
+        default_factory=lambda: {key: _DEFAULT_WEIGHTS.of(part)
+                                 for key, part in zip(PARTITION_KEYS, ALL_PARTITIONS)})
+    crop_scale: tuple[float, float] = Field((0.5, 1.0), description="random resized crop area range")
+    seed: int = 0
+    processes: int = Field(1, ge=1, description="> 1 launches torchrun with this many processes")
+    sync_batchnorm: bool = Field(True, description="SyncBatchNorm across GPU processes")
+    device: Device = None
+
+    @field_validator("visual_encoder")
+    @classmethod
+    def _spec_is_usable(cls, value: str) -> str:
+        return check_visual_spec(value)
+
+    @field_validator("loss_weights")
+    @classmethod
+    def _known_partitions(cls, value: dict[str, float]) -> dict[str, float]:
+        unknown = sorted(set(value) - set(PARTITION_KEYS))
+        if unknown:
+            raise ValueError(f"unknown partitions {unknown}; use {list(PARTITION_KEYS)}")
+        merged = {key: value.get(key, _DEFAULT_WEIGHTS.of(part))
+                  for key, part in zip(PARTITION_KEYS, ALL_PARTITIONS)}
+        PaclLossWeights(**merged)
+        return merged
+
+    @field_validator("crop_scale")
+    @classmethod
+    def _crop_range(cls, value: tuple[float, float]) -> tuple[float, float]:
+        if not 0 < value[0] <= value[1] <= 1:
+            raise ValueError(f"crop_scale {value} must satisfy 0 < min <= max <= 1, e.g. [0.5, 1.0]")
+        return value
+
+    @model_validator(mode="after")
+    def _pretrained_open_clip_names_weights(self) -> "PaclParams":
+        parsed = parse_visual_spec(self.visual_encoder)
+        if (self.pretrained and parsed.family == "open_clip" and parsed.weights is None
+                and not parsed.name.startswith(SCHEMAS)):
+            raise ValueError(f"visual_encoder {self.visual_encoder!r} names no weights: add "
+                             "':<tag or checkpoint>' or set pretrained: false for random init")
+        return self
+
+    @model_validator(mode="after")
+    def _batch_splits_over_processes(self) -> "PaclParams":
+        if self.samples_per_partition % self.processes:
+            raise ValueError(f"samples_per_partition ({self.samples_per_partition}) must be a "
+                             f"multiple of processes ({self.processes}) so every process gets an "
+                             "equal slice of each micro-batch")
+        return self
+
+    def train_config(self) -> PaclTrainConfig:
+        return PaclTrainConfig(
+            visual_encoder=self.visual_encoder, pretrained=self.pretrained,
+            embed_dim=self.embed_dim, temperature=self.temperature, image_size=self.image_size,
+            epochs=self.epochs, samples_per_partition=self.samples_per_partition,
+            accumulation_steps=self.accumulation_steps, backbone_lr=self.backbone_lr,
+            head_lr=self.head_lr, weight_decay=self.weight_decay,
+            warmup_fraction=self.warmup_fraction, min_lr_ratio=self.min_lr_ratio,
+            max_grad_norm=self.max_grad_norm,
+            loss_weights=tuple(self.loss_weights[key] for key in PARTITION_KEYS),  # type: ignore[arg-type]
+            crop_scale=self.crop_scale, seed=self.seed, sync_batchnorm=self.sync_batchnorm)

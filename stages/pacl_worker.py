@@ -1,0 +1,124 @@
+"""One PACL training job: its files, the process that runs it, and the torchrun launcher.
+
+The stage writes a job folder (`job.json` with the training config and loader settings,
+`train_set.pt` with image paths, text features and labels). `run_job` trains from those files,
+in the stage's own process or as one rank of `torchrun --nproc_per_node N -m
+affectflow.stages.pacl_worker <job folder>`; both paths run the same code. Rank 0 writes
+`checkpoints/final.pt` (model, history), which the stage turns into its outputs.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import signal
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from affectflow.core.atomic import write_json
+from affectflow.models.pacl_train import (PaclTrainConfig, PaclTrainingSet, TrainHooks,
+                                          train_pacl)
+from affectflow.models.pacl_train_checkpoint import FINAL_FILE, load_torch, save_torch
+from affectflow.models.pacl_train_dist import init_distributed, shutdown_distributed
+from affectflow.stages.pacl_images import PathImages
+
+logger = logging.getLogger("affectflow.stages.pacl_worker")
+
+JOB_FILE = "job.json"
+TRAIN_SET_FILE = "train_set.pt"
+CHECKPOINT_DIR = "checkpoints"
+WORKER_MODULE = "affectflow.stages.pacl_worker"
+# How long an interrupted torchrun gets to write its checkpoint before it is killed.
+INTERRUPT_GRACE_SECONDS = 120
+
+
+@dataclass(frozen=True)
+class TrainingJob:
+    """A prepared job folder."""
+
+    folder: Path
+
+    @property
+    def checkpoints(self) -> Path:
+        return self.folder / CHECKPOINT_DIR
+
+    @property
+    def result_file(self) -> Path:
+        return self.checkpoints / FINAL_FILE
+
+
+def write_job(folder: Path, config: PaclTrainConfig, image_paths: list[str],
+              training: PaclTrainingSet, workers: int, device: str | None) -> TrainingJob:
+    """Write the job's files (same inputs give the same files, so a resumed job matches)."""
+    save_torch(folder / TRAIN_SET_FILE, {
+        "image_paths": list(image_paths), "text_features": training.text_features,
+        "partition": training.partition, "factual_cluster": training.factual_cluster,
+        "emotional_cluster": training.emotional_cluster})
+    write_json(folder / JOB_FILE, {"config": config.to_dict(), "workers": workers, "device": device})
+    return TrainingJob(folder)
+
+
+def run_job(folder: Path, hooks: TrainHooks | None = None) -> None:
+    """Train from a job folder (resuming from its checkpoint) and write `final.pt` on rank 0."""
+    job = TrainingJob(folder)
+    spec: dict[str, Any] = json.loads((folder / JOB_FILE).read_text())
+    payload = load_torch(folder / TRAIN_SET_FILE)
+    training = PaclTrainingSet(payload["text_features"], payload["partition"],
+                               payload["factual_cluster"], payload["emotional_cluster"])
+    context = init_distributed(spec["device"])
+    try:
+        result = train_pacl(PaclTrainConfig.from_dict(spec["config"]), training,
+                            PathImages(payload["image_paths"], spec["workers"]), job.checkpoints,
+                            context, hooks)
+        if context.is_main:
+            save_torch(job.result_file, {
+                "config": result.model_config,
+                "state_dict": {k: v.detach().cpu() for k, v in result.model.state_dict().items()},
+                "history": result.history, "epoch_steps": result.epoch_steps,
+                "resumed_at_step": result.resumed_at_step})
+    finally:
+        shutdown_distributed()
+
+
+def torchrun_command(folder: Path, processes: int) -> list[str]:
+    """`torchrun --standalone --nproc_per_node N -m <worker> <folder>` with this interpreter."""
+    return [sys.executable, "-m", "torch.distributed.run", "--standalone",
+            f"--nproc_per_node={processes}", "-m", WORKER_MODULE, str(folder)]
+
+
+def launch(folder: Path, processes: int) -> dict[str, Any]:
+    """Run the job in this process (processes == 1) or under torchrun; return `final.pt`."""
+    job = TrainingJob(folder)
+    if processes == 1:
+        run_job(folder)
+    else:
+        command = torchrun_command(folder, processes)
+        logger.info("launching %s", " ".join(command))
+        process = subprocess.Popen(command)
+        try:
+            code = process.wait()
+        except KeyboardInterrupt:
+            process.send_signal(signal.SIGINT)
+            try:
+                process.wait(timeout=INTERRUPT_GRACE_SECONDS)
+            except subprocess.TimeoutExpired:
+                process.kill()
+            raise
+        if code != 0:
+            raise RuntimeError(f"torchrun exited with code {code}; see the worker log above "
+                               f"(rerunning the stage resumes from {job.checkpoints})")
+    return load_torch(job.result_file)
+
+
+def main(argv: list[str]) -> None:
+    if len(argv) != 1:
+        raise SystemExit(f"usage: torchrun --nproc_per_node N -m {WORKER_MODULE} <job folder>")
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    run_job(Path(argv[0]))
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
