@@ -23,7 +23,6 @@ STAGES: dict[str, type[Stage]] = {cls.name: cls for cls in (
 
 PRETRAIN_CHAIN: tuple[str, ...] = ("ingest", "caption", "triplets", "factual", "emotional",
                                    "partition", "cluster")
-CTERNET_CHAIN: tuple[str, ...] = ("ingest", "cternet_train", "cternet_eval")
 
 
 def get_stage(name: str) -> Stage:
