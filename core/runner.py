@@ -105,6 +105,7 @@ def _shard_done(job: StageJob, shard_id: int, fingerprint: str) -> bool:
 
 def plan_stage(job: StageJob, force: bool = False) -> StagePlan:
     """Decide what to do: nothing (fingerprint unchanged), resume finished shards, or start over."""
+    started_at = time.time()  # the stage's clock includes fingerprinting and `prepare`
     fingerprint, source_fingerprint = job.fingerprint()
     out = job.output
     if not force and out.complete and out.manifest.get("fingerprint") == fingerprint:
@@ -125,7 +126,7 @@ def plan_stage(job: StageJob, force: bool = False) -> StagePlan:
         shard_ids = list(job.stage.prepare(job.context(fingerprint)))
         write_json(plan_file, {"fingerprint": fingerprint, "shard_ids": shard_ids,
                                "source_fingerprint": source_fingerprint,
-                               "started": utc_now(), "started_at": time.time()})
+                               "started": utc_now(), "started_at": started_at})
     pending = [sid for sid in shard_ids if not _shard_done(job, sid, fingerprint)]
     if resumable and len(pending) < len(shard_ids):
         logger.info("%s: resuming, %d of %d shards already finished",
@@ -135,21 +136,26 @@ def plan_stage(job: StageJob, force: bool = False) -> StagePlan:
     return StagePlan(job.stage.name, fingerprint, shard_ids, pending, up_to_date=False)
 
 
-def _stage_state(job: StageJob, ctx: StageContext) -> Any:
-    """Load models etc. once per process and fingerprint, shared by all shards it processes."""
+def _stage_state(job: StageJob, ctx: StageContext) -> tuple[Any, float]:
+    """Load models etc. once per process and fingerprint, shared by all shards it processes;
+    also return the seconds this call spent in `setup` (0 when the state was cached)."""
     key = (str(job.output.path), ctx.fingerprint)
     with _STATE_LOCK:
-        if key not in _STATE_CACHE:
-            for stale in [k for k in _STATE_CACHE if k[0] == key[0]]:
-                del _STATE_CACHE[stale]
-            _STATE_CACHE[key] = job.stage.setup(ctx)
-        return _STATE_CACHE[key]
+        if key in _STATE_CACHE:
+            return _STATE_CACHE[key], 0.0
+        for stale in [k for k in _STATE_CACHE if k[0] == key[0]]:
+            del _STATE_CACHE[stale]
+        start = time.perf_counter()
+        _STATE_CACHE[key] = job.stage.setup(ctx)
+        return _STATE_CACHE[key], time.perf_counter() - start
 
 
 def compute_shard(job: StageJob, fingerprint: str, shard_id: int) -> ShardOutput:
     """Run the stage's work on one shard and check its accounting and declared schemas."""
     ctx = job.context(fingerprint)
-    output = job.stage.process(ctx, _stage_state(job, ctx), shard_id)
+    state, setup_seconds = _stage_state(job, ctx)
+    output = job.stage.process(ctx, state, shard_id)
+    output.setup_seconds = setup_seconds
     kept, rejected = output.main.num_rows, output.rejects.num_rows
     if output.rows_in != kept + rejected:
         raise RuntimeError(f"{job.stage.name} shard {shard_id}: accounting does not close: "
@@ -176,7 +182,8 @@ def commit_shard(job: StageJob, fingerprint: str, shard_id: int, output: ShardOu
     write_parquet(work / f"rejects-{shard_id:05d}.parquet", output.rejects)
     write_json(_marker(job, shard_id), {
         "fingerprint": fingerprint, "rows_in": output.rows_in, "rows_out": output.main.num_rows,
-        "rows_rejected": output.rejects.num_rows, "seconds": round(seconds, 4)})
+        "rows_rejected": output.rejects.num_rows, "seconds": round(seconds, 4),
+        "setup_seconds": round(output.setup_seconds, 4)})
 
 
 def run_shard(job: StageJob, fingerprint: str, shard_id: int) -> None:
@@ -226,7 +233,9 @@ def finalize_stage(job: StageJob, fingerprint: str) -> dict[str, Any]:
         "rejects_by_reason": by_reason,
         "timings": {"started": plan["started"], "finished": utc_now(),
                     "seconds": round(seconds, 3),
-                    "shard_seconds": round(sum(m["seconds"] for m in markers), 3)},
+                    "shard_seconds": round(sum(m["seconds"] for m in markers), 3),
+                    # model loading etc., once per worker process (inside shard_seconds)
+                    "setup_seconds": round(sum(m.get("setup_seconds", 0.0) for m in markers), 3)},
         "summary": extra,
     }
     write_json(job.output.path / MANIFEST, manifest)

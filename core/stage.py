@@ -46,6 +46,8 @@ class ShardOutput:
     rows_in: int
     tables: dict[str, pa.Table]
     rejects: pa.Table = field(default_factory=empty_rejects)
+    # Set by the runner: the one-time `setup` (model loading) this shard paid for, if any.
+    setup_seconds: float = 0.0
 
     @property
     def main(self) -> pa.Table:

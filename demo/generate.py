@@ -86,12 +86,13 @@ def make_posts(count: int, rng: random.Random) -> list[Post]:
     return posts
 
 
-def write_tumemo(root: Path, posts: list[Post], rng: random.Random, size: int) -> None:
+def write_tumemo(root: Path, posts: list[Post], rng: random.Random, size: int,
+                 lighting: bool = False) -> None:
     root.mkdir(parents=True, exist_ok=True)
     lines = ["id label"]
     for post in posts:
-        draw_scene(post.emotion, post.objects, rng, size).save(root / f"{post.post_id}.jpg",
-                                                               quality=90)
+        draw_scene(post.emotion, post.objects, rng, size, lighting=lighting).save(
+            root / f"{post.post_id}.jpg", quality=90)
         (root / f"{post.post_id}.txt").write_text(post.text, encoding="utf-8")
         lines.append(f"{post.post_id} {post.emotion}")
     # Deliberately bad inputs, one of each kind, so a demo run shows its rejects.
@@ -103,13 +104,14 @@ def write_tumemo(root: Path, posts: list[Post], rng: random.Random, size: int) -
     (root / "all_data_id_and_label.txt").write_text("\n".join(lines) + "\n", encoding="utf-8")
 
 
-def write_image_folder(root: Path, per_class: int, rng: random.Random, size: int) -> None:
+def write_image_folder(root: Path, per_class: int, rng: random.Random, size: int,
+                       lighting: bool = False) -> None:
     for fi_class in FI_CLASSES:
         folder = root / fi_class
         folder.mkdir(parents=True, exist_ok=True)
         for index in range(per_class):
             image = draw_scene(FI_TO_POST_EMOTION[fi_class], _scene(rng), rng, size,
-                               palette_shift=FI_PALETTE_SHIFT[fi_class])
+                               palette_shift=FI_PALETTE_SHIFT[fi_class], lighting=lighting)
             image.save(folder / f"{fi_class}_{index:04d}.jpg", quality=90)
 
 
@@ -153,16 +155,23 @@ def write_anp_vocabulary(path: Path) -> None:
     path.write_text("\n".join(anps) + "\n", encoding="utf-8")
 
 
-def generate_demo(out_dir: Path, posts: int = 420, seed: int = 0, image_size: int = 128,
-                  per_class: int = 40, caption_pairs: int = 1400) -> dict[str, int]:
+def generate_demo(out_dir: Path, posts: int = 1500, seed: int = 0, image_size: int = 128,
+                  per_class: int = 150, caption_pairs: int = 1400,
+                  lighting: bool = True) -> dict[str, int]:
     """Write `tumemo/`, `fi/`, `captions/`, `anps.txt` and `ground_truth.csv` under `out_dir`;
-    the same seed gives the same bytes."""
+    the same seed gives the same bytes.
+
+    `lighting` puts post and FI images under a random colour cast and exposure (never the clean
+    caption pairs the demo models learn from): without it a linear probe on any encoder, even a
+    random one, is near perfect on the FI images and PACL has nothing to improve."""
     if posts < 20:
         raise UserError(f"--posts {posts} is too small", hint="use at least 20 posts")
+    if per_class < 1:
+        raise UserError(f"--per-class {per_class} is too small", hint="use at least 1 image per class")
     rng = random.Random(seed)
     records = make_posts(posts, rng)
-    write_tumemo(out_dir / "tumemo", records, random.Random(seed + 1), image_size)
-    write_image_folder(out_dir / "fi", per_class, random.Random(seed + 2), image_size)
+    write_tumemo(out_dir / "tumemo", records, random.Random(seed + 1), image_size, lighting)
+    write_image_folder(out_dir / "fi", per_class, random.Random(seed + 2), image_size, lighting)
     write_caption_pairs(out_dir / "captions", caption_pairs, random.Random(seed + 3), image_size)
     write_anp_vocabulary(out_dir / "anps.txt")
     write_ground_truth(out_dir / "ground_truth.csv", records)

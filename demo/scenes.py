@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 import random
 
+import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
 
 RGB = tuple[int, int, int]
@@ -109,9 +110,28 @@ def _draw_object(draw: ImageDraw.ImageDraw, name: str, colour: RGB, box: tuple[i
         draw.polygon([(x0, y1), ((x0 + x1) // 2, y0), (x1, y1)], fill=colour)
 
 
+# Per-photo lighting: channel gains in [1 - GAIN, 1 + GAIN], brightness offset in [-SHIFT, SHIFT].
+LIGHTING_GAIN = 0.45
+LIGHTING_SHIFT = 40.0
+
+
+def random_lighting(image: Image.Image, rng: random.Random) -> Image.Image:
+    """A random colour cast and exposure, as two phone photos of one scene differ.
+
+    Palettes then identify an emotion only relative to the photo's other colours, not by raw
+    RGB values, so an encoder has to learn them: this is what lets the demo show PACL's gain."""
+    gains = np.array([rng.uniform(1 - LIGHTING_GAIN, 1 + LIGHTING_GAIN) for _ in range(3)],
+                     dtype=np.float32)
+    offset = rng.uniform(-LIGHTING_SHIFT, LIGHTING_SHIFT)
+    pixels = np.asarray(image, dtype=np.float32) * gains + offset
+    return Image.fromarray(np.clip(pixels, 0, 255).astype(np.uint8))
+
+
 def draw_scene(emotion: str, objects: list[tuple[str, str]], rng: random.Random, size: int,
-               palette_shift: tuple[int, int, int] = (0, 0, 0)) -> Image.Image:
-    """A scene: emotion palette background with gradient and accents, then the named objects."""
+               palette_shift: tuple[int, int, int] = (0, 0, 0),
+               lighting: bool = False) -> Image.Image:
+    """A scene: emotion palette background with gradient and accents, then the named objects;
+    with `lighting`, under a random colour cast and exposure."""
     background, accent, light = (_shifted(c, palette_shift) for c in EMOTION_PALETTES[emotion])
     image = Image.new("RGB", (size, size), _jitter(background, rng, 12))
     draw = ImageDraw.Draw(image)
@@ -126,4 +146,5 @@ def draw_scene(emotion: str, objects: list[tuple[str, str]], rng: random.Random,
         x0 = int(size * fx + rng.randint(0, size // 16))
         y0 = int(size * fy + rng.randint(0, size // 16))
         _draw_object(draw, name, _jitter(COLOURS[colour], rng, 10), (x0, y0, x0 + extent, y0 + extent))
-    return image.filter(ImageFilter.GaussianBlur(radius=rng.uniform(0.0, 0.8)))
+    image = image.filter(ImageFilter.GaussianBlur(radius=rng.uniform(0.0, 0.8)))
+    return random_lighting(image, rng) if lighting else image

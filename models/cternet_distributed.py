@@ -1,10 +1,11 @@
 """Multi-process CTERNet training through torchrun (DistributedDataParallel).
 
 The caller writes a job file (model config, recipe, image lists, work folder) and `launch`
-starts `torchrun --standalone --nproc-per-node=N -m affectflow.models.cternet_distributed JOB`.
-Each process joins the group (NCCL on GPUs, gloo on CPU), trains its share through
-`train_cternet`, and process 0 leaves checkpoints and `outcome.json` in the work folder, which
-the caller reads back with `read_outcome`.
+starts `torchrun ... --nproc-per-node=N -m affectflow.models.cternet_distributed JOB` on this
+node (`core/torchrun.py`: one node, or several meeting at a rendezvous). Each process joins the
+group (NCCL on GPUs, gloo on CPU), trains its share through `train_cternet`, and process 0 leaves
+checkpoints and `outcome.json` in the work folder, which the caller reads back with
+`read_outcome`.
 """
 
 from __future__ import annotations
@@ -13,7 +14,6 @@ import dataclasses
 import json
 import logging
 import os
-import subprocess
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,6 +22,7 @@ import torch
 import torch.distributed as dist
 
 from affectflow.core.atomic import write_json
+from affectflow.core.torchrun import ONE_NODE, TorchrunNodes, run_torchrun, torchrun_command
 from affectflow.models.cternet_classifier import config_values
 from affectflow.models.cternet_config import CTERNetConfig
 from affectflow.models.cternet_data import LabelledImages
@@ -65,13 +66,12 @@ def read_job(path: Path) -> TrainingJob:
         loader_workers=int(record["loader_workers"]), cpu_threads=record["cpu_threads"])
 
 
-def launch(job_path: Path, processes: int) -> None:
-    """Run the job on `processes` local processes and wait; their logs go to this stderr."""
-    command = [sys.executable, "-m", "torch.distributed.run", "--standalone",
-               f"--nproc-per-node={processes}", "-m", __name__, str(job_path)]
-    result = subprocess.run(command, check=False)
-    if result.returncode != 0:
-        raise RuntimeError(f"distributed CTERNet training failed (exit code {result.returncode}; "
+def launch(job_path: Path, processes: int, nodes: TorchrunNodes = ONE_NODE) -> None:
+    """Run the job on `processes` processes of this node (of each of `nodes`) and wait; their
+    logs go to this stderr."""
+    code = run_torchrun(torchrun_command(__name__, job_path, processes, nodes))
+    if code != 0:
+        raise RuntimeError(f"distributed CTERNet training failed (exit code {code}; "
                            f"see the log above); rerunning resumes from the last checkpoint")
 
 

@@ -20,7 +20,8 @@ LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 def _cmd_demo_data(args: argparse.Namespace) -> int:
     from affectflow.demo.generate import generate_demo
 
-    counts = generate_demo(Path(args.dir), posts=args.posts, seed=args.seed)
+    counts = generate_demo(Path(args.dir), posts=args.posts, seed=args.seed,
+                           per_class=args.per_class, lighting=args.lighting)
     print(f"demo data written to {args.dir}: {counts}")
     return 0
 
@@ -149,8 +150,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     demo = commands.add_parser("demo-data", help="write the seeded demo datasets")
     demo.add_argument("dir", help="output folder")
-    demo.add_argument("--posts", type=int, default=420, help="number of posts (default 420)")
+    demo.add_argument("--posts", type=int, default=1500, help="number of posts (default 1500)")
+    demo.add_argument("--per-class", type=int, default=150,
+                      help="images per class in the FI-style folder (default 150)")
     demo.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    demo.add_argument("--no-lighting", dest="lighting", action="store_false",
+                      help="no random colour cast / exposure on post and FI images")
     demo.set_defaults(func=_cmd_demo_data)
 
     models = commands.add_parser("demo-models", help="train/build the demo's small models")

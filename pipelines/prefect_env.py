@@ -1,7 +1,8 @@
 """Prefect defaults for affectflow, applied before Prefect is imported.
 
 Ephemeral mode keeps its SQLite state under `./.prefect` (the project's working area, not the
-user's home) and telemetry is off. Values the user already set in the environment win.
+user's home) and telemetry is off (Prefect's, and Ray's when the ray runner is used). Values the
+user already set in the environment win.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ def configure_prefect_env(home: Path | None = None) -> None:
         "PREFECT_HOME": str((home or Path.cwd() / ".prefect").resolve()),
         "DO_NOT_TRACK": "1",
         "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+        "RAY_USAGE_STATS_ENABLED": "0",
         "PREFECT_LOGGING_EXTRA_LOGGERS": "affectflow",
         "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "90",
     }

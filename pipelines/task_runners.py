@@ -25,7 +25,7 @@ def check_runner_installed(kind: str) -> None:
 
 
 def make_task_runner(settings: Any) -> Any:
-    """Build the configured runner; a Dask LocalCluster gets one single-threaded process per worker."""
+    """Build the configured runner; local Dask or Ray gets `workers` single-task worker processes."""
     if settings.task_runner == "threads":
         return ThreadPoolTaskRunner(max_workers=max(4, settings.workers))
     if settings.task_runner == "dask":
@@ -38,6 +38,9 @@ def make_task_runner(settings: Any) -> Any:
     if settings.task_runner == "ray":
         from prefect_ray import RayTaskRunner
 
-        return RayTaskRunner(address=settings.ray_address) if settings.ray_address else RayTaskRunner()
+        if settings.ray_address:
+            return RayTaskRunner(address=settings.ray_address)
+        # Local Ray otherwise claims every core and starts a dashboard; size it like Dask's cluster.
+        return RayTaskRunner(init_kwargs={"num_cpus": settings.workers, "include_dashboard": False})
     raise UserError(f"unknown task runner {settings.task_runner!r}",
                     hint="set run.task_runner to threads, dask or ray")

@@ -7,9 +7,9 @@ them (their count is in the summary), so nothing about the test split can leak i
 or model selection.
 
 `finalize` trains once all shards are checked, in this process or on `processes` torchrun
-processes, with checkpoints in the stage's work folder: an interrupted run resumes from the
-latest epoch. It writes the selected model (`model.pt` + `config.json`), the `history` side
-table and `training_curves.png`.
+processes per node (`nnodes` nodes), with checkpoints in the stage's work folder: an interrupted
+run resumes from the latest epoch. It writes the selected model (`model.pt` + `config.json`),
+the `history` side table and `training_curves.png`.
 """
 
 from __future__ import annotations
@@ -28,6 +28,7 @@ from affectflow.core.errors import UserError
 from affectflow.core.hashing import hash_file, tree_fingerprint
 from affectflow.core.stage import ShardOutput, Stage, StageContext, StageParams
 from affectflow.core.store import MAIN_TABLE, StageArtifact, make_rejects
+from affectflow.core.torchrun import TorchrunNodes, runs_in_process
 from affectflow.models import (
     cternet_checkpoint,
     cternet_classifier,
@@ -85,8 +86,9 @@ HISTORY_SCHEMA = pa.schema([
 _INGEST_COLUMNS = ["sample_id", "source_id", "image_path", "label", "split", "image_sha256"]
 
 
-class CTERNetTrainParams(StageParams):
-    """The CTERNet architecture (as CTERNetConfig) and the paper's training recipe."""
+class CTERNetTrainParams(StageParams, TorchrunNodes):
+    """The CTERNet architecture (as CTERNetConfig), the paper's training recipe, and where it
+    trains: `processes` per node and the torchrun node fields (`nnodes`, `rdzv_endpoint`, ...)."""
 
     backbone: str = Field("res2net101d", description="timm model name (convolutional)")
     pretrained: bool = Field(True, description="timm hub weights; random init when unreachable")
@@ -113,7 +115,8 @@ class CTERNetTrainParams(StageParams):
     crop_scale: tuple[float, float] = Field((0.08, 1.0), description="random resized crop area")
     seed: int = 0
     device: Device = None
-    processes: int = Field(1, ge=1, description="> 1: torchrun data-parallel processes")
+    processes: int = Field(1, ge=1, description="data-parallel processes on this node; > 1 "
+                           "(or nnodes > 1) trains through torchrun")
     cpu_threads: int | None = Field(None, ge=1, description="torch CPU threads (default: torch's)")
 
     @field_validator("backbone_checkpoint")
@@ -269,32 +272,35 @@ class CTERNetTrainStage(Stage):
             "test_rows_not_read": pc.sum(pc.equal(splits, "test")).as_py() or 0,
             "resumed_from_epoch": outcome.resumed_from_epoch,
             "images_per_second": sum(speeds) / len(speeds), "processes": params.processes,
+            "nnodes": params.nnodes,
             "figures": [CURVES_FIGURE],
         }
 
     def _train(self, ctx: StageContext, params: CTERNetTrainParams, config: CTERNetConfig,
                train: LabelledImages, val: LabelledImages) -> TrainingOutcome:
-        """In this process, or on `processes` torchrun processes that share the work folder."""
+        """In this process, or on `processes` torchrun processes per node that share the work
+        folder (on a shared filesystem when there are several nodes)."""
         device = resolve_device(params.device)
         # Loader processes pay off feeding a GPU; on a CPU they would compete with the model.
         loader_workers = ctx.settings.workers if device.type == "cuda" else 0
-        if params.processes == 1:
+        if runs_in_process(params.processes, params):
             return train_cternet(config, params.recipe(), train, val, ctx.work_dir,
                                  Runtime(device=params.device, loader_workers=loader_workers,
                                          cpu_threads=params.cpu_threads))
         job_file = ctx.work_dir / JOB_FILE
         write_job(job_file, TrainingJob(config, params.recipe(), train, val, ctx.work_dir,
                                         params.device, loader_workers, params.cpu_threads))
-        launch(job_file, params.processes)
+        launch(job_file, params.processes, nodes=params)
         return read_outcome(ctx.work_dir)
 
 
 def _require_enough(train: LabelledImages, val: LabelledImages,
                     params: CTERNetTrainParams) -> None:
     """Fail with the fix before training: a full batch per process, and val to select on."""
-    if len(train) < params.batch_size * params.processes:
+    world_size = params.processes * params.nnodes
+    if len(train) < params.batch_size * world_size:
         raise UserError(f"cternet_train has {len(train)} usable train images, fewer than one "
-                        f"batch of {params.batch_size} per process x {params.processes}",
+                        f"batch of {params.batch_size} per process x {world_size} process(es)",
                         hint="lower cternet_train.batch_size, or see the stage's rejects")
     if len(val) == 0:
         raise UserError("cternet_train has no usable val images; the best epoch is selected "

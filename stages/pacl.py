@@ -144,7 +144,7 @@ class PaclStage(Stage):
         image_paths, training, counts = self._training_set(ctx)
         job = pacl_worker.write_job(ctx.work_dir / JOB_DIR, params.train_config(), image_paths,
                                     training, ctx.settings.workers, params.device)
-        final = pacl_worker.launch(job.folder, params.processes)
+        final = pacl_worker.launch(job.folder, params.processes, nodes=params)
         initial = load_torch(job.checkpoints / INITIAL_FILE)
         text_encoder = {key: ctx.input("emotional").manifest["params"].get(key)
                         for key in TEXT_ENCODER_KEYS}

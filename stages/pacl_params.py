@@ -5,6 +5,7 @@ from __future__ import annotations
 from pydantic import Field, field_validator, model_validator
 
 from affectflow.core.stage import StageParams
+from affectflow.core.torchrun import TorchrunNodes
 from affectflow.models.pacl import SCHEMAS, parse_visual_spec
 from affectflow.models.pacl_losses import ALL_PARTITIONS, PaclLossWeights
 from affectflow.models.pacl_train import PaclTrainConfig
@@ -15,8 +16,9 @@ PARTITION_KEYS = tuple(part.key for part in ALL_PARTITIONS)
 _DEFAULT_WEIGHTS = PaclLossWeights()
 
 
-class PaclParams(StageParams):
-    """Encoder, schedule and optimiser of PACL pretraining (defaults: the paper's ResNet-50 run)."""
+class PaclParams(StageParams, TorchrunNodes):
+    """Encoder, schedule and optimiser of PACL pretraining (defaults: the paper's ResNet-50 run);
+    `processes` per node and the torchrun node fields (`nnodes`, `rdzv_endpoint`, `rdzv_id`)."""
 
     visual_encoder: str = Field("timm:resnet50", description="timm:<name>[:<file>] or "
                                 "open_clip:<arch>[:<tag or file>] / open_clip:local-dir:<folder>")
@@ -39,7 +41,8 @@ class PaclParams(StageParams):
                                  for key, part in zip(PARTITION_KEYS, ALL_PARTITIONS)})
     crop_scale: tuple[float, float] = Field((0.5, 1.0), description="random resized crop area range")
     seed: int = 0
-    processes: int = Field(1, ge=1, description="> 1 launches torchrun with this many processes")
+    processes: int = Field(1, ge=1, description="processes on this node; > 1 (or nnodes > 1) "
+                           "launches torchrun")
     sync_batchnorm: bool = Field(True, description="SyncBatchNorm across GPU processes")
     device: Device = None
 
@@ -77,10 +80,11 @@ class PaclParams(StageParams):
 
     @model_validator(mode="after")
     def _batch_splits_over_processes(self) -> "PaclParams":
-        if self.samples_per_partition % self.processes:
+        world_size = self.processes * self.nnodes
+        if self.samples_per_partition % world_size:
             raise ValueError(f"samples_per_partition ({self.samples_per_partition}) must be a "
-                             f"multiple of processes ({self.processes}) so every process gets an "
-                             "equal slice of each micro-batch")
+                             f"multiple of processes x nnodes ({world_size}) so every process "
+                             "gets an equal slice of each micro-batch")
         return self
 
     def train_config(self) -> PaclTrainConfig:

@@ -2,37 +2,33 @@
 
 The stage writes a job folder (`job.json` with the training config and loader settings,
 `train_set.pt` with image paths, text features and labels). `run_job` trains from those files,
-in the stage's own process or as one rank of `torchrun --nproc_per_node N -m
-affectflow.stages.pacl_worker <job folder>`; both paths run the same code. Rank 0 writes
-`checkpoints/final.pt` (model, history), which the stage turns into its outputs.
+in the stage's own process or as one rank of `torchrun ... -m affectflow.stages.pacl_worker
+<job folder>` (`core/torchrun.py`, one or several nodes); both paths run the same code. Rank 0
+writes `checkpoints/final.pt` (model, history), which the stage turns into its outputs.
 """
 
 from __future__ import annotations
 
 import json
 import logging
-import signal
-import subprocess
 import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from affectflow.core.atomic import write_json
+from affectflow.core.torchrun import (ONE_NODE, TorchrunNodes, run_torchrun, runs_in_process,
+                                      torchrun_command)
 from affectflow.models.pacl_train import (PaclTrainConfig, PaclTrainingSet, TrainHooks,
                                           train_pacl)
 from affectflow.models.pacl_train_checkpoint import FINAL_FILE, load_torch, save_torch
 from affectflow.models.pacl_train_dist import init_distributed, shutdown_distributed
 from affectflow.stages.pacl_images import PathImages
 
-logger = logging.getLogger("affectflow.stages.pacl_worker")
-
 JOB_FILE = "job.json"
 TRAIN_SET_FILE = "train_set.pt"
 CHECKPOINT_DIR = "checkpoints"
 WORKER_MODULE = "affectflow.stages.pacl_worker"
-# How long an interrupted torchrun gets to write its checkpoint before it is killed.
-INTERRUPT_GRACE_SECONDS = 120
 
 
 @dataclass(frozen=True)
@@ -83,30 +79,14 @@ def run_job(folder: Path, hooks: TrainHooks | None = None) -> None:
         shutdown_distributed()
 
 
-def torchrun_command(folder: Path, processes: int) -> list[str]:
-    """`torchrun --standalone --nproc_per_node N -m <worker> <folder>` with this interpreter."""
-    return [sys.executable, "-m", "torch.distributed.run", "--standalone",
-            f"--nproc_per_node={processes}", "-m", WORKER_MODULE, str(folder)]
-
-
-def launch(folder: Path, processes: int) -> dict[str, Any]:
-    """Run the job in this process (processes == 1) or under torchrun; return `final.pt`."""
+def launch(folder: Path, processes: int, nodes: TorchrunNodes = ONE_NODE) -> dict[str, Any]:
+    """Run the job in this process (one process, one node) or under torchrun on `processes`
+    processes of each node; return `final.pt`, which every node reads from the shared folder."""
     job = TrainingJob(folder)
-    if processes == 1:
+    if runs_in_process(processes, nodes):
         run_job(folder)
     else:
-        command = torchrun_command(folder, processes)
-        logger.info("launching %s", " ".join(command))
-        process = subprocess.Popen(command)
-        try:
-            code = process.wait()
-        except KeyboardInterrupt:
-            process.send_signal(signal.SIGINT)
-            try:
-                process.wait(timeout=INTERRUPT_GRACE_SECONDS)
-            except subprocess.TimeoutExpired:
-                process.kill()
-            raise
+        code = run_torchrun(torchrun_command(WORKER_MODULE, folder, processes, nodes))
         if code != 0:
             raise RuntimeError(f"torchrun exited with code {code}; see the worker log above "
                                f"(rerunning the stage resumes from {job.checkpoints})")

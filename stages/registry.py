@@ -22,7 +22,7 @@ STAGES: dict[str, type[Stage]] = {cls.name: cls for cls in (
     ClusterStage, PaclStage, ProbeIngestStage, ProbeStage, CTERNetTrainStage, CTERNetEvalStage)}
 
 PRETRAIN_CHAIN: tuple[str, ...] = ("ingest", "caption", "triplets", "factual", "emotional",
-                                   "partition", "cluster")
+                                   "partition", "cluster", "pacl", "probe_ingest", "probe")
 
 
 def get_stage(name: str) -> Stage:

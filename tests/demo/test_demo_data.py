@@ -5,7 +5,9 @@ from __future__ import annotations
 import hashlib
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
+from PIL import Image
 
 from affectflow.demo.generate import MISMATCH_SHARES, generate_demo
 
@@ -42,4 +44,24 @@ def test_ground_truth_matches_the_texts(demo_dir: Path) -> None:
     assert set(truth["bad_file"].dropna()) == {"truncated_image", "empty_text", "duplicate_id",
                                                "zero_byte_image"}
     fi = sorted(p.name for p in (demo_dir / "fi").iterdir())
-    assert len(fi) == 8 and all(len(list((demo_dir / "fi" / c).iterdir())) == 6 for c in fi)
+    assert len(fi) == 8 and all(len(list((demo_dir / "fi" / c).iterdir())) == 10 for c in fi)
+
+
+def _colour_spread(folder: Path) -> float:
+    """Spread across images of their mean RGB: how much a class's colours vary photo to photo."""
+    means = [np.asarray(Image.open(path), dtype=np.float32).mean(axis=(0, 1))
+             for path in sorted(folder.glob("*.jpg"))]
+    return float(np.std(means, axis=0).mean())
+
+
+def test_lighting_varies_post_and_fi_photos_but_not_the_caption_pairs(tmp_path: Path) -> None:
+    settings = {"posts": 24, "seed": 3, "per_class": 12, "caption_pairs": 14}
+    generate_demo(tmp_path / "lit", **settings)
+    generate_demo(tmp_path / "flat", **settings, lighting=False)
+    assert tree_digest(tmp_path / "lit" / "captions") == tree_digest(tmp_path / "flat" / "captions")
+    assert (tmp_path / "lit" / "tumemo" / "100010.txt").read_text() == \
+        (tmp_path / "flat" / "tumemo" / "100010.txt").read_text()
+    for fi_class in ("sadness", "awe"):
+        lit = _colour_spread(tmp_path / "lit" / "fi" / fi_class)
+        flat = _colour_spread(tmp_path / "flat" / "fi" / fi_class)
+        assert lit > 2 * flat, (fi_class, lit, flat)

@@ -1,12 +1,14 @@
-"""The same flow on a Dask LocalCluster (2 worker processes) and on local threads."""
+"""The same flow on local threads, on a Dask LocalCluster and on local Ray (2 worker processes each)."""
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import signal
 import threading
 import time
 from pathlib import Path
+from typing import Iterator
 
 import psutil
 import pytest
@@ -14,13 +16,19 @@ import pytest
 from affectflow.core.store import StageArtifact
 from affectflow.pipelines.config import load_config
 from affectflow.pipelines.execution import open_run
+from affectflow.pipelines.task_runners import EXTRAS
 from tests.stages.helpers import demo_config
-
-pytest.importorskip("prefect_dask", reason="the dask extra is not installed")
 
 # The shard-parallel stage (ingest) and a model stage (factual); the other stages run the same
 # task code path as factual.
 TABLES = {"ingest": ["main"], "factual": ["main", "embeddings"]}
+
+
+def needs_extra(kind: str) -> pytest.MarkDecorator:
+    """Skip (before any fixture runs) when the runner's extra is missing; each runner alone."""
+    module, extra = EXTRAS[kind]
+    return pytest.mark.skipif(importlib.util.find_spec(module) is None,
+                              reason=f"needs {module}: pip install '{extra}'")
 
 
 def run_flow(raw: dict, run_id: str) -> dict:
@@ -31,16 +39,36 @@ def run_flow(raw: dict, run_id: str) -> dict:
     return run_stages_on_configured_runner(ref, config, list(TABLES), [])
 
 
-def test_dask_and_threads_write_identical_content(prefect_harness: None, demo_dir: Path,
-                                                  tmp_path: Path) -> None:
-    threads = demo_config(demo_dir, tmp_path)
-    dask = demo_config(demo_dir, tmp_path, run={"task_runner": "dask", "workers": 2})
-    run_flow(threads, "threads")
-    run_flow(dask, "dask")
+@pytest.fixture(scope="module")
+def threads_root(prefect_harness: None, demo_dir: Path,
+                 tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The reference run on local threads, made once for every runner it is compared with."""
+    root = tmp_path_factory.mktemp("threads")
+    run_flow(demo_config(demo_dir, root), "threads")
+    return root
+
+
+@pytest.fixture(params=[pytest.param(kind, marks=needs_extra(kind)) for kind in ("dask", "ray")])
+def process_runner(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
+    """A runner with worker processes; local Ray is shut down afterwards even if the flow failed."""
+    if request.param != "ray":
+        yield request.param
+        return
+    import ray
+
+    monkeypatch.setenv("RAY_USAGE_STATS_ENABLED", "0")  # no usage report from a test run
+    yield request.param
+    ray.shutdown()  # a no-op when the runner already stopped the Ray it started
+
+
+def test_process_runners_write_the_same_content_as_threads(process_runner: str, threads_root: Path,
+                                                            demo_dir: Path, tmp_path: Path) -> None:
+    run_flow(demo_config(demo_dir, tmp_path, run={"task_runner": process_runner, "workers": 2}),
+             process_runner)
     for stage, tables in TABLES.items():
         for table in tables:
-            left = StageArtifact(tmp_path / "runs" / "threads" / stage).read_all(table=table)
-            right = StageArtifact(tmp_path / "runs" / "dask" / stage).read_all(table=table)
+            left = StageArtifact(threads_root / "runs" / "threads" / stage).read_all(table=table)
+            right = StageArtifact(tmp_path / "runs" / process_runner / stage).read_all(table=table)
             assert left.sort_by("sample_id").equals(right.sort_by("sample_id")), (stage, table)
 
 
@@ -50,6 +78,7 @@ def _dask_worker_pids() -> list[int]:
             if "distributed" in " ".join(child.cmdline()) or "spawn_main" in " ".join(child.cmdline())]
 
 
+@needs_extra("dask")
 def test_a_killed_dask_worker_loses_no_shard(prefect_harness: None, demo_dir: Path,
                                             tmp_path: Path) -> None:
     raw = demo_config(demo_dir, tmp_path, run={"task_runner": "dask", "workers": 2},

@@ -9,11 +9,14 @@ from affectflow.core.runner import run_stage
 from affectflow.pipelines.config import load_config
 from affectflow.pipelines.execution import RunRef, make_job, open_run
 
+# The pretrain chain up to the pseudo-labels: what most stage tests need sections for.
+SCORING_CHAIN = ("ingest", "caption", "triplets", "factual", "emotional", "partition", "cluster")
+
 
 def demo_config(demo_dir: Path, artifact_root: Path, **sections: dict[str, Any]) -> dict[str, Any]:
     """The demo config pointed at a test demo folder, with per-section overrides."""
     raw: dict[str, Any] = {
-        "run": {"artifact_root": str(artifact_root), "workers": 2},
+        "run": {"artifact_root": str(artifact_root), "workers": 2, "stages": list(SCORING_CHAIN)},
         "ingest": {"source": "tumemo", "path": str(demo_dir / "tumemo"), "shard_size": 16,
                    "dataset_name": "demo"},
         "caption": {"kind": "blip", "model": str(demo_dir / "models" / "captioner")},
