@@ -40,14 +40,26 @@ def stable_sample_id(*parts: str) -> str:
 def tree_fingerprint(root: Path) -> str:
     """Hash of every file's relative path, size and mtime below `root` (or of the file itself).
 
-    Cheap (stat only) and changes whenever a file is added, removed, rewritten or touched.
+    Cheap (one stat per file, read through `os.scandir`: a dataset of a million files must not
+    take minutes to fingerprint) and changes whenever a file is added, removed, rewritten or
+    touched. Symlinked folders are not followed; a dangling symlink counts as itself.
     """
-    entries = []
     if root.is_file():
-        paths = [root]
-    else:
-        paths = [Path(folder) / name for folder, _, names in os.walk(root) for name in names]
-    for path in sorted(paths):
-        stat = path.stat()
-        entries.append((str(path.relative_to(root.parent)), stat.st_size, stat.st_mtime_ns))
+        stat = root.stat()
+        return hash_value([(root.name, stat.st_size, stat.st_mtime_ns)])
+    prefix = len(str(root.parent).rstrip(os.sep)) + 1
+    entries, folders = [], [str(root)]
+    while folders:
+        with os.scandir(folders.pop()) as listing:
+            for entry in listing:
+                if entry.is_dir():
+                    if not entry.is_symlink():
+                        folders.append(entry.path)
+                    continue
+                try:
+                    stat = entry.stat()
+                except FileNotFoundError:
+                    stat = entry.stat(follow_symlinks=False)
+                entries.append((entry.path[prefix:], stat.st_size, stat.st_mtime_ns))
+    entries.sort()
     return hash_value(entries)

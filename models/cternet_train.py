@@ -19,13 +19,11 @@ its share of every epoch through a DistributedSampler, and process 0 writes the 
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import json
 import logging
 import time
 from dataclasses import dataclass
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -47,7 +45,7 @@ from affectflow.models.cternet_classifier import config_values
 from affectflow.models.cternet_config import CTERNetConfig
 from affectflow.models.cternet_data import (ImageDataset, LabelledImages, eval_transform,
                                             train_transform)
-from affectflow.models.encoder_runtime import resolve_device
+from affectflow.models.encoder_runtime import intra_op_threads, resolve_device
 
 logger = logging.getLogger("affectflow.models.cternet_train")
 
@@ -226,18 +224,6 @@ def _build(config: CTERNetConfig, recipe: TrainingRecipe, device: torch.device,
         return build_cternet(config, device=device)
     return build_cternet(dataclasses.replace(config, pretrained=False, backbone_checkpoint=None),
                          device=device)
-
-
-@contextlib.contextmanager
-def intra_op_threads(threads: int | None) -> Iterator[None]:
-    """Torch's CPU thread count for the duration (None: leave torch's choice)."""
-    previous = torch.get_num_threads()
-    if threads is not None:
-        torch.set_num_threads(threads)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(previous)
 
 
 def train_cternet(config: CTERNetConfig, recipe: TrainingRecipe, train: LabelledImages,

@@ -23,8 +23,7 @@ from affectflow.core.store import MAIN_TABLE, StageArtifact, make_rejects
 from affectflow.models import cternet_classifier, cternet_data
 from affectflow.models.cternet_classifier import TrainedClassifier, load_classifier
 from affectflow.models.cternet_data import eval_transform
-from affectflow.models.cternet_train import intra_op_threads
-from affectflow.models.encoder_runtime import inference_context
+from affectflow.models.encoder_runtime import inference_context, intra_op_threads
 from affectflow.stages import cternet_figures, cternet_metrics, cternet_report
 from affectflow.stages.batching import prefetched_image_batches
 from affectflow.stages.cternet_figures import draw_confusion_matrix

@@ -6,7 +6,7 @@ row ends up either in the output or in `rejects.parquet` with a reason.
 
 from __future__ import annotations
 
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import BrokenExecutor
 from pathlib import Path
 from typing import Any, Literal
 
@@ -15,14 +15,15 @@ import pyarrow.parquet as pq
 from pydantic import Field, field_validator, model_validator
 
 from affectflow.core.atomic import write_parquet
-from affectflow.core.hashing import hash_value, stable_sample_id, tree_fingerprint
+from affectflow.core.hashing import hash_value, tree_fingerprint
 from affectflow.core.stage import ShardOutput, Stage, StageContext, StageParams
 from affectflow.core.store import MAIN_TABLE, StageArtifact, make_rejects
-from affectflow.stages.image_check import ImageProblem, check_image
+from affectflow.stages import image_check, ingest_sources, ingest_validate, text_clean
+from affectflow.stages.decode_pool import decode_pool, discard_pool
 from affectflow.stages.ingest_sources import (TUMEMO_LABELS, SourceRecord, assign_splits,
                                               list_image_folder, list_manifest, list_tumemo,
                                               mark_duplicates_and_labels)
-from affectflow.stages.text_clean import clean_post_text
+from affectflow.stages.ingest_validate import RowRules, validate_rows
 
 SCHEMA = pa.schema([
     ("sample_id", pa.string()),
@@ -39,6 +40,9 @@ SCHEMA = pa.schema([
     ("image_format", pa.string()),
     ("image_sha256", pa.string()),
 ])
+
+# Rows per decode task: enough to amortise sending the task to a worker process.
+DECODE_BATCH = 16
 
 LISTING_SCHEMA = pa.schema([
     ("source_id", pa.string()), ("image_path", pa.string()), ("text", pa.string()),
@@ -133,6 +137,7 @@ class IngestStage(Stage):
     Params = IngestParams
     schema = SCHEMA
     shard_parallel = True
+    code_modules = (ingest_sources, ingest_validate, image_check, text_clean)
 
     def source_fingerprint(self, params: IngestParams, settings: Any) -> str:  # type: ignore[override]
         roots = [params.path] + [p for p in (params.image_dir, params.text_dir, params.split_dir) if p]
@@ -152,40 +157,28 @@ class IngestStage(Stage):
             shard_ids.append(shard_id)
         return shard_ids
 
-    def setup(self, ctx: StageContext) -> ThreadPoolExecutor:
-        return ThreadPoolExecutor(max_workers=ctx.settings.workers, thread_name_prefix="decode")
-
-    def process(self, ctx: StageContext, state: ThreadPoolExecutor, shard_id: int) -> ShardOutput:
+    def process(self, ctx: StageContext, state: None, shard_id: int) -> ShardOutput:
         params: IngestParams = ctx.params  # type: ignore[assignment]
         listing = pq.read_table(ctx.work_dir / f"listing-{shard_id:05d}.parquet").to_pylist()
         label_names = [l for l in (ctx.work_dir / "labels.txt").read_text().splitlines() if l]
-        label_ids = {name: index for index, name in enumerate(label_names)}
-
-        def validate(row: dict[str, Any]) -> tuple[dict[str, Any] | None, dict[str, Any] | None]:
-            sample_id = stable_sample_id(params.name, row["source_id"])
-            reject = {"sample_id": sample_id, "source_id": row["source_id"]}
-            if row["problem"]:
-                return None, {**reject, "reason": row["problem"], "detail": row["detail"]}
-            raw = row["text"] or ""
-            cleaned = clean_post_text(raw, params.hashtags, params.expand_contractions)
-            if params.needs_text and not cleaned:
-                detail = "text is empty" if not raw.strip() else f"nothing left after cleaning {raw[:60]!r}"
-                return None, {**reject, "reason": "empty_text", "detail": detail}
-            facts = check_image(Path(row["image_path"]), params.min_image_side,
-                                params.max_image_pixels)
-            if isinstance(facts, ImageProblem):
-                return None, {**reject, "reason": facts.reason, "detail": facts.detail}
-            return {
-                "sample_id": sample_id, "source_id": row["source_id"], "dataset": params.name,
-                "image_path": row["image_path"], "text_raw": raw, "text": cleaned,
-                "label": row["label"], "label_id": label_ids.get(row["label"]),
-                "split": row["split"], "width": facts.width, "height": facts.height,
-                "image_format": facts.format, "image_sha256": facts.sha256,
-            }, None
-
-        kept, rejected = [], []
-        for good, bad in state.map(validate, listing):
-            (kept if good else rejected).append(good or bad)
+        rules = RowRules(dataset=params.name, needs_text=params.needs_text,
+                         hashtags=params.hashtags, expand_contractions=params.expand_contractions,
+                         min_image_side=params.min_image_side,
+                         max_image_pixels=params.max_image_pixels,
+                         label_ids={name: index for index, name in enumerate(label_names)})
+        workers = ctx.settings.workers
+        pool = decode_pool(workers)
+        batches = [listing[start:start + DECODE_BATCH] for start in range(0, len(listing), DECODE_BATCH)]
+        try:
+            results = [pair for future in [pool.submit(validate_rows, batch, rules) for batch in batches]
+                       for pair in future.result()]
+        except BrokenExecutor:
+            discard_pool(workers)
+            raise RuntimeError(f"ingest shard {shard_id}: a decode worker process died (killed, or "
+                               "a decoder crashed on one of the shard's images); rerun the stage "
+                               "to retry with fresh workers") from None
+        kept = [good for good, _ in results if good is not None]
+        rejected = [bad for _, bad in results if bad is not None]
         return ShardOutput(rows_in=len(listing),
                            tables={MAIN_TABLE: pa.Table.from_pylist(kept, schema=SCHEMA)},
                            rejects=make_rejects(rejected))

@@ -143,7 +143,8 @@ class PaclStage(Stage):
         params: PaclParams = ctx.params  # type: ignore[assignment]
         image_paths, training, counts = self._training_set(ctx)
         job = pacl_worker.write_job(ctx.work_dir / JOB_DIR, params.train_config(), image_paths,
-                                    training, ctx.settings.workers, params.device)
+                                    training, ctx.settings.workers, params.device,
+                                    params.cpu_threads)
         final = pacl_worker.launch(job.folder, params.processes, nodes=params)
         initial = load_torch(job.checkpoints / INITIAL_FILE)
         text_encoder = {key: ctx.input("emotional").manifest["params"].get(key)

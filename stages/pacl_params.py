@@ -45,6 +45,8 @@ class PaclParams(StageParams, TorchrunNodes):
                            "launches torchrun")
     sync_batchnorm: bool = Field(True, description="SyncBatchNorm across GPU processes")
     device: Device = None
+    cpu_threads: int | None = Field(None, ge=1, description="torch CPU threads per training "
+                                    "process (default: torch's); 1 is faster for tiny encoders")
 
     @field_validator("visual_encoder")
     @classmethod

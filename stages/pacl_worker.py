@@ -22,6 +22,7 @@ from affectflow.core.torchrun import (ONE_NODE, TorchrunNodes, run_torchrun, run
 from affectflow.models.pacl_train import (PaclTrainConfig, PaclTrainingSet, TrainHooks,
                                           train_pacl)
 from affectflow.models.pacl_train_checkpoint import FINAL_FILE, load_torch, save_torch
+from affectflow.models.encoder_runtime import intra_op_threads
 from affectflow.models.pacl_train_dist import init_distributed, shutdown_distributed
 from affectflow.stages.pacl_images import PathImages
 
@@ -47,13 +48,15 @@ class TrainingJob:
 
 
 def write_job(folder: Path, config: PaclTrainConfig, image_paths: list[str],
-              training: PaclTrainingSet, workers: int, device: str | None) -> TrainingJob:
+              training: PaclTrainingSet, workers: int, device: str | None,
+              cpu_threads: int | None) -> TrainingJob:
     """Write the job's files (same inputs give the same files, so a resumed job matches)."""
     save_torch(folder / TRAIN_SET_FILE, {
         "image_paths": list(image_paths), "text_features": training.text_features,
         "partition": training.partition, "factual_cluster": training.factual_cluster,
         "emotional_cluster": training.emotional_cluster})
-    write_json(folder / JOB_FILE, {"config": config.to_dict(), "workers": workers, "device": device})
+    write_json(folder / JOB_FILE, {"config": config.to_dict(), "workers": workers, "device": device,
+                                   "cpu_threads": cpu_threads})
     return TrainingJob(folder)
 
 
@@ -66,9 +69,10 @@ def run_job(folder: Path, hooks: TrainHooks | None = None) -> None:
                                payload["factual_cluster"], payload["emotional_cluster"])
     context = init_distributed(spec["device"])
     try:
-        result = train_pacl(PaclTrainConfig.from_dict(spec["config"]), training,
-                            PathImages(payload["image_paths"], spec["workers"]), job.checkpoints,
-                            context, hooks)
+        with intra_op_threads(spec["cpu_threads"]):
+            result = train_pacl(PaclTrainConfig.from_dict(spec["config"]), training,
+                                PathImages(payload["image_paths"], spec["workers"]),
+                                job.checkpoints, context, hooks)
         if context.is_main:
             save_torch(job.result_file, {
                 "config": result.model_config,

@@ -3,11 +3,11 @@ own code under a second name, so one run holds both the posts and the labelled i
 
 from __future__ import annotations
 
-from affectflow.stages import image_check, ingest, ingest_sources, text_clean
+from affectflow.stages import ingest
 from affectflow.stages.ingest import IngestStage
 
 
 class ProbeIngestStage(IngestStage):
     name = "probe_ingest"
     # The ingest code itself: editing it re-ingests the labelled set as well.
-    code_modules = (ingest, ingest_sources, image_check, text_clean)
+    code_modules = (ingest, *IngestStage.code_modules)

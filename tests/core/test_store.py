@@ -10,7 +10,7 @@ import pytest
 
 from affectflow.core.atomic import atomic_path, write_json, write_parquet
 from affectflow.core.errors import UserError
-from affectflow.core.hashing import hash_value, stable_sample_id
+from affectflow.core.hashing import hash_value, stable_sample_id, tree_fingerprint
 from affectflow.core.runs import RunStore, list_runs, validate_run_id
 from affectflow.core.store import StageArtifact
 
@@ -39,6 +39,29 @@ def test_hashes_are_order_independent_for_mappings_and_stable() -> None:
     assert stable_sample_id("ds", "42") == stable_sample_id("ds", "42")
     assert len(stable_sample_id("ds", "42")) == 32
     assert stable_sample_id("ds", "42") != stable_sample_id("other", "42")
+
+
+def test_tree_fingerprint_sees_every_change_below_the_root_and_nothing_else(tmp_path: Path) -> None:
+    root = tmp_path / "data"
+    (root / "a" / "b").mkdir(parents=True)
+    (root / "a" / "b" / "x.txt").write_text("one")
+    (root / "y.txt").write_text("two")
+    (tmp_path / "elsewhere").mkdir()
+    (root / "linked").symlink_to(tmp_path / "elsewhere")     # folders behind links are not read
+    (root / "dangling").symlink_to(tmp_path / "missing")     # counted as itself, no crash
+    first = tree_fingerprint(root)
+    assert tree_fingerprint(root) == first
+    (tmp_path / "elsewhere" / "ignored.txt").write_text("outside")
+    assert tree_fingerprint(root) == first
+    (root / "a" / "b" / "x.txt").write_text("one!")
+    changed = tree_fingerprint(root)
+    assert changed != first
+    (root / "a" / "new.txt").write_text("")
+    added = tree_fingerprint(root)
+    assert added != changed
+    (root / "a" / "new.txt").unlink()
+    assert tree_fingerprint(root) == changed
+    assert tree_fingerprint(root / "y.txt") != tree_fingerprint(root / "a" / "b" / "x.txt")
 
 
 def test_stage_artifact_reads_shards_in_order(tmp_path: Path) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -13,6 +14,7 @@ from pydantic import ValidationError
 
 from affectflow.core.runner import StageJob, run_stage
 from affectflow.core.runs import RunStore
+from affectflow.stages.decode_pool import _POOLS, decode_pool
 from affectflow.stages.ingest import IngestParams, IngestStage
 from tests.conftest import write_image, write_tumemo
 
@@ -159,3 +161,36 @@ def test_params_are_validated(tmp_path: Path) -> None:
         IngestParams(source="tumemo", path=tmp_path, text_encodings=["klingon"])
     with pytest.raises(ValidationError, match="sum to 1"):
         IngestParams(source="tumemo", path=tmp_path, split_ratios=(0.5, 0.1, 0.1))
+
+
+def test_a_dead_decode_worker_fails_its_shard_clearly_and_the_next_run_recovers(
+        tmp_path: Path) -> None:
+    root = write_tumemo(tmp_path / "tumemo", {str(i): ("Calm", f"post {i}") for i in range(6)})
+    ingest(tmp_path / "first", source="tumemo", path=root)
+    pool = decode_pool(Settings().workers)
+    if not isinstance(pool, ProcessPoolExecutor):
+        pytest.skip("decoding runs on threads on this platform")
+    victim = next(iter(pool._processes.values()))  # the pool's own worker table
+    victim.kill()
+    victim.join()
+    with pytest.raises(RuntimeError, match="decode worker process died"):
+        ingest(tmp_path / "second", source="tumemo", path=root)
+    manifest, rows, _ = ingest(tmp_path / "third", source="tumemo", path=root)
+    assert manifest["rows_out"] == 6 and len(rows) == 6
+    assert decode_pool(Settings().workers) is not pool
+
+
+def test_decoding_in_worker_processes_gives_the_rows_threads_give(tmp_path: Path) -> None:
+    root = write_tumemo(tmp_path / "tumemo", {str(i): ("Sad", f"sad post {i} #rain") for i in range(9)})
+    (root / "4.jpg").write_bytes(b"")
+    _, in_processes, rejected_in_processes = ingest(tmp_path / "a", source="tumemo", path=root,
+                                                    shard_size=4)
+    with ThreadPoolExecutor(max_workers=2) as threads:
+        _POOLS[Settings().workers], previous = threads, _POOLS.get(Settings().workers)
+        try:
+            _, in_threads, rejected_in_threads = ingest(tmp_path / "b", source="tumemo",
+                                                        path=root, shard_size=4)
+        finally:
+            _POOLS[Settings().workers] = previous
+    pd.testing.assert_frame_equal(in_processes, in_threads)
+    pd.testing.assert_frame_equal(rejected_in_processes, rejected_in_threads)

@@ -208,7 +208,7 @@ def test_two_gloo_processes_match_one_process_on_the_same_global_batches(tmp_pat
     results = {}
     for processes in (1, 2):
         job = pacl_worker.write_job(tmp_path / f"job{processes}", config, paths, data, workers=1,
-                                    device="cpu")
+                                    device="cpu", cpu_threads=1)
         results[processes] = pacl_worker.launch(job.folder, processes)
     single, double = results[1], results[2]
     assert single["history"]["active"] == double["history"]["active"]
