@@ -24,14 +24,21 @@ class Settings:
     workers: int = 2
 
 
-def make_posts(root: Path, count: int, size: int) -> None:
+def make_posts(root: Path, count: int, size: int, distinct: int | None = None) -> None:
+    """`count` TumEmo-layout posts; with `distinct`, only that many different pictures are drawn
+    and reused (drawing large pictures costs more than decoding them)."""
     rng = random.Random(0)
     emotions = sorted(EMOTION_PALETTES)
     lines = ["id label"]
+    drawn: list[bytes] = []
     for index in range(count):
         emotion = emotions[index % len(emotions)]
-        image = draw_scene(emotion, [(rng.choice(OBJECTS), "red")], rng, size)
-        image.save(root / f"{index}.jpg", quality=92)
+        if distinct is None or len(drawn) < distinct:
+            image = draw_scene(emotion, [(rng.choice(OBJECTS), "red")], rng, size)
+            image.save(root / f"{index}.jpg", quality=92)
+            drawn.append((root / f"{index}.jpg").read_bytes())
+        else:
+            (root / f"{index}.jpg").write_bytes(drawn[index % len(drawn)])
         (root / f"{index}.txt").write_text(f"post {index} feeling {emotion.lower()} #demo")
         lines.append(f"{index} {emotion}")
     (root / "all_data_id_and_label.txt").write_text("\n".join(lines) + "\n")

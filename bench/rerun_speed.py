@@ -6,7 +6,7 @@ import tempfile
 from pathlib import Path
 
 from bench.common import BenchRow, start_prefect, timed
-from bench.pipeline_profile import demo_workdir
+from bench.pipeline_profile import QUICK_DEMO, demo_workdir
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -17,7 +17,8 @@ def run(quick: bool) -> list[BenchRow]:
         from affectflow.pipelines.flows import pretrain_flow
 
         def pipeline() -> dict:
-            return pretrain_flow(config_path=str(REPO / "configs" / "demo.yaml"), run_id="bench")
+            return pretrain_flow(config_path=str(REPO / "configs" / "demo.yaml"),
+                                 overrides=QUICK_DEMO if quick else [], run_id="bench")
 
         with demo_workdir(Path(tmp), quick):
             first, first_seconds = timed(pipeline)

@@ -232,6 +232,7 @@ def finalize_stage(job: StageJob, fingerprint: str) -> dict[str, Any]:
         "rows_in": rows_in, "rows_out": rows_out, "rows_rejected": rows_rejected,
         "rejects_by_reason": by_reason,
         "timings": {"started": plan["started"], "finished": utc_now(),
+                    "started_at": float(plan["started_at"]), "finished_at": finished,
                     "seconds": round(seconds, 3),
                     "shard_seconds": round(sum(m["seconds"] for m in markers), 3),
                     # model loading etc., once per worker process (inside shard_seconds)

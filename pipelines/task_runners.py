@@ -24,8 +24,26 @@ def check_runner_installed(kind: str) -> None:
         raise ValueError(f"task_runner '{kind}' needs {module}: pip install '{extra}'")
 
 
+def worker_environment() -> dict[str, str]:
+    """What worker processes need to report to this process's Prefect API.
+
+    In ephemeral mode the API is a temporary server this process started, and PREFECT_API_URL is
+    unset: a worker process that does not get the URL starts a temporary server of its own on its
+    first task (seconds each), so its task runs would land in another server. Empty when there is
+    no API yet (the runner is built outside a flow)."""
+    from prefect.server.api.server import SubprocessASGIServer
+    from prefect.settings import PREFECT_API_URL
+
+    url = PREFECT_API_URL.value()
+    if not url:
+        server = SubprocessASGIServer()
+        url = server.api_url if server.running else None
+    return {"PREFECT_API_URL": url} if url else {}
+
+
 def make_task_runner(settings: Any) -> Any:
-    """Build the configured runner; local Dask or Ray gets `workers` single-task worker processes."""
+    """Build the configured runner; local Dask or Ray gets `workers` single-task worker processes
+    that report to this process's Prefect API."""
     if settings.task_runner == "threads":
         return ThreadPoolTaskRunner(max_workers=max(4, settings.workers))
     if settings.task_runner == "dask":
@@ -34,13 +52,15 @@ def make_task_runner(settings: Any) -> Any:
         if settings.dask_address:
             return DaskTaskRunner(address=settings.dask_address)
         return DaskTaskRunner(cluster_kwargs={"n_workers": settings.workers,
-                                              "threads_per_worker": 1, "processes": True})
+                                              "threads_per_worker": 1, "processes": True,
+                                              "env": worker_environment()})
     if settings.task_runner == "ray":
         from prefect_ray import RayTaskRunner
 
         if settings.ray_address:
             return RayTaskRunner(address=settings.ray_address)
         # Local Ray otherwise claims every core and starts a dashboard; size it like Dask's cluster.
-        return RayTaskRunner(init_kwargs={"num_cpus": settings.workers, "include_dashboard": False})
+        return RayTaskRunner(init_kwargs={"num_cpus": settings.workers, "include_dashboard": False,
+                                          "runtime_env": {"env_vars": worker_environment()}})
     raise UserError(f"unknown task runner {settings.task_runner!r}",
                     hint="set run.task_runner to threads, dask or ray")

@@ -102,3 +102,14 @@ def test_a_killed_dask_worker_loses_no_shard(prefect_harness: None, demo_dir: Pa
     manifest = StageArtifact(tmp_path / "runs" / "killed" / "ingest").manifest
     assert manifest["rows_in"] == manifest["rows_out"] + manifest["rows_rejected"] == 61
     assert len(manifest["shard_ids"]) == 16
+
+
+def test_worker_processes_are_pointed_at_this_processes_api() -> None:
+    """Without the URL, each Dask or Ray worker would start a temporary Prefect server of its own
+    on its first task (seconds each) and record its task runs there."""
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    from affectflow.pipelines.task_runners import worker_environment
+
+    with temporary_settings({PREFECT_API_URL: "http://127.0.0.1:4200/api"}):
+        assert worker_environment() == {"PREFECT_API_URL": "http://127.0.0.1:4200/api"}
