@@ -50,9 +50,11 @@ def decode_text(data: bytes, encodings: Iterable[str]) -> str | None:
 
 def _read_text_file(path: Path, encodings: list[str]) -> tuple[str | None, str | None, str | None]:
     """(text, problem, detail) for a post's text file."""
-    if not path.is_file():
+    try:
+        data = path.read_bytes()
+    except (FileNotFoundError, IsADirectoryError):
         return None, "missing_text", str(path)
-    text = decode_text(path.read_bytes(), encodings)
+    text = decode_text(data, encodings)
     if text is None:
         return None, "undecodable_text", f"{path} is not valid {' or '.join(encodings)}"
     return text, None, None
