@@ -47,7 +47,7 @@ DECODE_BATCH = 16
 LISTING_SCHEMA = pa.schema([
     ("source_id", pa.string()), ("image_path", pa.string()), ("text", pa.string()),
     ("label", pa.string()), ("split", pa.string()), ("problem", pa.string()),
-    ("detail", pa.string()),
+    ("detail", pa.string()), ("text_file", pa.string()),
 ])
 
 
@@ -120,7 +120,7 @@ class IngestParams(StageParams):
 def list_source(params: IngestParams) -> list[SourceRecord]:
     if params.source == "tumemo":
         records = list_tumemo(params.path, params.image_dir or params.path,
-                              params.text_dir or params.path, params.text_encodings)
+                              params.text_dir or params.path)
     elif params.source == "manifest":
         records = list_manifest(params.path, params.columns)
     else:
@@ -162,6 +162,7 @@ class IngestStage(Stage):
         listing = pq.read_table(ctx.work_dir / f"listing-{shard_id:05d}.parquet").to_pylist()
         label_names = [l for l in (ctx.work_dir / "labels.txt").read_text().splitlines() if l]
         rules = RowRules(dataset=params.name, needs_text=params.needs_text,
+                         text_encodings=tuple(params.text_encodings),
                          hashtags=params.hashtags, expand_contractions=params.expand_contractions,
                          min_image_side=params.min_image_side,
                          max_image_pixels=params.max_image_pixels,

@@ -36,6 +36,8 @@ class SourceRecord:
     split: str | None = None
     problem: str | None = None
     detail: str | None = None
+    # A text still to be read (TumEmo): the decode workers read it, in parallel, not the listing.
+    text_file: str | None = None
 
 
 def decode_text(data: bytes, encodings: Iterable[str]) -> str | None:
@@ -48,7 +50,7 @@ def decode_text(data: bytes, encodings: Iterable[str]) -> str | None:
     return None
 
 
-def _read_text_file(path: Path, encodings: list[str]) -> tuple[str | None, str | None, str | None]:
+def read_text_file(path: Path, encodings: Iterable[str]) -> tuple[str | None, str | None, str | None]:
     """(text, problem, detail) for a post's text file."""
     try:
         data = path.read_bytes()
@@ -60,9 +62,9 @@ def _read_text_file(path: Path, encodings: list[str]) -> tuple[str | None, str |
     return text, None, None
 
 
-def list_tumemo(root: Path, image_dir: Path, text_dir: Path,
-                encodings: list[str]) -> list[SourceRecord]:
-    """TumEmo raw release: a label file (header, then `<id> <Label>`), `<id>.jpg`, `<id>.txt`."""
+def list_tumemo(root: Path, image_dir: Path, text_dir: Path) -> list[SourceRecord]:
+    """TumEmo raw release: a label file (header, then `<id> <Label>`), `<id>.jpg`, `<id>.txt`
+    (read later by the decode workers, `text_file`)."""
     label_file = root / TUMEMO_LABEL_FILE
     if not label_file.is_file():
         raise UserError(f"TumEmo label file not found: {label_file}",
@@ -78,9 +80,8 @@ def list_tumemo(root: Path, image_dir: Path, text_dir: Path,
                                         detail=f"{label_file.name}:{line_no}: {line.strip()[:80]!r}"))
             continue
         post_id, label = parts
-        text, problem, detail = _read_text_file(text_dir / f"{post_id}.txt", encodings)
-        records.append(SourceRecord(post_id, str(image_dir / f"{post_id}.jpg"), text, label,
-                                    problem=problem, detail=detail))
+        records.append(SourceRecord(post_id, str(image_dir / f"{post_id}.jpg"), None, label,
+                                    text_file=str(text_dir / f"{post_id}.txt")))
     return records
 
 

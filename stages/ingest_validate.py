@@ -2,6 +2,7 @@
 
 It is a plain function of picklable values so it can run in a worker process (`decode_pool`):
 image decoding is most of ingest's time, and processes decode in parallel without sharing a GIL.
+Text files (TumEmo) are read here too, so the serial listing pass reads only the label file.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from typing import Any
 
 from affectflow.core.hashing import stable_sample_id
 from affectflow.stages.image_check import ImageProblem, check_image
+from affectflow.stages.ingest_sources import read_text_file
 from affectflow.stages.text_clean import clean_post_text
 
 
@@ -21,6 +23,7 @@ class RowRules:
 
     dataset: str
     needs_text: bool
+    text_encodings: tuple[str, ...]
     hashtags: str
     expand_contractions: bool
     min_image_side: int
@@ -37,7 +40,12 @@ def validate_row(row: dict[str, Any], rules: RowRules) -> Validated:
     reject = {"sample_id": sample_id, "source_id": row["source_id"]}
     if row["problem"]:
         return None, {**reject, "reason": row["problem"], "detail": row["detail"]}
-    raw = row["text"] or ""
+    text = row["text"]
+    if row["text_file"]:
+        text, problem, detail = read_text_file(Path(row["text_file"]), rules.text_encodings)
+        if problem:
+            return None, {**reject, "reason": problem, "detail": detail}
+    raw = text or ""
     cleaned = clean_post_text(raw, rules.hashtags, rules.expand_contractions)
     if rules.needs_text and not cleaned:
         detail = "text is empty" if not raw.strip() else f"nothing left after cleaning {raw[:60]!r}"
