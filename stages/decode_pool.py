@@ -37,12 +37,13 @@ def decode_pool(workers: int) -> Executor:
         return pool
 
 
-def discard_pool(workers: int) -> None:
-    """Forget a broken pool (a worker process died) so the next shard starts a fresh one."""
+def discard_pool(workers: int, broken: Executor) -> None:
+    """Forget a broken pool (a worker process died) so the next shard starts a fresh one; a pool
+    another shard already replaced it with is left alone."""
     with _LOCK:
-        pool = _POOLS.pop(workers, None)
-    if pool is not None:
-        pool.shutdown(wait=False, cancel_futures=True)
+        if _POOLS.get(workers) is broken:
+            del _POOLS[workers]
+    broken.shutdown(wait=False, cancel_futures=True)
 
 
 @atexit.register

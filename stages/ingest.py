@@ -169,12 +169,12 @@ class IngestStage(Stage):
                          label_ids={name: index for index, name in enumerate(label_names)})
         workers = ctx.settings.workers
         pool = decode_pool(workers)
-        batches = [listing[start:start + DECODE_BATCH] for start in range(0, len(listing), DECODE_BATCH)]
+        futures = [pool.submit(validate_rows, listing[start:start + DECODE_BATCH], rules)
+                   for start in range(0, len(listing), DECODE_BATCH)]
         try:
-            results = [pair for future in [pool.submit(validate_rows, batch, rules) for batch in batches]
-                       for pair in future.result()]
+            results = [pair for future in futures for pair in future.result()]
         except BrokenExecutor:
-            discard_pool(workers)
+            discard_pool(workers, pool)
             raise RuntimeError(f"ingest shard {shard_id}: a decode worker process died (killed, or "
                                "a decoder crashed on one of the shard's images); rerun the stage "
                                "to retry with fresh workers") from None
