@@ -169,9 +169,9 @@ class IngestStage(Stage):
                          label_ids={name: index for index, name in enumerate(label_names)})
         workers = ctx.settings.workers
         pool = decode_pool(workers)
-        futures = [pool.submit(validate_rows, listing[start:start + DECODE_BATCH], rules)
-                   for start in range(0, len(listing), DECODE_BATCH)]
-        try:
+        try:  # submitting to a pool whose worker died raises at once, like collecting does
+            futures = [pool.submit(validate_rows, listing[start:start + DECODE_BATCH], rules)
+                       for start in range(0, len(listing), DECODE_BATCH)]
             results = [pair for future in futures for pair in future.result()]
         except BrokenExecutor:
             discard_pool(workers, pool)
