@@ -4,12 +4,11 @@ workers vs 1 on this machine (target >= 1.6x)."""
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
-import os
 import tempfile
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -31,7 +30,7 @@ def _flow_seconds(config_overrides: list[str], run_id: str) -> tuple[float, dict
     return time.perf_counter() - start, result
 
 
-@contextmanager
+@contextlib.contextmanager
 def demo_workdir(tmp: Path, quick: bool) -> Iterator[Path]:
     """A working folder laid out like the repository's (`artifacts/demo-data` with demo data and
     models), made current so configs/demo.yaml's relative paths resolve there; yields the data."""
@@ -42,12 +41,8 @@ def demo_workdir(tmp: Path, quick: bool) -> Iterator[Path]:
     else:
         generate_demo(data, seed=0)
     build_demo_models(data, epochs=4 if quick else 8)
-    previous = Path.cwd()
-    os.chdir(work)
-    try:
+    with contextlib.chdir(work):
         yield data
-    finally:
-        os.chdir(previous)
 
 
 def run(quick: bool) -> list[BenchRow]:

@@ -57,8 +57,8 @@ def run(quick: bool) -> list[BenchRow]:
         # --quick scores against the first 512 MVSO ANPs: embedding all 4,342 through a ViT-B-32
         # text tower takes minutes on CPU (once per model; a real run caches it on disk).
         vocabulary = root / "anps.txt"
-        anps = load_anp_vocabulary()
-        vocabulary.write_text("\n".join(anps[:512] if quick else anps) + "\n", encoding="utf-8")
+        anps = load_anp_vocabulary()[:512] if quick else load_anp_vocabulary()
+        vocabulary.write_text("\n".join(anps) + "\n", encoding="utf-8")
         settings = Settings(workers=2, artifact_root=root / "artifacts")
         store = RunStore(settings.artifact_root, "bench")
         store.create({}, {})
@@ -101,7 +101,7 @@ def run(quick: bool) -> list[BenchRow]:
                         f"bare {count / bare_factual:.1f} rows/s, model load {setup_factual:.1f}s "
                         f"(once per worker, not in the ratio), peak RSS {rss_factual:.0f} MiB"),
         BenchRow("emotional stage rows/s vs bare forward", bare_emotional / stage_emotional, 0.85,
-                 detail=f"{len(anps[:512] if quick else anps)} ANPs: stage "
+                 detail=f"{len(anps)} ANPs: stage "
                         f"{count / stage_emotional:.1f} rows/s, bare {count / bare_emotional:.1f} "
                         f"rows/s, model + ANP load {setup_emotional:.1f}s (not in the ratio), "
                         f"peak RSS {peak_rss_mib():.0f} MiB"),

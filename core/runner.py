@@ -25,7 +25,7 @@ from affectflow.core.atomic import write_json, write_parquet
 from affectflow.core.errors import UserError
 from affectflow.core.hashing import hash_value
 from affectflow.core.progress import Progress
-from affectflow.core.runs import RunStore, utc_now
+from affectflow.core.runs import RunStore, iso_utc, utc_now
 from affectflow.core.stage import ShardOutput, Stage, StageContext, StageParams
 from affectflow.core.store import (MAIN_TABLE, MANIFEST, PLAN_DIR, REJECTS, REJECTS_SCHEMA,
                                    SHARD_WORK_DIR, StageArtifact)
@@ -126,7 +126,7 @@ def plan_stage(job: StageJob, force: bool = False) -> StagePlan:
         shard_ids = list(job.stage.prepare(job.context(fingerprint)))
         write_json(plan_file, {"fingerprint": fingerprint, "shard_ids": shard_ids,
                                "source_fingerprint": source_fingerprint,
-                               "started": utc_now(), "started_at": started_at})
+                               "started": iso_utc(started_at), "started_at": started_at})
     pending = [sid for sid in shard_ids if not _shard_done(job, sid, fingerprint)]
     if resumable and len(pending) < len(shard_ids):
         logger.info("%s: resuming, %d of %d shards already finished",

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
-import os
 import shutil
 from pathlib import Path
 from typing import Iterator
@@ -20,12 +20,8 @@ def workdir(tmp_path: Path, demo_dir: Path) -> Iterator[Path]:
     """A working folder with the demo config and demo data where the config expects them."""
     shutil.copytree(REPO / "configs", tmp_path / "configs")
     shutil.copytree(demo_dir, tmp_path / "artifacts" / "demo-data")
-    previous = Path.cwd()
-    os.chdir(tmp_path)
-    try:
+    with contextlib.chdir(tmp_path):
         yield tmp_path
-    finally:
-        os.chdir(previous)
 
 
 def run_cli(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
