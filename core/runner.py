@@ -1,8 +1,9 @@
 """Runs one stage: fingerprint, skip-if-unchanged, shard-by-shard resume, atomic outputs, manifest.
 
 The three steps (`plan_stage`, `run_shard`, `finalize_stage`) are separate so an orchestrator can
-fan shards out to workers; `run_stage` chains them in-process and writes each shard's Parquet on a
-background thread while the next shard is computed.
+fan shards out to workers; `run_stage` chains them in-process: it writes each shard's Parquet on a
+background thread while the next shard is computed, and runs the shards of a shard-parallel stage
+two at a time, as the flow's parallel shard tasks do.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ import logging
 import shutil
 import threading
 import time
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor, as_completed
 from dataclasses import dataclass
 from typing import Any
 
@@ -31,6 +32,11 @@ from affectflow.core.store import (MAIN_TABLE, MANIFEST, PLAN_DIR, REJECTS, REJE
                                    SHARD_WORK_DIR, StageArtifact)
 
 logger = logging.getLogger("affectflow.runner")
+
+# Shards of a shard-parallel stage that `run_stage` works on at once: while one shard's results
+# are gathered and written, the next one's work already keeps the stage's workers (ingest's decode
+# processes) busy, so they do not wait at every shard boundary.
+SHARDS_IN_FLIGHT = 2
 
 _STATE_CACHE: dict[tuple[str, str], Any] = {}
 _STATE_LOCK = threading.Lock()
@@ -186,10 +192,12 @@ def commit_shard(job: StageJob, fingerprint: str, shard_id: int, output: ShardOu
         "setup_seconds": round(output.setup_seconds, 4)})
 
 
-def run_shard(job: StageJob, fingerprint: str, shard_id: int) -> None:
+def run_shard(job: StageJob, fingerprint: str, shard_id: int) -> int:
+    """Compute and write one shard; returns the input rows it consumed."""
     start = time.perf_counter()
     output = compute_shard(job, fingerprint, shard_id)
     commit_shard(job, fingerprint, shard_id, output, time.perf_counter() - start)
+    return output.rows_in
 
 
 def finalize_stage(job: StageJob, fingerprint: str) -> dict[str, Any]:
@@ -249,26 +257,49 @@ def finalize_stage(job: StageJob, fingerprint: str) -> dict[str, Any]:
     return manifest
 
 
+def _run_shards_in_order(job: StageJob, plan: StagePlan, progress: Progress) -> None:
+    """One shard at a time (stages that hold a model), each written while the next computes."""
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="shard-writer") as writer:
+        pending_write: Future[None] | None = None
+        for shard_id in plan.pending:
+            start = time.perf_counter()
+            output = compute_shard(job, plan.fingerprint, shard_id)
+            if pending_write is not None:
+                pending_write.result()
+            pending_write = writer.submit(commit_shard, job, plan.fingerprint, shard_id,
+                                          output, time.perf_counter() - start)
+            progress.advance(1, rows=output.rows_in)
+        if pending_write is not None:
+            pending_write.result()
+
+
+def _run_shards_overlapped(job: StageJob, plan: StagePlan, progress: Progress) -> None:
+    """`SHARDS_IN_FLIGHT` shards at once; the first failure cancels the shards not yet started
+    (finished ones keep their markers, so a rerun resumes after them)."""
+    def one_shard(shard_id: int) -> None:
+        progress.advance(1, rows=run_shard(job, plan.fingerprint, shard_id))
+
+    with ThreadPoolExecutor(max_workers=SHARDS_IN_FLIGHT, thread_name_prefix="shard") as shards:
+        futures = [shards.submit(one_shard, shard_id) for shard_id in plan.pending]
+        try:
+            for future in as_completed(futures):
+                future.result()
+        except BaseException:
+            for future in futures:
+                future.cancel()
+            raise
+
+
 def run_stage(job: StageJob, force: bool = False) -> dict[str, Any]:
-    """Plan, process pending shards (writing each while the next computes), finalize."""
+    """Plan, process pending shards (overlapped for shard-parallel stages), finalize."""
     plan = plan_stage(job, force=force)
     if plan.up_to_date:
         logger.info("%s: up to date (fingerprint %s), skipped", job.stage.name, plan.fingerprint[:12])
         return job.output.manifest
     try:
         progress = Progress(job.stage.name, total=len(plan.pending), unit="shards")
-        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="shard-writer") as writer:
-            pending_write: Future[None] | None = None
-            for shard_id in plan.pending:
-                start = time.perf_counter()
-                output = compute_shard(job, plan.fingerprint, shard_id)
-                if pending_write is not None:
-                    pending_write.result()
-                pending_write = writer.submit(commit_shard, job, plan.fingerprint, shard_id,
-                                              output, time.perf_counter() - start)
-                progress.advance(1, rows=output.rows_in)
-            if pending_write is not None:
-                pending_write.result()
+        run_shards = _run_shards_overlapped if job.stage.shard_parallel else _run_shards_in_order
+        run_shards(job, plan, progress)
         progress.close()
         return finalize_stage(job, plan.fingerprint)
     except BaseException as error:

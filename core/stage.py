@@ -81,7 +81,8 @@ class Stage(ABC):
     side_schemas: ClassVar[dict[str, pa.Schema]] = {}
     schema_version: ClassVar[int] = 1
     # True when shards are independent and cheap to set up, so an orchestrator may run them as
-    # parallel tasks; stages that hold a model process their shards in one task instead.
+    # parallel tasks (and `run_stage` works on two at once); stages that hold a model process
+    # their shards in one task, one after the other, instead.
     shard_parallel: ClassVar[bool] = False
     # True when the stage runs a model: its task carries the GPU tag, so a Prefect concurrency
     # limit on that tag (one slot per GPU) keeps two model stages off the same device.

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 from pydantic import Field, field_validator, model_validator
 
@@ -117,6 +118,12 @@ class IngestParams(StageParams):
         return None
 
 
+def _value_counts(column: pa.ChunkedArray) -> dict[str, int]:
+    """Counts per non-null value, most frequent first (the order `inspect` shows)."""
+    counts = sorted(pc.value_counts(pc.drop_null(column)).to_pylist(), key=lambda row: -row["counts"])
+    return {str(row["values"]): int(row["counts"]) for row in counts}
+
+
 def list_source(params: IngestParams) -> list[SourceRecord]:
     if params.source == "tumemo":
         records = list_tumemo(params.path, params.image_dir or params.path,
@@ -187,6 +194,5 @@ class IngestStage(Stage):
     def finalize(self, ctx: StageContext) -> dict[str, Any]:
         """Counts per split and per label, for `inspect` and the run summary."""
         table = StageArtifact(ctx.output_dir).read_all(columns=["split", "label"])
-        frame = table.to_pandas()
-        return {"splits": frame["split"].value_counts().to_dict(),
-                "labels": frame["label"].fillna("<none>").value_counts().to_dict()}
+        return {"splits": _value_counts(table["split"]),
+                "labels": _value_counts(pc.fill_null(table["label"], "<none>"))}

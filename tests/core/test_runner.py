@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -78,6 +79,22 @@ class LeakyStage(NumbersStage):
         output = super().process(ctx, state, shard_id)
         return ShardOutput(rows_in=output.rows_in, tables={MAIN_TABLE: output.main.slice(1)},
                            rejects=output.rejects)
+
+
+class OverlappedStage(NumbersStage):
+    """Shard-parallel: each shard waits at a two-party barrier, which only opens when the runner
+    computes two shards at once (a runner that went shard by shard would time out there)."""
+
+    name = "overlapped"
+    shard_parallel = True
+
+    def __init__(self) -> None:
+        self.barrier = threading.Barrier(2, timeout=10)
+
+    def process(self, ctx: StageContext, state: Any, shard_id: int) -> ShardOutput:
+        if shard_id < 2:
+            self.barrier.wait()
+        return super().process(ctx, state, shard_id)
 
 
 def job(store: RunStore, stage: Stage, **params: Any) -> StageJob:
@@ -164,3 +181,40 @@ def test_accounting_that_does_not_close_fails_the_stage(store: RunStore) -> None
 def test_missing_upstream_is_a_clear_user_error(store: RunStore) -> None:
     with pytest.raises(UserError, match="needs 'numbers'"):
         run_stage(job(store, ScaleStage()))
+
+
+def test_shard_parallel_stage_computes_two_shards_at_once(store: RunStore) -> None:
+    manifest = run_stage(job(store, OverlappedStage(), shards=5))
+    assert sorted(CALLS) == [("overlapped", shard) for shard in range(5)]
+    assert manifest["rows_in"] == 25 and manifest["rows_in"] == manifest["rows_out"] + manifest["rows_rejected"]
+    assert store.stage("overlapped").shard_ids() == [0, 1, 2, 3, 4]
+
+
+def test_shard_parallel_failure_fails_the_stage_and_a_rerun_resumes(store: RunStore) -> None:
+    with pytest.raises(RuntimeError, match="injected"):
+        run_stage(job(store, OverlappedStage(), shards=6, fail_on_shard=3))
+    assert store.read()["stages"]["overlapped"]["status"] == "failed"
+    assert not store.stage("overlapped").complete
+    attempted = {shard for _, shard in CALLS}
+    assert {0, 1, 2, 3} <= attempted
+    CALLS.clear()
+    stage = OverlappedStage()
+    original = stage.process
+
+    def healed(ctx: StageContext, state: Any, shard_id: int) -> ShardOutput:
+        ctx.params = NumbersParams(shards=6)
+        return original(ctx, state, shard_id)
+
+    stage.process = healed  # type: ignore[method-assign]
+    failing = job(store, stage, shards=6, fail_on_shard=3)
+    manifest = run_stage(failing)
+    # Shards that finished before the failure are reused; the failed one and any that had not
+    # started are computed now.
+    assert 3 in {shard for _, shard in CALLS}
+    assert not {0, 1} & {shard for _, shard in CALLS}
+    assert manifest["rows_in"] == 30
+
+
+def test_stage_that_is_not_shard_parallel_runs_shards_in_order(store: RunStore) -> None:
+    run_stage(job(store, NumbersStage(), shards=6))
+    assert CALLS == [("numbers", shard) for shard in range(6)]
