@@ -2,7 +2,7 @@
 
 Beside it, the same bare loop split over ingest's decode processes measures what this machine
 allows: on these VMs one busy core often runs faster per image than each of two busy cores, so
-two bare loops at once reach 1.6-2.0x one loop depending on the moment. Ingest's share of that
+two bare loops at once reach about 1.5-2.0x one loop depending on the moment. Ingest's share of that
 ceiling separates the stage's own overhead from the machine's.
 """
 

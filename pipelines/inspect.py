@@ -63,8 +63,9 @@ def stage_report(artifact: StageArtifact, samples: int) -> str:
         lines.append("rejects by reason:")
         lines += [f"  {reason}: {count}" for reason, count in
                   sorted(manifest["rejects_by_reason"].items(), key=lambda item: -item[1])]
-        rejects = artifact.rejects().to_pandas().head(samples)
-        lines.append(textwrap.indent(rejects.to_string(index=False), "  "))
+        if samples > 0:
+            rejects = artifact.rejects().to_pandas().head(samples)
+            lines.append(textwrap.indent(rejects.to_string(index=False), "  "))
     if manifest.get("summary"):
         lines.append(f"summary: {manifest['summary']}")
     if samples > 0 and manifest["rows_out"]:

@@ -64,6 +64,10 @@ def test_pretrain_rerun_runs_and_inspect(prefect_harness: None, workdir: Path,
                      "first 2 rows:"):
         assert expected in out
 
+    code, out, _ = run_cli(capsys, "inspect", "demo1", "ingest", "--samples", "0")
+    assert code == 0 and "truncated_image: 1" in out
+    assert "Empty DataFrame" not in out and "first 0 rows" not in out
+
     code, out, _ = run_cli(capsys, "inspect", "demo1")
     assert code == 0 and "ingest" in out
 
