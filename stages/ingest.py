@@ -6,6 +6,7 @@ row ends up either in the output or in `rejects.parquet` with a reason.
 
 from __future__ import annotations
 
+import os
 from concurrent.futures import BrokenExecutor
 from pathlib import Path
 from typing import Any, Literal
@@ -173,7 +174,8 @@ class IngestStage(Stage):
                          hashtags=params.hashtags, expand_contractions=params.expand_contractions,
                          min_image_side=params.min_image_side,
                          max_image_pixels=params.max_image_pixels,
-                         label_ids={name: index for index, name in enumerate(label_names)})
+                         label_ids={name: index for index, name in enumerate(label_names)},
+                         base_dir=os.getcwd())
         workers = ctx.settings.workers
         pool = decode_pool(workers)
         try:  # submitting to a pool whose worker died raises at once, like collecting does

@@ -3,6 +3,8 @@
 It is a plain function of picklable values so it can run in a worker process (`decode_pool`):
 image decoding is most of ingest's time, and processes decode in parallel without sharing a GIL.
 Text files (TumEmo) are read here too, so the serial listing pass reads only the label file.
+A worker process keeps the folder it was forked in, so relative paths are resolved against the
+caller's folder (`RowRules.base_dir`), never the worker's own.
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ class RowRules:
     min_image_side: int
     max_image_pixels: int
     label_ids: dict[str, int]
+    base_dir: str  # the caller's working folder: what relative dataset paths are relative to
 
 
 Validated = tuple[dict[str, Any] | None, dict[str, Any] | None]
@@ -42,7 +45,8 @@ def validate_row(row: dict[str, Any], rules: RowRules) -> Validated:
         return None, {**reject, "reason": row["problem"], "detail": row["detail"]}
     text = row["text"]
     if row["text_file"]:
-        text, problem, detail = read_text_file(Path(row["text_file"]), rules.text_encodings)
+        text, problem, detail = read_text_file(Path(rules.base_dir, row["text_file"]),
+                                               rules.text_encodings)
         if problem:
             return None, {**reject, "reason": problem, "detail": detail}
     raw = text or ""
@@ -50,7 +54,8 @@ def validate_row(row: dict[str, Any], rules: RowRules) -> Validated:
     if rules.needs_text and not cleaned:
         detail = "text is empty" if not raw.strip() else f"nothing left after cleaning {raw[:60]!r}"
         return None, {**reject, "reason": "empty_text", "detail": detail}
-    facts = check_image(Path(row["image_path"]), rules.min_image_side, rules.max_image_pixels)
+    facts = check_image(Path(rules.base_dir, row["image_path"]), rules.min_image_side,
+                        rules.max_image_pixels)
     if isinstance(facts, ImageProblem):
         return None, {**reject, "reason": facts.reason, "detail": facts.detail}
     return {

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -194,3 +195,20 @@ def test_decoding_in_worker_processes_gives_the_rows_threads_give(tmp_path: Path
             _POOLS[Settings().workers] = previous
     pd.testing.assert_frame_equal(in_processes, in_threads)
     pd.testing.assert_frame_equal(rejected_in_processes, rejected_in_threads)
+
+
+def test_relative_paths_follow_the_callers_folder_not_the_workers(tmp_path: Path,
+                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    """The decode processes are forked once and keep the folder they started in; a relative
+    dataset path must still mean the folder the caller is in now (a notebook that changes
+    folder, or a second demo run in another working folder)."""
+    first, second = tmp_path / "first", tmp_path / "second"
+    for folder in (first, second):
+        write_tumemo(folder / "posts", {str(i): ("Calm", f"calm post {i}") for i in range(5)})
+    monkeypatch.chdir(first)
+    ingest(first, source="tumemo", path=Path("posts"))  # the shared decode processes exist now
+    shutil.rmtree(first / "posts")  # as a finished demo's temporary folder goes away
+    monkeypatch.chdir(second)
+    manifest, rows, rejects = ingest(second, source="tumemo", path=Path("posts"))
+    assert manifest["rows_out"] == 5, reasons(rejects)
+    assert sorted(rows["image_path"]) == sorted(f"posts/{i}.jpg" for i in range(5))
