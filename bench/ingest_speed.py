@@ -2,8 +2,8 @@
 
 Beside it, the same bare loop split over ingest's decode processes measures what this machine
 allows: on these VMs one busy core often runs faster per image than each of two busy cores, so
-two bare loops at once reach about 1.5-2.0x one loop depending on the moment. Ingest's share of that
-ceiling separates the stage's own overhead from the machine's.
+two bare loops at once reach about 1.5-2.0x one loop depending on the moment. Ingest's share of
+that ceiling separates the stage's own overhead from the machine's.
 """
 
 from __future__ import annotations

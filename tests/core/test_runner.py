@@ -97,6 +97,18 @@ class OverlappedStage(NumbersStage):
         return super().process(ctx, state, shard_id)
 
 
+def heal(stage: NumbersStage, params: NumbersParams) -> None:
+    """The injected fault is gone: the stage computes with `params` while the job keeps the
+    failing params, so its fingerprint (and the finished shards it can reuse) stays the same."""
+    original = stage.process
+
+    def healed(ctx: StageContext, state: Any, shard_id: int) -> ShardOutput:
+        ctx.params = params
+        return original(ctx, state, shard_id)
+
+    stage.process = healed  # type: ignore[method-assign]
+
+
 def job(store: RunStore, stage: Stage, **params: Any) -> StageJob:
     return StageJob(run=store, stage=stage, params=stage.Params(**params), settings=Settings())
 
@@ -160,13 +172,7 @@ def test_interrupted_stage_resumes_reusing_finished_shards(store: RunStore) -> N
     stage = NumbersStage()
     failing = job(store, stage, fail_on_shard=2)
     fixed = StageJob(run=store, stage=stage, params=failing.params, settings=Settings())
-    original = stage.process
-
-    def healed(ctx: StageContext, state: Any, shard_id: int) -> ShardOutput:
-        ctx.params = NumbersParams()
-        return original(ctx, state, shard_id)
-
-    stage.process = healed  # type: ignore[method-assign]
+    heal(stage, NumbersParams())
     manifest = run_stage(fixed)
     assert CALLS == [("numbers", 2)]
     assert manifest["rows_in"] == 15 and manifest["rows_out"] == 11
@@ -199,13 +205,7 @@ def test_shard_parallel_failure_fails_the_stage_and_a_rerun_resumes(store: RunSt
     assert {0, 1, 2, 3} <= attempted
     CALLS.clear()
     stage = OverlappedStage()
-    original = stage.process
-
-    def healed(ctx: StageContext, state: Any, shard_id: int) -> ShardOutput:
-        ctx.params = NumbersParams(shards=6)
-        return original(ctx, state, shard_id)
-
-    stage.process = healed  # type: ignore[method-assign]
+    heal(stage, NumbersParams(shards=6))
     failing = job(store, stage, shards=6, fail_on_shard=3)
     manifest = run_stage(failing)
     # Shards that finished before the failure are reused; the failed one and any that had not
