@@ -62,12 +62,12 @@ def main(argv: list[str] | None = None) -> int:
         try:
             for row in importlib.import_module(f"bench.{name}").run(quick=args.quick):
                 results.append((name, row, ""))
-        except Exception as error:  # noqa: BLE001 - one failing benchmark must not hide the rest
+        except Exception as error:
             traceback.print_exc()
             results.append((name, None, f"{type(error).__name__}: {error}"))
     print(machine_line())
     print(format_table(results))
-    stamp = dt.datetime.now(dt.timezone.utc).strftime("%Y%m%d-%H%M%S")
+    stamp = dt.datetime.now(dt.UTC).strftime("%Y%m%d-%H%M%S")
     out = Path(args.out) / f"bench-{stamp}.parquet"
     out.parent.mkdir(parents=True, exist_ok=True)
     pd.DataFrame([{"module": m, "name": r.name if r else m, "value": r.value if r else None,

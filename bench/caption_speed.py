@@ -21,13 +21,13 @@ from pathlib import Path
 import torch
 from transformers import BlipConfig, BlipForConditionalGeneration
 
+from affectflow.core.images import load_rgb
 from affectflow.core.runner import StageJob, run_stage
 from affectflow.core.runs import RunStore
 from affectflow.demo.scenes import COLOURS, EMOTION_PALETTES, OBJECTS, draw_scene
 from affectflow.models.captioner import build_tiny_blip
-from affectflow.stages.batching import load_rgb
-from affectflow.stages.caption import CaptionParams, CaptionStage, CaptionState
-from affectflow.stages.ingest import IngestParams, IngestStage
+from affectflow.stages.ingest.stage import IngestParams, IngestStage
+from affectflow.stages.knowledge.caption import CaptionParams, CaptionStage, CaptionState
 from bench.common import BenchRow, timed
 
 BATCH_SIZE = 16

@@ -13,8 +13,8 @@ from dataclasses import dataclass
 
 import torch
 
-from affectflow.models.cternet import CTERNet, build_cternet
-from affectflow.models.cternet_config import CTERNetConfig
+from affectflow.models.cternet.config import CTERNetConfig
+from affectflow.models.cternet.model import CTERNet, build_cternet
 from bench.common import BenchRow, peak_rss_mib
 
 BATCH_SIZE = 2

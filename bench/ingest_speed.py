@@ -18,10 +18,9 @@ from PIL import Image
 from affectflow.core.runner import StageJob, run_stage
 from affectflow.core.runs import RunStore
 from affectflow.demo.scenes import EMOTION_PALETTES, OBJECTS, draw_scene
-from affectflow.stages.decode_pool import decode_pool
-from affectflow.stages.ingest import DECODE_BATCH, IngestParams, IngestStage
+from affectflow.stages.ingest.decode_pool import decode_pool
+from affectflow.stages.ingest.stage import DECODE_BATCH, IngestParams, IngestStage
 from bench.common import BenchRow, timed
-
 
 ROUNDS = 5
 

@@ -21,7 +21,7 @@ import numpy as np
 from sklearn.cluster import KMeans
 from threadpoolctl import threadpool_limits
 
-from affectflow.stages.cluster_kmeans import KmeansResult, kmeans, sum_squared_distances
+from affectflow.stages.cluster.kmeans import KmeansResult, kmeans, sum_squared_distances
 from bench.common import BenchRow
 
 DIM = 512

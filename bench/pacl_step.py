@@ -14,8 +14,8 @@ from contextlib import nullcontext
 
 import torch
 
-from affectflow.models.pacl import build_pacl_model
-from affectflow.models.pacl_losses import ALL_PARTITIONS, pacl_loss
+from affectflow.models.pacl.losses import ALL_PARTITIONS, pacl_loss
+from affectflow.models.pacl.model import build_pacl_model
 from bench.common import BenchRow, peak_rss_mib
 
 VISUAL_SPEC = "timm:resnet50"

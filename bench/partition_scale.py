@@ -24,7 +24,7 @@ from affectflow.core.hashing import hash_value
 from affectflow.core.runner import StageJob, run_stage
 from affectflow.core.runs import RunStore
 from affectflow.core.store import MANIFEST
-from affectflow.stages.partition import PartitionParams, PartitionStage
+from affectflow.stages.partition.stage import PartitionParams, PartitionStage
 from bench.common import BenchRow, peak_rss_mib
 
 SHARD_ROWS = 1024

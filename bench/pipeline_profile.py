@@ -82,7 +82,7 @@ def _warm_cluster(workers: int) -> Any:
     cluster = LocalCluster(n_workers=workers, threads_per_worker=1, processes=True,
                            dashboard_address=None, env=worker_environment())
     with Client(cluster) as client:
-        client.run(importlib.import_module, "affectflow.stages.ingest")
+        client.run(importlib.import_module, "affectflow.stages.ingest.stage")
         client.run(importlib.import_module, "affectflow.pipelines.flows")
     return cluster
 

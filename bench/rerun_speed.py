@@ -21,7 +21,7 @@ def run(quick: bool) -> list[BenchRow]:
                                  overrides=QUICK_DEMO if quick else [], run_id="bench")
 
         with demo_workdir(Path(tmp), quick):
-            first, first_seconds = timed(pipeline)
+            _first, first_seconds = timed(pipeline)
             second, rerun_seconds = timed(pipeline)
     statuses = {name: stage["status"] for name, stage in second["stages"].items()}
     if any(status != "skipped" for status in statuses.values()):

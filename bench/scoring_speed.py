@@ -11,17 +11,20 @@ from pathlib import Path
 import open_clip
 import torch
 
+from affectflow.core.images import load_rgb
 from affectflow.core.runner import StageJob, run_stage
 from affectflow.core.runs import RunStore
 from affectflow.models.anp import AnpScorer, load_anp_vocabulary
 from affectflow.models.clip import encode_images, encode_texts, load_clip, save_clip
-from affectflow.models.text_encoder import load_text_encoder, packaged_minilm_path
-from affectflow.stages.batching import load_rgb
+from affectflow.models.specs import packaged_model_path
+from affectflow.models.text_encoder import load_text_encoder
 from affectflow.stages.emotional import EmotionalParams, EmotionalStage
 from affectflow.stages.factual import FactualParams, FactualStage
-from affectflow.stages.ingest import IngestParams, IngestStage
+from affectflow.stages.ingest.stage import IngestParams, IngestStage
 from bench.common import BenchRow, peak_rss_mib, timed
 from bench.ingest_speed import make_posts
+
+MINILM = str(packaged_model_path("all-MiniLM-L6-v2"))
 
 
 @dataclass(frozen=True)
@@ -81,7 +84,7 @@ def run(quick: bool) -> list[BenchRow]:
             run_stage(StageJob(store, FactualStage(), factual, settings)))
         rss_factual = peak_rss_mib()
 
-        encoder = load_text_encoder(packaged_minilm_path())
+        encoder = load_text_encoder(MINILM)
         scorer = AnpScorer(bundle, load_anp_vocabulary(vocabulary), cache_dir=root / "cache")
         images = encode_images(bundle, pixels)
 
@@ -92,7 +95,7 @@ def run(quick: bool) -> list[BenchRow]:
 
         bare_emotional = _warm_then_time(bare_emotional_pass)
         emotional = EmotionalParams(clip=str(root / "clip"), batch_size=batch,
-                                    anp_vocabulary=vocabulary, text_encoder=packaged_minilm_path())
+                                    anp_vocabulary=vocabulary, text_encoder=MINILM)
         stage_emotional, setup_emotional = _stage_seconds(
             run_stage(StageJob(store, EmotionalStage(), emotional, settings)))
     return [

@@ -28,8 +28,7 @@ from affectflow.core.hashing import hash_value
 from affectflow.core.progress import Progress
 from affectflow.core.runs import RunStore, iso_utc, utc_now
 from affectflow.core.stage import ShardOutput, Stage, StageContext, StageParams
-from affectflow.core.store import (MAIN_TABLE, MANIFEST, PLAN_DIR, REJECTS, REJECTS_SCHEMA,
-                                   SHARD_WORK_DIR, StageArtifact)
+from affectflow.core.store import MAIN_TABLE, MANIFEST, PLAN_DIR, REJECTS, REJECTS_SCHEMA, SHARD_WORK_DIR, StageArtifact
 
 logger = logging.getLogger("affectflow.runner")
 
@@ -47,7 +46,7 @@ class StageJob:
     """A stage bound to a run, its params and the run-wide settings."""
 
     run: RunStore
-    stage: Stage
+    stage: Stage[Any]
     params: StageParams
     settings: Any
 
@@ -74,12 +73,28 @@ class StageJob:
             "stage": self.stage.name,
             "params": self.params.model_dump(mode="json"),
             "inputs": {name: art.fingerprint for name, art in self.input_artifacts().items()},
-            "code": self.stage.code_version(),
+            "code": self.stage.code()["version"],
             "schema_version": self.stage.schema_version,
             "source": source,
         }), source
 
-    def context(self, fingerprint: str) -> StageContext:
+    def check_reads(self) -> None:
+        """Every column the stage declares it reads is in its input's recorded schema."""
+        inputs = self.input_artifacts()
+        for ref in self.stage.reads:
+            if ref.stage not in inputs:
+                continue
+            manifest = inputs[ref.stage].manifest
+            recorded = (manifest["schema"] if ref.table == MAIN_TABLE
+                        else manifest.get("side_tables", {}).get(ref.table, []))
+            missing = sorted(set(ref.columns) - {name for name, _ in recorded})
+            if missing:
+                raise UserError(f"stage '{self.stage.name}' reads {missing} from the '{ref.table}' "
+                                f"table of '{ref.stage}', which has no such columns",
+                                hint=f"rerun '{ref.stage}' with this version of affectflow: "
+                                     f"affectflow stage {ref.stage} --run {self.run.run_id} --force")
+
+    def context(self, fingerprint: str) -> StageContext[Any]:
         out = self.output.path
         return StageContext(stage_name=self.stage.name, params=self.params,
                             inputs=self.input_artifacts(), output_dir=out,
@@ -112,6 +127,7 @@ def _shard_done(job: StageJob, shard_id: int, fingerprint: str) -> bool:
 def plan_stage(job: StageJob, force: bool = False) -> StagePlan:
     """Decide what to do: nothing (fingerprint unchanged), resume finished shards, or start over."""
     started_at = time.time()  # the stage's clock includes fingerprinting and `prepare`
+    job.check_reads()
     fingerprint, source_fingerprint = job.fingerprint()
     out = job.output
     if not force and out.complete and out.manifest.get("fingerprint") == fingerprint:
@@ -142,7 +158,7 @@ def plan_stage(job: StageJob, force: bool = False) -> StagePlan:
     return StagePlan(job.stage.name, fingerprint, shard_ids, pending, up_to_date=False)
 
 
-def _stage_state(job: StageJob, ctx: StageContext) -> tuple[Any, float]:
+def _stage_state(job: StageJob, ctx: StageContext[Any]) -> tuple[Any, float]:
     """Load models etc. once per process and fingerprint, shared by all shards it processes;
     also return the seconds this call spent in `setup` (0 when the state was cached)."""
     key = (str(job.output.path), ctx.fingerprint)
@@ -222,6 +238,7 @@ def finalize_stage(job: StageJob, fingerprint: str) -> dict[str, Any]:
 
     ctx = job.context(fingerprint)
     extra = job.stage.finalize(ctx)
+    code = job.stage.code()
     finished = time.time()
     seconds = finished - float(plan["started_at"])
     manifest = {
@@ -230,7 +247,8 @@ def finalize_stage(job: StageJob, fingerprint: str) -> dict[str, Any]:
         "fingerprint": fingerprint,
         "inputs": {name: art.fingerprint for name, art in ctx.inputs.items()},
         "source_fingerprint": plan["source_fingerprint"],
-        "code_version": job.stage.code_version(),
+        "code_version": code["version"],
+        "code": {"modules": code["modules"], "libraries": code["libraries"]},
         "affectflow_version": affectflow.__version__,
         "schema_version": job.stage.schema_version,
         "schema": [[field.name, str(field.type)] for field in job.stage.output_schema(job.params)],

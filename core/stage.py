@@ -15,17 +15,15 @@ stages line up by number and joins stay shard-local.
 
 from __future__ import annotations
 
-import inspect
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from pathlib import Path
-from types import ModuleType
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Generic, TypeVar
 
 import pyarrow as pa
 from pydantic import BaseModel, ConfigDict
 
-from affectflow.core.hashing import hash_bytes
+from affectflow.core.codeversion import code_record
 from affectflow.core.store import MAIN_TABLE, StageArtifact, empty_rejects
 
 
@@ -54,12 +52,28 @@ class ShardOutput:
         return self.tables[MAIN_TABLE]
 
 
+P = TypeVar("P", bound=StageParams)
+
+
+@dataclass(frozen=True)
+class TableRef:
+    """Named columns of one table of a stage's artifact: what a stage declares it reads.
+
+    The runner checks every declared read against the input's recorded schema before the stage
+    starts, so a renamed upstream column fails at once with the names, not deep inside a shard.
+    """
+
+    stage: str
+    columns: tuple[str, ...]
+    table: str = MAIN_TABLE
+
+
 @dataclass
-class StageContext:
+class StageContext(Generic[P]):
     """Everything a stage may touch: its params, its inputs, its own folders, run-wide settings."""
 
     stage_name: str
-    params: StageParams
+    params: P
     inputs: dict[str, StageArtifact]
     output_dir: Path
     work_dir: Path
@@ -71,12 +85,14 @@ class StageContext:
         return self.inputs[name]
 
 
-class Stage(ABC):
+class Stage(ABC, Generic[P]):
     """Base class: subclasses set the class attributes and override the hooks they need."""
 
     name: ClassVar[str]
     inputs: ClassVar[tuple[str, ...]] = ()
-    Params: ClassVar[type[StageParams]] = StageParams
+    # The columns read from each input (`TableRef`s); checked against the inputs' schemas.
+    reads: ClassVar[tuple[TableRef, ...]] = ()
+    Params: type[P]
     schema: ClassVar[pa.Schema]
     side_schemas: ClassVar[dict[str, pa.Schema]] = {}
     schema_version: ClassVar[int] = 1
@@ -87,39 +103,40 @@ class Stage(ABC):
     # True when the stage runs a model: its task carries the GPU tag, so a Prefect concurrency
     # limit on that tag (one slot per GPU) keeps two model stages off the same device.
     uses_accelerator: ClassVar[bool] = False
-    # Helper and model modules whose code changes the stage's results (part of its fingerprint).
-    code_modules: ClassVar[tuple[ModuleType, ...]] = ()
 
-    def input_names(self, params: StageParams) -> tuple[str, ...]:
+    def input_names(self, params: P) -> tuple[str, ...]:
         """Inputs this configuration actually reads (a subset of `inputs`, which is the maximum
         set and fixes the stage order)."""
         return self.inputs
 
-    def code_version(self) -> str:
-        """Hash of the stage's module and its `code_modules`: editing that code reruns it."""
-        modules = (inspect.getmodule(type(self)), *self.code_modules)
-        source = "".join(inspect.getsource(module) for module in modules)  # type: ignore[arg-type]
-        return hash_bytes(source.encode("utf-8"))[:16]
+    def code(self) -> dict[str, Any]:
+        """The project modules of the stage's import closure (with their hashes), the library
+        versions that code imports, and their combined `version` (core/codeversion.py)."""
+        return code_record(type(self).__module__)
 
-    def output_schema(self, params: StageParams) -> pa.Schema:
+    def check_config(self, params: P, sections: dict[str, Any]) -> None:
+        """Raise ValueError when these params contradict another stage's section of the same
+        config (`sections`: stage name -> its params, for the stages the run lists)."""
+
+    def output_schema(self, params: P) -> pa.Schema:
         """The main table's schema; stages whose columns depend on params override this."""
         return self.schema
 
-    def source_fingerprint(self, params: StageParams, settings: Any) -> str | None:
+    def source_fingerprint(self, params: P, settings: Any) -> str | None:
         """Fingerprint of external inputs (files outside the run); None for stages without any."""
         return None
 
-    def prepare(self, ctx: StageContext) -> list[int]:
+    def prepare(self, ctx: StageContext[P]) -> list[int]:
         """Default for map stages: one shard per shard of the first input."""
         return ctx.input(self.input_names(ctx.params)[0]).shard_ids()
 
-    def setup(self, ctx: StageContext) -> Any:
+    def setup(self, ctx: StageContext[P]) -> Any:
         return None
 
     @abstractmethod
-    def process(self, ctx: StageContext, state: Any, shard_id: int) -> ShardOutput:
+    def process(self, ctx: StageContext[P], state: Any, shard_id: int) -> ShardOutput:
         """Turn one shard of input into rows kept and rows rejected."""
 
-    def finalize(self, ctx: StageContext) -> dict[str, Any]:
+    def finalize(self, ctx: StageContext[P]) -> dict[str, Any]:
         """Summaries beyond counts (pictures, statistics); returned dict goes into the manifest."""
         return {}

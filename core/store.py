@@ -8,14 +8,20 @@ embeddings) in sub-folders with the same shard numbering, `rejects.parquet` and
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 
 from affectflow.core.errors import UserError
+
+SAMPLE_ID = "sample_id"
+"""The key of every row of every stage: a stable 128-bit id of (dataset, source id)."""
+SOURCE_ID = "source_id"
+"""The sample's id in its source dataset (post id, `class/file`), kept in rejects for people."""
 
 MANIFEST = "_manifest.json"
 REJECTS = "rejects.parquet"
@@ -24,8 +30,8 @@ SHARD_WORK_DIR = "_shards"
 PLAN_DIR = "_plan"
 
 REJECTS_SCHEMA = pa.schema([
-    ("sample_id", pa.string()),
-    ("source_id", pa.string()),
+    (SAMPLE_ID, pa.string()),
+    (SOURCE_ID, pa.string()),
     ("reason", pa.string()),
     ("detail", pa.string()),
 ])

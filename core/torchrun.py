@@ -10,17 +10,19 @@ node computes the same stage fingerprint.
 from __future__ import annotations
 
 import logging
+import os
 import re
 import signal
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from affectflow.core.hashing import hash_bytes
 
-logger = logging.getLogger("affectflow.core.torchrun")
+logger = logging.getLogger(__name__)
 
 RDZV_BACKEND = "c10d"
 # How long an interrupted torchrun gets to let its workers write a checkpoint before it is killed.
@@ -57,7 +59,7 @@ class TorchrunNodes(BaseModel):
         return value
 
     @model_validator(mode="after")
-    def _endpoint_with_several_nodes(self) -> "TorchrunNodes":
+    def _endpoint_with_several_nodes(self) -> TorchrunNodes:
         if self.nnodes > 1 and self.rdzv_endpoint is None:
             raise ValueError(f"nnodes {self.nnodes} needs rdzv_endpoint: set it to host:port on "
                              "node 0 that every node can reach (e.g. rdzv_endpoint=node0:29400)")
@@ -90,6 +92,25 @@ def torchrun_command(module: str, job: Path, processes: int, nodes: TorchrunNode
                  f"--rdzv-id={nodes.rdzv_id or default_rdzv_id(job)}"]
     return [sys.executable, "-m", "torch.distributed.run", *where,
             f"--nproc-per-node={processes}", "-m", module, str(job)]
+
+
+def launch_job(module: str, job: Path, processes: int, nodes: TorchrunNodes, what: str) -> None:
+    """Run `module` on `job` under torchrun and wait; a failed job raises with the resume hint
+    (every training job resumes from the checkpoints in its own folder)."""
+    code = run_torchrun(torchrun_command(module, job, processes, nodes))
+    if code != 0:
+        raise RuntimeError(f"{what} failed: torchrun exited with code {code} (see the worker log "
+                           "above); rerunning the stage resumes from the last checkpoint")
+
+
+def worker_main(argv: list[str], module: str, run: Callable[[Path], object]) -> None:
+    """Entry point of a torchrun worker: one job argument, logs tagged with the process rank."""
+    if len(argv) != 1:
+        raise SystemExit(f"usage: torchrun --nproc-per-node N -m {module} <job>")
+    rank = os.environ.get("RANK", "0")
+    logging.basicConfig(level=logging.INFO if rank == "0" else logging.WARNING,
+                        format=f"%(asctime)s %(levelname)s rank{rank} %(name)s: %(message)s")
+    run(Path(argv[0]))
 
 
 def run_torchrun(command: list[str]) -> int:

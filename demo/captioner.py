@@ -20,11 +20,10 @@ from pathlib import Path
 import torch
 from tokenizers.normalizers import BertNormalizer
 from tokenizers.pre_tokenizers import BertPreTokenizer
-from transformers import (BertTokenizer, BlipConfig, BlipForConditionalGeneration,
-                          BlipImageProcessor, BlipProcessor)
+from transformers import BertTokenizer, BlipConfig, BlipForConditionalGeneration, BlipImageProcessor, BlipProcessor
 
+from affectflow.core.images import load_rgb
 from affectflow.demo.models import read_caption_pairs
-from affectflow.stages.batching import load_rgb
 
 logger = logging.getLogger("affectflow.demo.captioner")
 

@@ -14,10 +14,18 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from affectflow.core.errors import UserError
-from affectflow.demo.scenes import (COLOURS, EMOTION_MOODS, EMOTION_PALETTES, EMOTION_WORDS,
-                                    FI_CLASSES,
-                                    FI_PALETTE_SHIFT, FI_TO_POST_EMOTION, OBJECTS,
-                                    OPPOSITE_EMOTION, draw_scene)
+from affectflow.demo.scenes import (
+    COLOURS,
+    EMOTION_MOODS,
+    EMOTION_PALETTES,
+    EMOTION_WORDS,
+    FI_CLASSES,
+    FI_PALETTE_SHIFT,
+    FI_TO_POST_EMOTION,
+    OBJECTS,
+    OPPOSITE_EMOTION,
+    draw_scene,
+)
 
 MISMATCH_SHARES = {"match": 0.4, "factual": 0.2, "emotional": 0.2, "both": 0.2}
 DECORATIONS = ["#{word}", "@friend{n}", "https://t.co/x{n}", "\U0001F60A", "\U0001F622", "lol",

@@ -15,9 +15,9 @@ import open_clip
 import torch
 
 from affectflow.core.errors import UserError
+from affectflow.core.images import load_rgb
+from affectflow.demo.clip_training import train_clip
 from affectflow.models.clip import load_clip, save_clip, tiny_clip_config
-from affectflow.models.clip_train import train_clip
-from affectflow.stages.batching import load_rgb
 
 logger = logging.getLogger("affectflow.demo.models")
 

@@ -10,7 +10,6 @@ saved with `save_pretrained`; tests and the demo use tiny models built by `build
 from __future__ import annotations
 
 import contextlib
-import os
 from abc import ABC, abstractmethod
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -33,6 +32,7 @@ from transformers import (
 )
 
 from affectflow.models.encoder_runtime import inference_context, resolve_device
+from affectflow.models.specs import resolve_transformers_spec
 
 KCDP_PROMPT = (
     "What is the information of subject in the picture? What is the facial expression and the "
@@ -195,30 +195,6 @@ CAPTIONER_KINDS: dict[str, CaptionerKind] = {
 `instructblip`: e.g. Salesforce/instructblip-flan-t5-xl (KCDP prompt and settings by default)."""
 
 
-def _looks_like_path(name: str) -> bool:
-    """Hub ids are `owner/name`; anything absolute, relative-dotted, ~ or deeper is a path."""
-    return os.path.isabs(name) or name.startswith((".", "~")) or name.count("/") > 1 or "\\" in name
-
-
-def resolve_model_source(name: str) -> str:
-    """A local directory, or a hub id for the normal cache; a missing directory fails clearly."""
-    if not isinstance(name, str) or not name.strip():
-        raise ValueError("name must be a hub id such as 'Salesforce/blip-image-captioning-base' or a local directory")
-    expanded = os.path.expanduser(name)
-    if os.path.isdir(expanded):
-        if not os.path.isfile(os.path.join(expanded, "config.json")):
-            raise FileNotFoundError(
-                f"captioner directory {expanded!r} has no config.json; save the model there with save_pretrained"
-            )
-        return expanded
-    if _looks_like_path(name):
-        raise FileNotFoundError(
-            f"captioner directory {expanded!r} does not exist; pass an existing directory saved with "
-            "save_pretrained or a hub id such as 'Salesforce/blip-image-captioning-base'"
-        )
-    return name
-
-
 def load_captioner(
     kind: str,
     name: str,
@@ -238,7 +214,7 @@ def load_captioner(
         raise ValueError(f"prompt must be a non-empty string or None (family default), got {prompt!r}")
     chosen_prompt = family.default_prompt if prompt is None else prompt
     settings = validate_generation({**family.default_generation, **generation})
-    source = resolve_model_source(name)
+    source = resolve_transformers_spec(name)
     target = resolve_device(device)
     try:
         processor = family.processor_class.from_pretrained(source)
@@ -323,7 +299,8 @@ def build_tiny_blip(directory: str | Path, seed: int = 0, image_size: int = 32) 
             "initializer_range": 0.1,
         }
         config = BlipConfig(
-            text_config=text_config, vision_config=_tiny_vision(image_size), projection_dim=32, image_text_hidden_size=32
+            text_config=text_config, vision_config=_tiny_vision(image_size), projection_dim=32,
+            image_text_hidden_size=32
         )
         model = BlipForConditionalGeneration(config).eval()
     target.mkdir(parents=True, exist_ok=True)

@@ -31,6 +31,7 @@ from torch import Tensor, nn
 
 from affectflow.core.atomic import atomic_path, write_json
 from affectflow.models.encoder_runtime import inference_context, resolve_device
+from affectflow.models.specs import LOCAL_DIR, parse_clip_spec
 
 logger = logging.getLogger("affectflow.models.clip")
 
@@ -38,8 +39,6 @@ CONFIG_FILENAME = "open_clip_config.json"
 WEIGHTS_FILENAME = "open_clip_model.safetensors"
 # Weight files open_clip's local-dir loader looks for, in its order of preference.
 _WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pth")
-_HF_HUB_PREFIX = "hf-hub:"
-_LOCAL_DIR_PREFIX = "local-dir:"
 # open_clip's SimpleTokenizer vocabulary size: a CLIP text tower must match it exactly.
 SIMPLE_TOKENIZER_VOCAB_SIZE = 49408
 
@@ -83,23 +82,25 @@ def load_clip(spec: str | os.PathLike[str], device: str | torch.device | None = 
 
 def _resolve_spec(spec: str) -> tuple[str, str | None]:
     """Turn a user spec into open_clip's (model_name, pretrained) pair, failing early and clearly."""
-    if spec.startswith(_HF_HUB_PREFIX):
+    parsed = parse_clip_spec(spec)
+    if parsed.form == "hub":
         return spec, None
-    if spec.startswith(_LOCAL_DIR_PREFIX):
-        return _local_dir_name(Path(spec[len(_LOCAL_DIR_PREFIX) :])), None
-    if Path(spec).is_dir():
-        return _local_dir_name(Path(spec)), None
-
-    architecture, has_source, source = spec.partition(":")
+    if parsed.form == "folder":
+        assert parsed.source is not None
+        return _local_dir_name(Path(parsed.source).expanduser()), None
+    architecture = parsed.architecture or ""
     if architecture not in open_clip.list_models():
         raise ValueError(
             f"CLIP spec {spec!r}: {architecture!r} is neither an open_clip architecture "
             "(see open_clip.list_models()) nor an existing model directory"
         )
-    if not has_source:
+    if parsed.form == "random":
         logger.warning("CLIP spec %r names no weights: the model is randomly initialised", spec)
         return architecture, None
-    if Path(source).is_file():
+    source = parsed.source or ""
+    if parsed.form == "checkpoint":
+        if not Path(source).is_file():
+            raise FileNotFoundError(f"CLIP spec {spec!r}: checkpoint file {source} does not exist")
         return architecture, source
     tags = open_clip.list_pretrained_tags_by_model(architecture)
     if source in tags:
@@ -112,6 +113,8 @@ def _resolve_spec(spec: str) -> tuple[str, str | None]:
 
 def _local_dir_name(directory: Path) -> str:
     """open_clip's local-dir model name, after checking the directory really holds a model."""
+    if not directory.is_dir():
+        raise FileNotFoundError(f"CLIP directory {directory} does not exist")
     if not (directory / CONFIG_FILENAME).is_file():
         raise FileNotFoundError(
             f"CLIP directory {directory} has no {CONFIG_FILENAME}; write one with save_clip() "
@@ -122,7 +125,7 @@ def _local_dir_name(directory: Path) -> str:
             f"CLIP directory {directory} has a config but no weights "
             f"({WEIGHTS_FILENAME} or another *.safetensors / *.bin / *.pth file)"
         )
-    return f"{_LOCAL_DIR_PREFIX}{directory.resolve()}"
+    return f"{LOCAL_DIR}{directory.resolve()}"
 
 
 def save_clip(

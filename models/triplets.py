@@ -297,8 +297,9 @@ class SrlFrameParser:
         from transformers import AutoModelForTokenClassification, AutoTokenizer
 
         from affectflow.models.encoder_runtime import resolve_device
+        from affectflow.models.specs import resolve_transformers_spec
 
-        source = _model_source(model)
+        source = resolve_transformers_spec(model)
         try:
             self.tokenizer = AutoTokenizer.from_pretrained(source)
             network = AutoModelForTokenClassification.from_pretrained(source)
@@ -365,15 +366,6 @@ def check_srl_labels(labels: Sequence[str], model: str) -> None:
             f"model {model!r} does not tag BIO semantic roles (labels {list(labels)[:8]}...); "
             "use a token-classification model with labels such as O, B-ARG0, I-ARG0, B-V, B-ARGM-LOC"
         )
-
-
-def _model_source(name: str) -> str:
-    expanded = os.path.expanduser(name)
-    if os.path.isdir(expanded):
-        return expanded
-    if os.path.isabs(name) or name.startswith((".", "~")) or name.count("/") > 1:
-        raise FileNotFoundError(f"SRL model directory {expanded!r} does not exist; pass a hub id or a saved directory")
-    return name
 
 
 def load_frame_parser(parser: str = "spacy", model: str | None = None) -> FrameParser:

@@ -93,23 +93,23 @@ def _cmd_inspect(args: argparse.Namespace) -> int:
         print(run_overview(store))
         return 0
     if args.maps:
-        from affectflow.pipelines.cternet_maps import write_sentiment_maps
+        from affectflow.stages.cternet.maps import write_sentiment_maps
 
         out = store.stage("cternet_eval").path / "maps"
         print(f"sentiment maps: {write_sentiment_maps(store, args.maps, out)}")
         return 0
     if args.stage == "partition":
-        from affectflow.pipelines.partition_view import partition_report
+        from affectflow.stages.partition.view import partition_report
 
         print(partition_report(store, args.samples))
         if args.html:
-            from affectflow.pipelines.partition_gallery import write_gallery
+            from affectflow.stages.partition.gallery import write_gallery
 
             path = write_gallery(store, Path(args.html), per_partition=args.per_partition)
             print(f"gallery written to {path}")
         return 0
     if args.stage in ("caption", "triplets"):
-        from affectflow.pipelines.knowledge_view import knowledge_report
+        from affectflow.stages.knowledge.view import knowledge_report
 
         print(knowledge_report(store, args.stage, args.samples))
         return 0
@@ -119,7 +119,7 @@ def _cmd_inspect(args: argparse.Namespace) -> int:
 
 def _cmd_export(args: argparse.Namespace) -> int:
     from affectflow.core.runs import RunStore
-    from affectflow.pipelines.partition_export import export_partition
+    from affectflow.stages.partition.export import export_partition
 
     store = RunStore(Path(args.artifact_root), args.run_id)
     rows = export_partition(store, Path(args.out), args.partition)
@@ -235,7 +235,7 @@ def main(argv: list[str] | None = None) -> int:
         print("interrupted: finished shards are kept; rerun the same command to resume",
               file=sys.stderr)
         return 130
-    except Exception as error:  # noqa: BLE001 - last-resort one-line report for the CLI
+    except Exception as error:
         if args.debug:
             raise
         print(f"error: {type(error).__name__}: {error}", file=sys.stderr)

@@ -92,7 +92,8 @@ def _format_errors(error: ValidationError, source: str) -> UserError:
         if kind == "extra_forbidden":
             section = ".".join(str(p) for p in item["loc"][:-1])
             lines.append(f"unknown key '{key}'")
-            hint = f"remove it or fix its spelling (see the fields of '{section or 'the top level'}' in configs/README.md)"
+            hint = (f"remove it or fix its spelling (see the fields of "
+                    f"'{section or 'the top level'}' in configs/README.md)")
         elif kind == "missing":
             lines.append(f"missing key '{key}'")
             hint = f"add '{item['loc'][-1]}: <value>' under '{'.'.join(map(str, item['loc'][:-1]))}'"
@@ -125,7 +126,20 @@ def load_config(path: Path | None, overrides: list[str] | None = None,
     if missing:
         raise UserError(f"invalid config {source}: stages {missing} have no section",
                         hint=f"add a '{missing[0]}:' section (see configs/demo.yaml)")
+    check_across_stages(config, source)
     return config
+
+
+def check_across_stages(config: BaseModel, source: str) -> None:
+    """Constraints between the sections of the stages a run lists (e.g. `pacl.k` must be one of
+    `cluster.ks`), checked before any work starts."""
+    sections = {name: stage_params(config, name) for name in config.run.stages}
+    for name, params in sections.items():
+        try:
+            STAGES[name]().check_config(params, sections)
+        except ValueError as error:
+            raise UserError(f"invalid config {source}: {error}",
+                            hint=f"fix the '{name}' section of {source}, or use --set") from None
 
 
 def _requires_section(stage_name: str) -> bool:

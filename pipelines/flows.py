@@ -19,10 +19,17 @@ from prefect.futures import PrefectFuture, wait
 
 from affectflow.core.runner import finalize_stage, plan_stage, run_shard, run_stage
 from affectflow.pipelines.config import config_snapshot, load_config, stage_params
-from affectflow.pipelines.partition_publish import publish_partition_artifacts
+from affectflow.pipelines.execution import (
+    RunRef,
+    code_version,
+    make_job,
+    open_run,
+    run_config,
+    stage_summary,
+    stale_downstream,
+)
+from affectflow.pipelines.publish import publish_partition_artifacts
 from affectflow.pipelines.task_runners import make_task_runner
-from affectflow.pipelines.execution import (RunRef, code_version, make_job, open_run, run_config,
-                                            stage_summary, stale_downstream)
 from affectflow.stages.registry import STAGES
 
 TASK_OPTIONS: dict[str, Any] = {"cache_policy": NO_CACHE, "persist_result": False}

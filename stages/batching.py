@@ -9,13 +9,14 @@ reject that row with a reason instead of failing the shard.
 from __future__ import annotations
 
 from collections import deque
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
-from pathlib import Path
-from typing import Callable, Iterator, Sequence
 
 import torch
 from PIL import Image
+
+from affectflow.core.images import load_rgb
 
 
 @dataclass
@@ -27,18 +28,13 @@ class ImageBatch:
     failures: list[tuple[int, str]]
 
 
-def load_rgb(path: str | Path) -> Image.Image:
-    with Image.open(path) as image:
-        return image.convert("RGB")
-
-
 def _load_batch(paths: Sequence[str], offset: int,
                 preprocess: Callable[[Image.Image], torch.Tensor],
                 pool: ThreadPoolExecutor) -> ImageBatch:
     def one(path: str) -> torch.Tensor | Exception:
         try:
             return preprocess(load_rgb(path))
-        except Exception as error:  # noqa: BLE001 - any load failure becomes a reject reason
+        except Exception as error:
             return error
 
     results = list(pool.map(one, paths))

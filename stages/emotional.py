@@ -14,28 +14,33 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar, Literal
 
 import numpy as np
 import pyarrow as pa
 import torch
-from affectflow.core.errors import UserError
-from affectflow.core.stage import ShardOutput, Stage, StageContext, StageParams
-from affectflow.core.store import MAIN_TABLE, StageArtifact, make_rejects
-from affectflow.models.anp import AnpScorer, load_anp_vocabulary
-from affectflow.models.clip import ClipBundle, encode_images, load_clip
-from affectflow.models.text_encoder import TextEncoder, load_text_encoder
-from affectflow.stages.batching import prefetched_image_batches
-from affectflow.stages.factual import EMBEDDINGS, column_vectors, vector_column
-from affectflow.stages.model_specs import (
-    check_model_spec,
-    model_fingerprint,
-    resolve_text_encoder,
-)
-from affectflow.stages.param_types import Device
 from pydantic import Field, field_validator
 
+from affectflow.core.columns import column_vectors, vector_column
+from affectflow.core.errors import UserError
+from affectflow.core.hashing import hash_file
+from affectflow.core.stage import ShardOutput, Stage, StageContext, StageParams, TableRef
+from affectflow.core.store import MAIN_TABLE, SAMPLE_ID, SOURCE_ID, StageArtifact, make_rejects
+from affectflow.models.anp import AnpScorer, load_anp_vocabulary
+from affectflow.models.clip import ClipBundle, encode_images, load_clip
+from affectflow.models.specs import check_spec, models_fingerprint, resolve_transformers_spec
+from affectflow.models.text_encoder import TextEncoder, load_text_encoder
+from affectflow.stages.batching import prefetched_image_batches
+from affectflow.stages.factual import EMBEDDINGS, IMAGE_EMBEDDING
+from affectflow.stages.ingest.stage import IMAGE_PATH, TEXT, TEXT_RAW
+from affectflow.stages.param_types import Device
+
+EMOTIONAL_SCORE = "emotional_score"
+ANPS = "anps"
+ANP_SCORES = "anp_scores"
+ANP_TEXT = "anp_text"
 TEXT_FEATURES = "text_features"
+TEXT_FEATURE = "text_feature"
 
 
 class EmotionalParams(StageParams):
@@ -43,21 +48,27 @@ class EmotionalParams(StageParams):
     anp_vocabulary: Path | None = Field(None, description="adjective_noun per line; default MVSO English")
     anp_templates: list[str] = Field(default_factory=lambda: ["a photo of {}."], min_length=1)
     top_k: int = Field(3, ge=1, le=20)
-    anp_score: str = Field("cosine", pattern="^(cosine|softmax)$")
+    anp_score: Literal["cosine", "softmax"] = "cosine"
     text_encoder: str = Field("vinai/bertweet-base", description="hub id or local folder")
-    pooling: str = Field("mean", pattern="^(mean|cls)$")
+    pooling: Literal["mean", "cls"] = "mean"
     normalize_tweets: bool | None = Field(None, description="default: on for BERTweet")
     max_length: int | None = Field(None, ge=2)
-    text_column: str = Field("text", pattern="^(text|text_raw)$")
+    text_column: Literal["text", "text_raw"] = Field(
+        TEXT, description="ingest's cleaned post text, or the raw post")
     reuse_factual_embeddings: bool = True
     batch_size: int = Field(64, ge=1)
     device: Device = None
     seed: int = 0
 
-    @field_validator("clip", "text_encoder")
+    @field_validator("clip")
     @classmethod
-    def _local_models_exist(cls, value: str) -> str:
-        return check_model_spec(value)
+    def _local_clip_exists(cls, value: str) -> str:
+        return check_spec("clip", value)
+
+    @field_validator("text_encoder")
+    @classmethod
+    def _local_text_encoder_exists(cls, value: str) -> str:
+        return check_spec("transformers", value)
 
     @field_validator("anp_vocabulary")
     @classmethod
@@ -75,76 +86,90 @@ class EmotionalState:
     text_encoder: TextEncoder
 
 
-class EmotionalStage(Stage):
+class EmotionalStage(Stage[EmotionalParams]):
     name = "emotional"
     uses_accelerator = True
     inputs = ("ingest", "factual")
+    reads = (TableRef("ingest", (SAMPLE_ID, SOURCE_ID, IMAGE_PATH, TEXT, TEXT_RAW)),
+             TableRef("factual", (SAMPLE_ID, IMAGE_EMBEDDING), EMBEDDINGS))
     Params = EmotionalParams
-    schema = pa.schema([("sample_id", pa.string()), ("emotional_score", pa.float32()),
-                        ("anps", pa.list_(pa.string())), ("anp_scores", pa.list_(pa.float32())),
-                        ("anp_text", pa.string())])
-    side_schemas = {TEXT_FEATURES: pa.schema([("sample_id", pa.string()),
-                                              ("text_feature", pa.list_(pa.float16()))])}
+    schema = pa.schema([(SAMPLE_ID, pa.string()), (EMOTIONAL_SCORE, pa.float32()),
+                        (ANPS, pa.list_(pa.string())), (ANP_SCORES, pa.list_(pa.float32())),
+                        (ANP_TEXT, pa.string())])
+    side_schemas: ClassVar[dict[str, pa.Schema]] = {TEXT_FEATURES: pa.schema([(SAMPLE_ID, pa.string()),
+                                              (TEXT_FEATURE, pa.list_(pa.float16()))])}
 
-    def input_names(self, params: EmotionalParams) -> tuple[str, ...]:  # type: ignore[override]
+    def input_names(self, params: EmotionalParams) -> tuple[str, ...]:
         return self.inputs if params.reuse_factual_embeddings else ("ingest",)
 
-    def source_fingerprint(self, params: EmotionalParams, settings: Any) -> str:  # type: ignore[override]
-        specs = [params.clip, params.text_encoder]
-        if params.anp_vocabulary:
-            specs.append(str(params.anp_vocabulary))
-        return model_fingerprint(*specs)
+    def check_config(self, params: EmotionalParams, sections: dict[str, Any]) -> None:
+        factual = sections.get("factual")
+        if params.reuse_factual_embeddings and factual is not None \
+                and factual.clip != params.clip:
+            raise ValueError(f"emotional.clip {params.clip!r} differs from factual.clip "
+                             f"{factual.clip!r}, so the factual image embeddings cannot be reused; "
+                             "use the same clip or set emotional.reuse_factual_embeddings: false")
 
-    def prepare(self, ctx: StageContext) -> list[int]:
-        params: EmotionalParams = ctx.params  # type: ignore[assignment]
+    def source_fingerprint(self, params: EmotionalParams, settings: Any) -> str:
+        vocabulary = str(params.anp_vocabulary) if params.anp_vocabulary else None
+        return models_fingerprint(("clip", params.clip), ("transformers", params.text_encoder)) \
+            + (f"|{hash_file(params.anp_vocabulary)}" if vocabulary else "")
+
+    def prepare(self, ctx: StageContext[EmotionalParams]) -> list[int]:
+        params = ctx.params
         if params.reuse_factual_embeddings:
             factual_clip = ctx.input("factual").manifest["params"]["clip"]
             if factual_clip != params.clip:
-                raise UserError(f"emotional.clip {params.clip!r} differs from factual.clip "
-                                f"{factual_clip!r}, so its image embeddings cannot be reused",
-                                hint="use the same clip or set emotional.reuse_factual_embeddings=false")
+                raise UserError(f"emotional.clip {params.clip!r} differs from the clip "
+                                f"{factual_clip!r} this run's factual stage used, so its image "
+                                "embeddings cannot be reused",
+                                hint="rerun factual with the same clip, or set "
+                                     "emotional.reuse_factual_embeddings=false")
         return ctx.input("ingest").shard_ids()
 
-    def setup(self, ctx: StageContext) -> EmotionalState:
-        params: EmotionalParams = ctx.params  # type: ignore[assignment]
+    def setup(self, ctx: StageContext[EmotionalParams]) -> EmotionalState:
+        params = ctx.params
         torch.manual_seed(params.seed)
         clip = load_clip(params.clip, device=params.device)
         cache_dir = Path(ctx.settings.artifact_root) / "cache" / "anp"
         anps = AnpScorer(clip, load_anp_vocabulary(params.anp_vocabulary), params.anp_templates,
                          cache_dir=cache_dir)
-        encoder = load_text_encoder(resolve_text_encoder(params.text_encoder), pooling=params.pooling,
+        encoder = load_text_encoder(resolve_transformers_spec(params.text_encoder),
+                                    pooling=params.pooling,
                                     normalize_tweets=params.normalize_tweets,
                                     device=params.device, max_length=params.max_length)
         return EmotionalState(clip, anps, encoder)
 
-    def _image_embeddings(self, ctx: StageContext, state: EmotionalState, shard_id: int,
-                          rows: pa.Table) -> tuple[dict[int, np.ndarray], list[tuple[int, str, str]]]:
+    def _image_embeddings(self, ctx: StageContext[EmotionalParams], state: EmotionalState,
+                          shard_id: int, rows: pa.Table
+                          ) -> tuple[dict[int, np.ndarray], list[tuple[int, str, str]]]:
         """Image embeddings by row index, and (index, reason, detail) for rows without one."""
-        params: EmotionalParams = ctx.params  # type: ignore[assignment]
-        index_of = {sid: i for i, sid in enumerate(rows["sample_id"].to_pylist())}
+        params = ctx.params
+        index_of = {sid: i for i, sid in enumerate(rows[SAMPLE_ID].to_pylist())}
         if params.reuse_factual_embeddings:
-            side = ctx.input("factual").read_shard(shard_id, ["sample_id", "image_embedding"],
+            side = ctx.input("factual").read_shard(shard_id, [SAMPLE_ID, IMAGE_EMBEDDING],
                                                    table=EMBEDDINGS)
-            vectors = column_vectors(side["image_embedding"])
-            found = {index_of[sid]: vectors[j] for j, sid in enumerate(side["sample_id"].to_pylist())}
+            vectors = column_vectors(side[IMAGE_EMBEDDING])
+            found = {index_of[sid]: vectors[j] for j, sid in enumerate(side[SAMPLE_ID].to_pylist())}
             missing = [(i, "no_image_embedding", "rejected by the factual stage")
                        for i in range(rows.num_rows) if i not in found]
             return found, missing
         found, missing = {}, []
-        for batch in prefetched_image_batches(rows["image_path"].to_pylist(), params.batch_size,
+        for batch in prefetched_image_batches(rows[IMAGE_PATH].to_pylist(), params.batch_size,
                                               state.clip.preprocess, ctx.settings.workers):
             missing += [(i, "image_load_failed", error) for i, error in batch.failures]
             if batch.pixels is not None:
                 found.update(zip(batch.indices, encode_images(state.clip, batch.pixels).numpy()))
         return found, missing
 
-    def process(self, ctx: StageContext, state: EmotionalState, shard_id: int) -> ShardOutput:
-        params: EmotionalParams = ctx.params  # type: ignore[assignment]
+    def process(self, ctx: StageContext[EmotionalParams], state: EmotionalState,
+                shard_id: int) -> ShardOutput:
+        params = ctx.params
         rows = ctx.input("ingest").read_shard(
-            shard_id, columns=["sample_id", "source_id", "image_path", params.text_column])
+            shard_id, columns=[SAMPLE_ID, SOURCE_ID, IMAGE_PATH, params.text_column])
         found, missing = self._image_embeddings(ctx, state, shard_id, rows)
         kept = sorted(found)
-        ids = rows["sample_id"].to_pylist()
+        ids = rows[SAMPLE_ID].to_pylist()
         texts = rows[params.text_column].to_pylist()
         width = state.text_encoder.dim
         if kept:
@@ -163,19 +188,19 @@ class EmotionalStage(Stage):
             post_features = np.zeros((0, width), np.float32)
             scores = np.zeros(0, np.float32)
         kept_ids = pa.array([ids[i] for i in kept], pa.string())
-        main = pa.table({"sample_id": kept_ids, "emotional_score": scores,
-                         "anps": pa.array(anp_lists, pa.list_(pa.string())),
-                         "anp_scores": pa.array([list(s) for s in anp_scores], pa.list_(pa.float32())),
-                         "anp_text": pa.array(anp_text, pa.string())})
-        side = pa.table({"sample_id": kept_ids, "text_feature": vector_column(post_features)})
-        rejects = make_rejects([{"sample_id": ids[i], "source_id": rows["source_id"][i].as_py(),
+        main = pa.table({SAMPLE_ID: kept_ids, EMOTIONAL_SCORE: scores,
+                         ANPS: pa.array(anp_lists, pa.list_(pa.string())),
+                         ANP_SCORES: pa.array([list(s) for s in anp_scores], pa.list_(pa.float32())),
+                         ANP_TEXT: pa.array(anp_text, pa.string())})
+        side = pa.table({SAMPLE_ID: kept_ids, TEXT_FEATURE: vector_column(post_features)})
+        rejects = make_rejects([{SAMPLE_ID: ids[i], SOURCE_ID: rows[SOURCE_ID][i].as_py(),
                                  "reason": reason, "detail": detail} for i, reason, detail in missing])
         return ShardOutput(rows_in=rows.num_rows, tables={MAIN_TABLE: main, TEXT_FEATURES: side},
                            rejects=rejects)
 
-    def finalize(self, ctx: StageContext) -> dict[str, Any]:
-        table = StageArtifact(ctx.output_dir).read_all(columns=["emotional_score", "anps"])
-        scores = table["emotional_score"].to_numpy()
-        flat = table["anps"].combine_chunks().flatten().to_pandas()
+    def finalize(self, ctx: StageContext[EmotionalParams]) -> dict[str, Any]:
+        table = StageArtifact(ctx.output_dir).read_all(columns=[EMOTIONAL_SCORE, ANPS])
+        scores = table[EMOTIONAL_SCORE].to_numpy()
+        flat = table[ANPS].combine_chunks().flatten().to_pandas()
         return {"score_mean": float(scores.mean()) if len(scores) else None,
                 "top_anps": flat.value_counts().head(10).to_dict()}

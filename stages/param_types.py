@@ -5,8 +5,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Annotated
 
-from affectflow.models.encoder_runtime import resolve_device
 from pydantic import AfterValidator, Field
+
+from affectflow.models.encoder_runtime import resolve_device
 
 
 def _device_available(value: str | None) -> str | None:

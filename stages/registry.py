@@ -2,22 +2,24 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from affectflow.core.errors import UserError
 from affectflow.core.stage import Stage
-from affectflow.stages.caption import CaptionStage
-from affectflow.stages.cluster import ClusterStage
-from affectflow.stages.cternet_eval import CTERNetEvalStage
-from affectflow.stages.cternet_train import CTERNetTrainStage
+from affectflow.stages.cluster.stage import ClusterStage
+from affectflow.stages.cternet.evaluate import CTERNetEvalStage
+from affectflow.stages.cternet.train import CTERNetTrainStage
 from affectflow.stages.emotional import EmotionalStage
 from affectflow.stages.factual import FactualStage
-from affectflow.stages.ingest import IngestStage
-from affectflow.stages.pacl import PaclStage
-from affectflow.stages.partition import PartitionStage
-from affectflow.stages.probe import ProbeStage
-from affectflow.stages.probe_ingest import ProbeIngestStage
-from affectflow.stages.triplets import TripletsStage
+from affectflow.stages.ingest.stage import IngestStage
+from affectflow.stages.knowledge.caption import CaptionStage
+from affectflow.stages.knowledge.triplets import TripletsStage
+from affectflow.stages.pacl.stage import PaclStage
+from affectflow.stages.partition.stage import PartitionStage
+from affectflow.stages.probe.ingest import ProbeIngestStage
+from affectflow.stages.probe.stage import ProbeStage
 
-STAGES: dict[str, type[Stage]] = {cls.name: cls for cls in (
+STAGES: dict[str, type[Stage[Any]]] = {cls.name: cls for cls in (
     IngestStage, CaptionStage, TripletsStage, FactualStage, EmotionalStage, PartitionStage,
     ClusterStage, PaclStage, ProbeIngestStage, ProbeStage, CTERNetTrainStage, CTERNetEvalStage)}
 
@@ -25,7 +27,7 @@ PRETRAIN_CHAIN: tuple[str, ...] = ("ingest", "caption", "triplets", "factual", "
                                    "partition", "cluster", "pacl", "probe_ingest", "probe")
 
 
-def get_stage(name: str) -> Stage:
+def get_stage(name: str) -> Stage[Any]:
     if name not in STAGES:
         raise UserError(f"unknown stage {name!r}", hint=f"known stages: {', '.join(STAGES)}")
     return STAGES[name]()

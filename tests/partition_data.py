@@ -6,8 +6,9 @@ These helpers write the scoring stages' documented output tables (shard Parquet,
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
@@ -17,7 +18,7 @@ from affectflow.core.hashing import hash_value
 from affectflow.core.runner import StageJob, run_stage
 from affectflow.core.runs import RunStore
 from affectflow.core.store import MANIFEST, StageArtifact
-from affectflow.stages.partition import PartitionParams, PartitionStage
+from affectflow.stages.partition.stage import PartitionParams, PartitionStage
 
 
 @dataclass(frozen=True)
@@ -25,15 +26,20 @@ class Settings:
     workers: int = 1
 
 
-def write_artifact(run: RunStore, name: str, shards: dict[int, pa.Table]) -> StageArtifact:
-    """A finished stage folder holding the given shards, with a content fingerprint."""
+def write_artifact(run: RunStore, name: str, shards: dict[int, pa.Table],
+                   params: dict[str, Any] | None = None) -> StageArtifact:
+    """A finished stage folder holding the given shards (and the params it ran with), with a
+    content fingerprint."""
     artifact = run.stage(name)
     for shard_id, table in shards.items():
         write_parquet(artifact.shard_path(shard_id), table)
     rows = sum(table.num_rows for table in shards.values())
     fingerprint = hash_value([name, {sid: t.to_pydict() for sid, t in shards.items()}])
+    schema = next(iter(shards.values())).schema
     write_json(artifact.path / MANIFEST, {
         "stage": name, "fingerprint": fingerprint, "shard_ids": sorted(shards),
+        "params": params or {},
+        "schema": [[field.name, str(field.type)] for field in schema],
         "rows_in": rows, "rows_out": rows, "rows_rejected": 0, "rejects_by_reason": {},
         "summary": {}})
     return artifact

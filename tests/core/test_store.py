@@ -74,7 +74,7 @@ def test_stage_artifact_reads_shards_in_order(tmp_path: Path) -> None:
     assert artifact.num_rows() == 4
     assert not artifact.complete
     with pytest.raises(UserError, match="no finished artifact"):
-        artifact.manifest
+        _ = artifact.manifest
 
 
 def test_run_store_records_stages_and_lists_runs(tmp_path: Path) -> None:

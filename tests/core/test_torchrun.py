@@ -13,8 +13,7 @@ from pathlib import Path
 import pytest
 from pydantic import ValidationError
 
-from affectflow.core.torchrun import (ONE_NODE, TorchrunNodes, default_rdzv_id, runs_in_process,
-                                      torchrun_command)
+from affectflow.core.torchrun import ONE_NODE, TorchrunNodes, default_rdzv_id, runs_in_process, torchrun_command
 
 # Joins the process group, sums every rank's (rank + 1) with all_reduce, reports what it saw.
 ALL_REDUCE_MODULE = '''

@@ -9,13 +9,12 @@ from pathlib import Path
 import pytest
 
 import affectflow.demo.captioner as demo_captioner
+from affectflow.core.images import load_rgb
 from affectflow.demo.captioner import build_demo_captioner, caption_vocabulary
 from affectflow.demo.generate import write_caption_pairs
 from affectflow.demo.models import read_caption_pairs
 from affectflow.demo.scenes import EMOTION_MOODS
 from affectflow.models.captioner import load_captioner
-from affectflow.stages.batching import load_rgb
-
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 

@@ -14,7 +14,7 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 
-from affectflow.models.pacl_losses import gather_with_local_grad, pacl_loss
+from affectflow.models.pacl.losses import gather_with_local_grad, pacl_loss
 
 
 def main(rank: int, world_size: int, work_dir: Path) -> None:

@@ -23,7 +23,6 @@ from affectflow.models.captioner import (
     validate_generation,
 )
 
-
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
@@ -163,7 +162,7 @@ def test_instructblip_custom_prompt(instructblip_dir: Path) -> None:
 
 
 def test_unknown_kind_is_rejected(blip_dir: Path) -> None:
-    with pytest.raises(ValueError, match="unknown captioner kind 'git'.*blip.*instructblip"):
+    with pytest.raises(ValueError, match=r"unknown captioner kind 'git'.*blip.*instructblip"):
         load_captioner("git", str(blip_dir))
 
 
@@ -174,7 +173,7 @@ def test_missing_directory_is_rejected(name: str) -> None:
 
 
 def test_directory_without_config_is_rejected(tmp_path: Path) -> None:
-    with pytest.raises(FileNotFoundError, match="no config.json"):
+    with pytest.raises(FileNotFoundError, match=r"no config.json"):
         load_captioner("blip", str(tmp_path))
 
 

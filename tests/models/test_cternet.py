@@ -11,13 +11,13 @@ import timm
 import torch
 import torch.nn.functional as F
 
-from affectflow.models.cternet import CTERNetHead, build_cternet
-from affectflow.models.cternet_config import CTERNetConfig
-from affectflow.models.cternet_smad import ChannelAttention, counterfactual_attention
+from affectflow.models.cternet.config import CTERNetConfig
+from affectflow.models.cternet.model import CTERNetHead, build_cternet
+from affectflow.models.cternet.smad import ChannelAttention, counterfactual_attention
 
 TINY_BACKBONE = "test_resnet"  # timm's own tiny test ResNet, built with random weights
 TINY_SIZE = 64
-LOGGER_NAME = "affectflow.models.cternet"
+LOGGER_NAME = "affectflow.models.cternet.model"
 
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -213,7 +213,7 @@ def test_backbone_checkpoint_of_same_architecture_is_loaded(
 def test_backbone_checkpoint_of_other_architecture_fails_clearly(tmp_path: Path) -> None:
     path = tmp_path / "other.pt"
     torch.save(timm.create_model("test_efficientnet", pretrained=False).state_dict(), path)
-    with pytest.raises(ValueError, match="backbone_checkpoint.*test_resnet"):
+    with pytest.raises(ValueError, match=r"backbone_checkpoint.*test_resnet"):
         build_cternet(tiny_config(backbone_checkpoint=path), device="cpu")
 
 
@@ -276,5 +276,5 @@ def test_config_rejects_zero_weight_for_the_only_active_loss_term() -> None:
 def test_config_from_mapping_rejects_unknown_keys() -> None:
     config = CTERNetConfig.from_mapping({"backbone": "resnet18", "pretrained": False, "k_maps": 2})
     assert config.k_maps == 2 and config.counterfactual == "random"
-    with pytest.raises(ValueError, match="^kmaps: unknown"):
+    with pytest.raises(ValueError, match=r"^kmaps: unknown"):
         CTERNetConfig.from_mapping({"kmaps": 4})

@@ -15,15 +15,20 @@ import pytest
 import torch
 from PIL import Image
 
-from affectflow.models import cternet_train
-from affectflow.models.cternet import build_cternet
-from affectflow.models.cternet_checkpoint import BEST_CHECKPOINT, LAST_CHECKPOINT
-from affectflow.models.cternet_classifier import TrainedClassifier, sentiment_maps
-from affectflow.models.cternet_config import CTERNetConfig
-from affectflow.models.cternet_data import (ImageDataset, LabelledImages, eval_transform,
-                                            train_transform)
-from affectflow.models.cternet_train import (Runtime, TrainingOutcome, TrainingRecipe,
-                                             evaluate_accuracy, read_outcome, train_cternet)
+from affectflow.models.cternet import train as cternet_train
+from affectflow.models.cternet.checkpoint import BEST_CHECKPOINT, LAST_CHECKPOINT
+from affectflow.models.cternet.classifier import TrainedClassifier, sentiment_maps
+from affectflow.models.cternet.config import CTERNetConfig
+from affectflow.models.cternet.data import ImageDataset, LabelledImages, eval_transform, train_transform
+from affectflow.models.cternet.model import build_cternet
+from affectflow.models.cternet.train import (
+    Runtime,
+    TrainingOutcome,
+    TrainingRecipe,
+    evaluate_accuracy,
+    read_outcome,
+    train_cternet,
+)
 
 COLOURS = [(220, 40, 40), (40, 200, 40), (40, 40, 220), (220, 220, 40)]
 CONFIG = CTERNetConfig(backbone="test_resnet", pretrained=False, input_size=32, num_classes=4)
@@ -152,7 +157,7 @@ def test_checkpoint_of_another_training_is_refused(
 
 def test_batch_larger_than_the_training_data_fails_naming_the_key(
         data: tuple[LabelledImages, LabelledImages], tmp_path: Path) -> None:
-    with pytest.raises(ValueError, match="^batch_size"):
+    with pytest.raises(ValueError, match=r"^batch_size"):
         train_cternet(CONFIG, dataclasses.replace(RECIPE, batch_size=64), *data, tmp_path, RUNTIME)
 
 

@@ -12,10 +12,10 @@ import torch
 import torch.nn.functional as F
 from open_clip.loss import ClipLoss
 
-from affectflow.models.pacl_losses import (
+from affectflow.models.pacl.losses import (
     ALL_PARTITIONS,
-    Partition,
     PaclLossWeights,
+    Partition,
     active_losses,
     build_partner_masks,
     contrastive_masks,
@@ -280,7 +280,7 @@ def test_bad_inputs_raise_clear_errors() -> None:
         pacl_loss(images, texts, labels, labels.float(), labels)
     with pytest.raises(ValueError, match="active"):
         pacl_loss(images, texts, labels, labels, labels, active=())
-    with pytest.raises(ValueError, match="PaclLossWeights.weak"):
+    with pytest.raises(ValueError, match=r"PaclLossWeights.weak"):
         PaclLossWeights(weak=-0.1)
 
 

@@ -10,7 +10,7 @@ import pytest
 import timm
 import torch
 
-from affectflow.models.pacl import (
+from affectflow.models.pacl.model import (
     PaclModel,
     PretrainedWeightsError,
     VisualSpec,

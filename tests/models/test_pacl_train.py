@@ -4,28 +4,47 @@ accumulation, clipping, checkpoints and exact resume."""
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import pytest
 import timm
 import torch
 from timm.models import register_model
 
-from affectflow.models import pacl_train
-from affectflow.models.pacl_losses import ALL_PARTITIONS, Partition, active_losses, pacl_loss
-from affectflow.models.pacl_train import (PaclTrainConfig, PaclTrainingSet, TensorImages,
-                                          TrainHooks, augmentation_boxes, schedule_epochs,
-                                          train_pacl)
-from affectflow.models.pacl_train_augment import ViewConfig, load_size, train_views
-from affectflow.models.pacl_train_checkpoint import (CHECKPOINT_FILE, INITIAL_FILE, load_model,
-                                                     save_model)
-from affectflow.models.pacl_train_sampler import epoch_plan, steps_per_epoch
-from affectflow.models.pacl_train_schedule import WarmupCosine
+from affectflow.models.checkpoints import save_torch
+from affectflow.models.pacl import train as pacl_train
+from affectflow.models.pacl.augment import ViewConfig, load_size, train_views
+from affectflow.models.pacl.checkpoint import CHECKPOINT_FILE, INITIAL_FILE, load_model, model_record
+from affectflow.models.pacl.losses import ALL_PARTITIONS, Partition, active_losses, pacl_loss
+from affectflow.models.pacl.sampler import epoch_plan, steps_per_epoch
+from affectflow.models.pacl.schedule import WarmupCosine
+from affectflow.models.pacl.train import (
+    PaclTrainConfig,
+    PaclTrainingSet,
+    TrainHooks,
+    augmentation_boxes,
+    schedule_epochs,
+    train_pacl,
+)
 
 torch.set_num_threads(1)
 
 DROPOUT_NET = "pacl_test_dropout_resnet"
+
+
+@dataclass
+class InMemoryImages:
+    """An ImageSource over uint8 squares already in memory."""
+
+    images: torch.Tensor  # (N, 3, side, side) uint8
+
+    def squares(self, batches: Sequence[torch.Tensor], side: int) -> Iterator[torch.Tensor]:
+        assert self.images.shape[-1] == side
+        for batch in batches:
+            yield self.images[batch]
 
 
 @register_model
@@ -41,7 +60,7 @@ SIDE = load_size(IMAGE_SIZE)
 PARTITIONS = [0] * 8 + [1] * 4 + [2] * 6 + [3] * 2
 
 
-def training_set(seed: int = 0) -> tuple[PaclTrainingSet, TensorImages]:
+def training_set(seed: int = 0) -> tuple[PaclTrainingSet, InMemoryImages]:
     generator = torch.Generator().manual_seed(seed)
     count = len(PARTITIONS)
     data = PaclTrainingSet(torch.randn(count, 12, generator=generator),
@@ -49,7 +68,7 @@ def training_set(seed: int = 0) -> tuple[PaclTrainingSet, TensorImages]:
                            torch.randint(0, 2, (count,), generator=generator),
                            torch.randint(0, 3, (count,), generator=generator))
     images = torch.randint(0, 256, (count, 3, SIDE, SIDE), generator=generator, dtype=torch.uint8)
-    return data, TensorImages(images)
+    return data, InMemoryImages(images)
 
 
 def config(**overrides: Any) -> PaclTrainConfig:
@@ -62,7 +81,7 @@ def config(**overrides: Any) -> PaclTrainConfig:
 class RecordingAdamW(torch.optim.AdamW):
     """AdamW that keeps a copy of the gradient it is asked to apply at every step."""
 
-    applied: list[torch.Tensor] = []
+    applied: ClassVar[list[torch.Tensor]] = []
 
     def step(self, closure: Any = None) -> Any:
         grads = [p.grad.flatten() for group in self.param_groups for p in group["params"]
@@ -152,7 +171,7 @@ def test_training_switches_losses_by_thirds_and_steps_lr_per_optimiser_step(tmp_
 
 
 # ---------------------------------------------------------------- accumulation and clipping
-def _manual_mean_gradient(run: PaclTrainConfig, data: PaclTrainingSet, images: TensorImages,
+def _manual_mean_gradient(run: PaclTrainConfig, data: PaclTrainingSet, images: InMemoryImages,
                           initial: Path) -> tuple[torch.Tensor, float]:
     """Gradient of the mean micro-batch loss of the first step, computed by hand."""
     model, model_config = load_model(initial)
@@ -275,7 +294,7 @@ def test_checkpoints_load_with_weights_only_and_refuse_another_config(tmp_path: 
     for name in (CHECKPOINT_FILE, INITIAL_FILE):
         payload = torch.load(tmp_path / name, weights_only=True)
         assert payload
-    save_model(tmp_path / "model.pt", result.model, result.model_config)
+    save_torch(tmp_path / "model.pt", model_record(result.model, result.model_config))
     loaded, loaded_config = load_model(tmp_path / "model.pt")
     assert loaded_config == result.model_config
     for name, tensor in loaded.state_dict().items():

@@ -11,8 +11,11 @@ import torch.nn.functional as F
 from transformers import AutoModel, AutoTokenizer, RobertaConfig, RobertaModel, RobertaTokenizer
 
 from affectflow.models import tweet_normalize
-from affectflow.models.text_encoder import TextEncoder, load_text_encoder, packaged_minilm_path
+from affectflow.models.specs import packaged_model_path
+from affectflow.models.text_encoder import TextEncoder, load_text_encoder
 from affectflow.models.tweet_normalize import normalize_tweet
+
+MINILM = str(packaged_model_path("all-MiniLM-L6-v2"))
 
 TWEETEVAL = Path("/work/shared/data/tweeteval_emotion")
 SENTENCES = [
@@ -26,11 +29,11 @@ SENTENCES = [
 
 @pytest.fixture(scope="module")
 def minilm() -> TextEncoder:
-    return load_text_encoder(packaged_minilm_path(), device="cpu")
+    return load_text_encoder(MINILM, device="cpu")
 
 
 def test_minilm_defaults(minilm: TextEncoder) -> None:
-    assert Path(packaged_minilm_path(), "model.safetensors").is_file()
+    assert Path(MINILM, "model.safetensors").is_file()
     assert minilm.dim == 384
     assert minilm.pooling == "mean"
     assert minilm.normalize_tweets is False
@@ -39,8 +42,8 @@ def test_minilm_defaults(minilm: TextEncoder) -> None:
 
 
 def test_minilm_equals_direct_transformers_mean_pooling(minilm: TextEncoder) -> None:
-    tokenizer = AutoTokenizer.from_pretrained(packaged_minilm_path())
-    model = AutoModel.from_pretrained(packaged_minilm_path()).eval()
+    tokenizer = AutoTokenizer.from_pretrained(MINILM)
+    model = AutoModel.from_pretrained(MINILM).eval()
     batch = tokenizer(SENTENCES, padding=True, truncation=True, return_tensors="pt")
     with torch.no_grad():
         hidden = model(**batch).last_hidden_state
@@ -55,7 +58,7 @@ def test_minilm_equals_direct_transformers_mean_pooling(minilm: TextEncoder) -> 
 
 def test_minilm_equals_sentence_transformers(minilm: TextEncoder) -> None:
     sentence_transformers = pytest.importorskip("sentence_transformers")
-    reference = sentence_transformers.SentenceTransformer(packaged_minilm_path(), device="cpu")
+    reference = sentence_transformers.SentenceTransformer(MINILM, device="cpu")
     expected = torch.from_numpy(reference.encode(SENTENCES, normalize_embeddings=True))
     torch.testing.assert_close(minilm.encode(SENTENCES), expected, atol=1e-5, rtol=0)
 
@@ -87,9 +90,9 @@ def test_encode_and_load_validate_arguments(minilm: TextEncoder) -> None:
     with pytest.raises(TypeError, match=r"texts\[0\]"):
         minilm.encode([3])
     with pytest.raises(ValueError, match="pooling"):
-        load_text_encoder(packaged_minilm_path(), pooling="max")
+        load_text_encoder(MINILM, pooling="max")
     with pytest.raises(ValueError, match="max_length"):
-        load_text_encoder(packaged_minilm_path(), max_length=0)
+        load_text_encoder(MINILM, max_length=0)
 
 
 def _save_tiny_roberta(directory: Path, declare_max_length: bool = True) -> Path:

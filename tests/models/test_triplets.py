@@ -22,7 +22,6 @@ from affectflow.models.triplets import (
     triplet_from_frame,
 )
 
-
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 

@@ -16,11 +16,11 @@ from PIL import Image
 
 from affectflow.core.errors import UserError
 from affectflow.core.runs import RunStore
-from affectflow.pipelines.partition_export import export_partition
-from affectflow.pipelines.partition_gallery import render_gallery, write_gallery
-from affectflow.pipelines.partition_publish import publish_partition_artifacts
-from affectflow.pipelines.partition_view import partition_report, printable
-from affectflow.stages.partition import PARTITIONS
+from affectflow.pipelines.publish import publish_partition_artifacts
+from affectflow.stages.partition.export import export_partition
+from affectflow.stages.partition.gallery import render_gallery, write_gallery
+from affectflow.stages.partition.stage import PARTITIONS
+from affectflow.stages.partition.view import partition_report, printable
 from tests.conftest import write_image
 from tests.partition_data import new_run, run_partition, sample_ids, write_artifact
 
@@ -80,7 +80,7 @@ def run(tmp_path_factory: pytest.TempPathFactory) -> RunStore:
                      "knowledge_text": ["a person walks in a park"] * SHARD}) for s in range(3)})
     write_artifact(store, "cluster", shards({
         "sample_id": ids, "factual_k2": pa.array([i % 2 for i in range(12)], pa.int32()),
-        "emotional_k2": pa.array([1] * 12, pa.int32())}))
+        "emotional_k2": pa.array([1] * 12, pa.int32())}), params={"ks": [2]})
     run_partition(store, factual_mode="absolute", emotional_mode="absolute")
     return store
 
@@ -248,7 +248,7 @@ def test_views_work_without_optional_stages(tmp_path: Path) -> None:
 
 def test_publishing_outside_a_flow_is_a_logged_no_op(run: RunStore,
                                                      caplog: pytest.LogCaptureFixture) -> None:
-    with caplog.at_level(logging.INFO, logger="affectflow.partition"):
+    with caplog.at_level(logging.INFO, logger="affectflow.publish"):
         assert publish_partition_artifacts(run) is False
     assert "not inside a Prefect flow run" in caplog.text
 

@@ -10,8 +10,8 @@ from affectflow.core.runner import StageJob, run_stage
 from affectflow.demo.generate import write_image_folder
 from affectflow.pipelines.config import RunSettings
 from affectflow.pipelines.execution import RunRef
-from affectflow.stages.ingest import IngestParams
-from affectflow.stages.probe_ingest import ProbeIngestStage
+from affectflow.stages.ingest.stage import IngestParams
+from affectflow.stages.probe.ingest import ProbeIngestStage
 from tests.stages.helpers import demo_config, run_stages
 
 UPSTREAM = ["ingest", "factual", "emotional", "partition", "cluster"]

@@ -14,14 +14,13 @@ import pytest
 import torch
 from pydantic import ValidationError
 
+from affectflow.core.images import load_rgb
 from affectflow.core.runner import StageJob, run_stage
-from affectflow.models.captioner import (KCDP_PROMPT, build_tiny_blip, build_tiny_instructblip,
-                                         load_captioner)
 from affectflow.core.runs import RunStore
 from affectflow.demo.scenes import COLOURS, EMOTION_PALETTES, OBJECTS, draw_scene
-from affectflow.stages.batching import load_rgb
-from affectflow.stages.caption import SCHEMA, CaptionParams, CaptionStage
-from affectflow.stages.ingest import IngestParams, IngestStage
+from affectflow.models.captioner import KCDP_PROMPT, build_tiny_blip, build_tiny_instructblip, load_captioner
+from affectflow.stages.ingest.stage import IngestParams, IngestStage
+from affectflow.stages.knowledge.caption import SCHEMA, CaptionParams, CaptionStage
 from tests.conftest import write_tumemo
 
 FAST = {"num_beams": 2, "max_new_tokens": 8, "min_new_tokens": 2}

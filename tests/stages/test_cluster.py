@@ -20,21 +20,21 @@ from pydantic import ValidationError
 from sklearn.metrics import adjusted_rand_score
 
 from affectflow.core.atomic import write_json, write_parquet
+from affectflow.core.columns import column_vectors, vector_column
 from affectflow.core.errors import UserError
 from affectflow.core.hashing import hash_value
+from affectflow.core.images import load_rgb
 from affectflow.core.runner import StageJob, run_stage
 from affectflow.core.runs import RunStore
 from affectflow.core.store import MANIFEST, StageArtifact
-from affectflow.models.pacl import build_visual_encoder
+from affectflow.models.pacl.model import build_visual_encoder
 from affectflow.pipelines.config import RunSettings, load_config
-from affectflow.stages import cluster_features
-from affectflow.stages.batching import load_rgb
-from affectflow.stages.cluster import ClusterParams, ClusterStage
-from affectflow.stages.cluster_features import eval_transform, feature_part
-from affectflow.stages.cluster_inputs import align_shard
-from affectflow.stages.cluster_kmeans import kmeans, l2_normalise
-from affectflow.stages.factual import column_vectors, vector_column
-from affectflow.stages.partition import PartitionParams, PartitionStage
+from affectflow.stages.cluster import features as cluster_features
+from affectflow.stages.cluster.features import eval_transform, feature_part
+from affectflow.stages.cluster.inputs import align_shard
+from affectflow.stages.cluster.kmeans import kmeans, l2_normalise
+from affectflow.stages.cluster.stage import ClusterParams, ClusterStage
+from affectflow.stages.partition.stage import PartitionParams, PartitionStage
 from tests.stages.helpers import demo_config, run_stages
 
 KS = [2, 3, 7]
@@ -65,7 +65,7 @@ def test_every_point_is_used_where_faiss_would_sample(caplog: pytest.LogCaptureF
     """Spherical centroids equal the normalised mean of ALL points assigned to them; faiss's
     default (256 points per centroid) gives visibly different ones on the same data."""
     points, _ = separated_clusters(2, 1500, 8, noise=0.5)
-    with caplog.at_level(logging.INFO, logger="affectflow.stages.cluster"):
+    with caplog.at_level(logging.INFO, logger="affectflow.stages.cluster.stage"):
         result = kmeans(points, 2, niter=25, seed=0)
     assert "would train on a sample of 512 of 3000 points" in caplog.text
     full_means = l2_normalise(np.stack([points[result.labels == j].mean(axis=0) for j in (0, 1)]))
@@ -294,7 +294,7 @@ def test_adjusted_rand_index_on_the_demo_matches_sklearn(scored: ScoredRun,
     ({"ks": [1, 3]}, "ks", "below 2"),
     ({"ks": []}, "ks", "is empty"),
     ({"visual_encoder": "resnet50"}, "visual_encoder", "no family prefix"),
-    ({"visual_encoder": "open_clip:local-dir:/no/such/dir"}, "visual_encoder", "not found"),
+    ({"visual_encoder": "open_clip:local-dir:/no/such/dir"}, "visual_encoder", "does not exist"),
     ({"ground_truth": "/no/such.csv"}, "ground_truth", "does not exist"),
     ({"visual_encoder": "open_clip:ViT-B-32"}, None, "names no pretrained weights"),
     ({"niter": 0}, "niter", "greater than or equal to 1"),

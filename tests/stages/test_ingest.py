@@ -15,8 +15,8 @@ from pydantic import ValidationError
 
 from affectflow.core.runner import StageJob, run_stage
 from affectflow.core.runs import RunStore
-from affectflow.stages.decode_pool import _POOLS, decode_pool
-from affectflow.stages.ingest import IngestParams, IngestStage
+from affectflow.stages.ingest.decode_pool import _POOLS, decode_pool
+from affectflow.stages.ingest.stage import IngestParams, IngestStage
 from tests.conftest import write_image, write_tumemo
 
 
@@ -101,7 +101,7 @@ def test_manifest_sources(tmp_path: Path, fmt: str) -> None:
     else:
         frame.to_parquet(path)
     columns = {"id": "post", "image": "file", "text": "body", "label": "emo", "split": "split"}
-    manifest, rows, rejects = ingest(tmp_path, source="manifest", path=path, columns=columns)
+    _manifest, rows, rejects = ingest(tmp_path, source="manifest", path=path, columns=columns)
     assert rows["source_id"].tolist() == ["a", "b"]
     assert rows["split"].tolist() == ["train", "test"]
     assert rows["image_format"].tolist() == ["PNG", "JPEG"]

@@ -16,17 +16,17 @@ from PIL import Image
 from pydantic import ValidationError
 
 from affectflow.core.atomic import write_parquet
+from affectflow.core.columns import column_vectors
 from affectflow.core.errors import UserError
 from affectflow.core.runner import StageJob, run_stage
 from affectflow.core.runs import RunStore
-from affectflow.models.pacl import build_visual_encoder
-from affectflow.models.pacl_train import PaclTrainConfig, PaclTrainingSet, TrainHooks
-from affectflow.models.pacl_train_checkpoint import load_model
+from affectflow.models.pacl.checkpoint import load_model
+from affectflow.models.pacl.model import build_visual_encoder
+from affectflow.models.pacl.train import PaclTrainConfig, PaclTrainingSet, TrainHooks
 from affectflow.pipelines.execution import RunRef
-from affectflow.stages import pacl_worker
-from affectflow.stages.factual import column_vectors
-from affectflow.stages.pacl import PaclStage
-from affectflow.stages.pacl_params import PaclParams
+from affectflow.stages.pacl import worker as pacl_worker
+from affectflow.stages.pacl.params import PaclParams
+from affectflow.stages.pacl.stage import PaclStage
 from tests.stages.pacl_upstream import run_upstream, settings
 
 torch.set_num_threads(1)
@@ -168,9 +168,9 @@ def test_params_are_checked_before_any_work(upstream: RunRef, tmp_path: Path) ->
         PaclParams(epoch=3)
     with pytest.raises(ValidationError, match="no family prefix"):
         PaclParams(visual_encoder="resnet50")
-    with pytest.raises(ValidationError, match="weights not found"):
+    with pytest.raises(ValidationError, match="model path does not exist"):
         PaclParams(visual_encoder=f"open_clip:local-dir:{tmp_path / 'missing'}")
-    with pytest.raises(ValidationError, match="names no weights"):
+    with pytest.raises(ValidationError, match="names no pretrained weights"):
         PaclParams(visual_encoder="open_clip:ViT-B-32")
     with pytest.raises(ValidationError, match="multiple of processes"):
         PaclParams(samples_per_partition=3, processes=2)
@@ -178,7 +178,7 @@ def test_params_are_checked_before_any_work(upstream: RunRef, tmp_path: Path) ->
         PaclParams(loss_weights={"strongest": 1.0})
     assert PaclParams(loss_weights={"weak": 0.0}).loss_weights["partial_factual"] == 0.6
     copy_run(upstream, "wrong_k")
-    with pytest.raises(UserError, match="pacl.k=5"):
+    with pytest.raises(UserError, match=r"pacl.k=5"):
         run_pacl(upstream, "wrong_k", k=5)
 
 

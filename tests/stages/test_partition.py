@@ -17,10 +17,9 @@ from pydantic import ValidationError
 from affectflow.core.errors import UserError
 from affectflow.core.runner import StageJob, run_stage
 from affectflow.core.runs import RunStore
-from affectflow.stages.ingest import IngestParams, IngestStage
-from affectflow.stages.partition import PARTITIONS, PartitionParams
-from tests.partition_data import (Settings, new_run, run_partition, sample_ids, write_artifact,
-                                  write_scores)
+from affectflow.stages.ingest.stage import IngestParams, IngestStage
+from affectflow.stages.partition.stage import PARTITIONS, PartitionParams
+from tests.partition_data import Settings, new_run, run_partition, sample_ids, write_artifact, write_scores
 
 
 def partitioned(run: RunStore) -> pd.DataFrame:

@@ -5,8 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from affectflow.stages.partition_stats import (ScoreStatistics, load_scales, save_scales,
-                                               score_of_key, sortable_keys)
+from affectflow.stages.partition.stats import ScoreStatistics, load_scales, save_scales, score_of_key, sortable_keys
 
 
 def fit(values: np.ndarray, mode: str, sigma: float, shards: int = 5) -> ScoreStatistics:

@@ -11,14 +11,17 @@ import pytest
 import torch
 from sklearn.metrics import roc_auc_score
 
+from affectflow.core.columns import column_vectors
 from affectflow.core.errors import UserError
+from affectflow.core.images import load_rgb
 from affectflow.models.anp import AnpScorer, load_anp_vocabulary
 from affectflow.models.clip import load_clip
-from affectflow.models.text_encoder import load_text_encoder, packaged_minilm_path
+from affectflow.models.specs import packaged_model_path
+from affectflow.models.text_encoder import load_text_encoder
 from affectflow.pipelines.execution import RunRef
-from affectflow.stages.batching import load_rgb
-from affectflow.stages.factual import column_vectors
 from tests.stages.helpers import demo_config, run_stages
+
+MINILM = str(packaged_model_path("all-MiniLM-L6-v2"))
 
 CHAIN = ["ingest", "factual", "emotional"]
 
@@ -63,7 +66,7 @@ def test_emotional_score_equals_minilm_on_anps_and_post(scored: RunRef, demo_dir
     rows = joined(scored).head(5)
     assert all(len(anps) == 3 for anps in rows["anps"])
     assert list(rows["anp_text"]) == [", ".join(a) for a in rows["anps"]]
-    encoder = load_text_encoder(packaged_minilm_path())
+    encoder = load_text_encoder(MINILM)
     anp = encoder.encode(list(rows["anp_text"])).numpy()
     post = encoder.encode(list(rows["text"])).numpy()
     np.testing.assert_allclose(rows["emotional_score"].to_numpy(), (anp * post).sum(1), atol=1e-5)

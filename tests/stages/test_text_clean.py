@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from affectflow.stages.text_clean import clean_post_text, expand_contractions
+from affectflow.stages.ingest.text_clean import clean_post_text, expand_contractions
 from tests.conftest import SHARED_DATA
 
 

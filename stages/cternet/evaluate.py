@@ -1,0 +1,142 @@
+"""`cternet_eval`: predict the test split with the selected CTERNet and score it.
+
+Only split == "test" rows are this stage's input. Each gets a prediction row (predicted class,
+class probabilities = softmax of the model's prediction, correct) or a reject: no label, a
+label outside the model's classes, or an image that no longer loads. `finalize` computes the
+metrics (stages/cternet/metrics.py), draws the confusion matrix and writes `report.md` with the
+paper's FI figures beside ours.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import torch
+from pydantic import Field
+
+from affectflow.core.atomic import write_text
+from affectflow.core.errors import UserError
+from affectflow.core.stage import ShardOutput, Stage, StageContext, StageParams, TableRef
+from affectflow.core.store import MAIN_TABLE, SAMPLE_ID, SOURCE_ID, StageArtifact, make_rejects
+from affectflow.models.cternet.classifier import TrainedClassifier, load_classifier
+from affectflow.models.cternet.data import eval_transform
+from affectflow.models.encoder_runtime import inference_context, intra_op_threads
+from affectflow.stages.batching import prefetched_image_batches
+from affectflow.stages.cternet.metrics import PAPER_FI_ACCURACY, binary_accuracy
+from affectflow.stages.cternet.report import CONFUSION_FIGURE, render_report
+from affectflow.stages.ingest.stage import IMAGE_PATH, LABEL, SPLIT, TEST
+from affectflow.stages.metrics import classification_metrics, draw_confusions
+from affectflow.stages.param_types import Device
+
+REPORT_FILE = "report.md"
+
+PREDICTED = "predicted"
+PROBABILITIES = "probabilities"
+CORRECT = "correct"
+SCHEMA = pa.schema([
+    (SAMPLE_ID, pa.string()),
+    (LABEL, pa.string()),
+    (PREDICTED, pa.string()),
+    (PROBABILITIES, pa.list_(pa.float32())),
+    (CORRECT, pa.bool_()),
+])
+_INGEST_COLUMNS = [SAMPLE_ID, SOURCE_ID, IMAGE_PATH, LABEL, SPLIT]
+
+
+class CTERNetEvalParams(StageParams):
+    batch_size: int = Field(64, ge=1)
+    device: Device = None
+    cpu_threads: int | None = Field(None, ge=1, description="torch CPU threads (default: torch's)")
+
+
+@dataclass
+class EvalState:
+    classifier: TrainedClassifier
+    class_index: dict[str, int]
+
+
+class CTERNetEvalStage(Stage[CTERNetEvalParams]):
+    name = "cternet_eval"
+    uses_accelerator = True
+    inputs = ("ingest", "cternet_train")
+    reads = (TableRef("ingest", tuple(_INGEST_COLUMNS)),)
+    Params = CTERNetEvalParams
+    schema = SCHEMA
+
+    def prepare(self, ctx: StageContext[CTERNetEvalParams]) -> list[int]:
+        ingest = ctx.input("ingest")
+        splits = ingest.read_all(columns=[SPLIT])[SPLIT]
+        if not pc.sum(pc.equal(splits, TEST)).as_py():
+            raise UserError("the ingest has no split == 'test' rows to evaluate",
+                            hint="give ingest.split_ratios a test share, or add split_dir/test.txt")
+        return ingest.shard_ids()
+
+    def setup(self, ctx: StageContext[CTERNetEvalParams]) -> EvalState:
+        params = ctx.params
+        classifier = load_classifier(ctx.input("cternet_train").path, params.device)
+        return EvalState(classifier, {name: i for i, name in enumerate(classifier.classes)})
+
+    def process(self, ctx: StageContext[CTERNetEvalParams], state: EvalState,
+                shard_id: int) -> ShardOutput:
+        params = ctx.params
+        table = ctx.input("ingest").read_shard(shard_id, columns=_INGEST_COLUMNS)
+        rows = [row for row in table.to_pylist() if row[SPLIT] == TEST]
+        rejects = []
+        scorable = []
+        for row in rows:
+            if row[LABEL] is None:
+                rejects.append({**row, "reason": "missing_label",
+                                "detail": "test rows need a label"})
+            elif row[LABEL] not in state.class_index:
+                rejects.append({**row, "reason": "label_not_in_classes",
+                                "detail": f"label {row['label']!r} not in the model's classes "
+                                          f"{state.classifier.classes}"})
+            else:
+                scorable.append(row)
+        kept = []
+        preprocess = eval_transform(state.classifier.model.config.input_size)
+        for batch in prefetched_image_batches([row[IMAGE_PATH] for row in scorable],
+                                              params.batch_size, preprocess, ctx.settings.workers):
+            rejects += [{**scorable[i], "reason": "image_load_failed", "detail": error}
+                        for i, error in batch.failures]
+            if batch.pixels is None:
+                continue
+            with intra_op_threads(params.cpu_threads), inference_context(state.classifier.device):
+                logits = state.classifier.model(batch.pixels.to(state.classifier.device)).logits
+            probabilities = torch.softmax(logits.float(), dim=1).cpu().numpy()
+            for i, row_probabilities in zip(batch.indices, probabilities):
+                predicted = state.classifier.classes[int(row_probabilities.argmax())]
+                kept.append({SAMPLE_ID: scorable[i][SAMPLE_ID], LABEL: scorable[i][LABEL],
+                             PREDICTED: predicted, PROBABILITIES: row_probabilities.tolist(),
+                             CORRECT: predicted == scorable[i][LABEL]})
+        return ShardOutput(rows_in=len(rows),
+                           tables={MAIN_TABLE: pa.Table.from_pylist(kept, schema=SCHEMA)},
+                           rejects=make_rejects(rejects))
+
+    def finalize(self, ctx: StageContext[CTERNetEvalParams]) -> dict[str, Any]:
+        """Metrics, confusion matrix, markdown report; the metrics also go to the manifest."""
+        training = ctx.input("cternet_train").manifest["summary"]
+        classes: list[str] = training["classes"]
+        rows = StageArtifact(ctx.output_dir).read_all(columns=[LABEL, PREDICTED])
+        if rows.num_rows == 0:
+            raise UserError("no test image could be scored, so there are no metrics",
+                            hint=f"see the reasons in {ctx.output_dir / 'rejects.parquet'}")
+        index = {name: i for i, name in enumerate(classes)}
+        true = np.array([index[name] for name in rows[LABEL].to_pylist()], dtype=np.int64)
+        predicted = np.array([index[name] for name in rows[PREDICTED].to_pylist()],
+                             dtype=np.int64)
+        metrics = classification_metrics(true, predicted, classes)
+        binary = binary_accuracy(true, predicted, classes)
+        draw_confusions(ctx.output_dir / CONFUSION_FIGURE,
+                        [(f"test: accuracy {100 * metrics.accuracy:.1f}%", metrics.confusion)],
+                        classes)
+        write_text(ctx.output_dir / REPORT_FILE, render_report(metrics, binary, training))
+        summary = {**metrics.as_dict(), "binary_accuracy": binary}
+        if binary is not None:
+            summary["paper_fi_percent"] = PAPER_FI_ACCURACY
+        summary.update(report=REPORT_FILE, figures=[CONFUSION_FIGURE])
+        return summary

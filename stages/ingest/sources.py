@@ -1,0 +1,189 @@
+"""Listing the three source layouts (TumEmo raw, manifest file, image folder) into records.
+
+Listing is cheap (no image decoding): it reads ids, labels and texts, finds duplicate ids and
+unknown labels, and assigns splits. Problems found here travel with the record and become
+rejects in the ingest stage, so every listed row is accounted for.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+from collections import defaultdict
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+
+import pandas as pd
+
+from affectflow.core.errors import UserError
+
+TUMEMO_LABELS = ("Love", "Happy", "Calm", "Bored", "Sad", "Angry", "Fear")
+TUMEMO_LABEL_FILE = "all_data_id_and_label.txt"
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
+SPLITS = ("train", "val", "test")
+
+
+@dataclass
+class SourceRecord:
+    """One listed post or image; `problem`/`detail` are set when listing already rejects it."""
+
+    source_id: str
+    image_path: str
+    text: str | None
+    label: str | None
+    split: str | None = None
+    problem: str | None = None
+    detail: str | None = None
+    # A text still to be read (TumEmo): the decode workers read it, in parallel, not the listing.
+    text_file: str | None = None
+
+
+def decode_text(data: bytes, encodings: Iterable[str]) -> str | None:
+    """First encoding that decodes the bytes strictly; None when none does."""
+    for encoding in encodings:
+        try:
+            return data.decode(encoding)
+        except UnicodeDecodeError:
+            continue
+    return None
+
+
+def read_text_file(path: Path, encodings: Iterable[str]) -> tuple[str | None, str | None, str | None]:
+    """(text, problem, detail) for a post's text file."""
+    try:
+        data = path.read_bytes()
+    except (FileNotFoundError, IsADirectoryError):
+        return None, "missing_text", str(path)
+    text = decode_text(data, encodings)
+    if text is None:
+        return None, "undecodable_text", f"{path} is not valid {' or '.join(encodings)}"
+    return text, None, None
+
+
+def list_tumemo(root: Path, image_dir: Path, text_dir: Path) -> list[SourceRecord]:
+    """TumEmo raw release: a label file (header, then `<id> <Label>`), `<id>.jpg`, `<id>.txt`
+    (read later by the decode workers, `text_file`)."""
+    label_file = root / TUMEMO_LABEL_FILE
+    if not label_file.is_file():
+        raise UserError(f"TumEmo label file not found: {label_file}",
+                        hint="ingest.path must be the folder holding all_data_id_and_label.txt")
+    records = []
+    # Plain string joins: the listing runs before any decoding starts, and a pathlib join per
+    # path made it most of ingest's serial set-up time.
+    image_root, text_root = str(image_dir), str(text_dir)
+    lines = label_file.read_text(encoding="utf-8", errors="replace").splitlines()
+    for line_no, line in enumerate(lines[1:], start=2):
+        if not line.strip():
+            continue
+        parts = line.split()
+        if len(parts) != 2:
+            records.append(SourceRecord(f"line:{line_no}", "", None, None, problem="malformed_line",
+                                        detail=f"{label_file.name}:{line_no}: {line.strip()[:80]!r}"))
+            continue
+        post_id, label = parts
+        records.append(SourceRecord(post_id, os.path.join(image_root, f"{post_id}.jpg"), None, label,
+                                    text_file=os.path.join(text_root, f"{post_id}.txt")))
+    return records
+
+
+def _read_manifest_frame(path: Path) -> pd.DataFrame:
+    suffix = path.suffix.lower()
+    if suffix == ".csv":
+        return pd.read_csv(path, dtype=str, keep_default_na=False, encoding="utf-8")
+    if suffix in {".jsonl", ".ndjson"}:
+        rows = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines()
+                if line.strip()]
+        return pd.DataFrame(rows).astype(object)
+    if suffix == ".parquet":
+        return pd.read_parquet(path).astype(object)
+    raise UserError(f"unsupported manifest format {path.suffix!r} for {path}",
+                    hint="use a .csv, .jsonl or .parquet manifest")
+
+
+def list_manifest(path: Path, columns: dict[str, str]) -> list[SourceRecord]:
+    """Manifest with id, image path (relative to the manifest's folder), text, optional label/split."""
+    frame = _read_manifest_frame(path)
+    for role in ("id", "image", "text"):
+        if columns[role] not in frame.columns:
+            raise UserError(f"manifest {path} has no column '{columns[role]}' for the {role}",
+                            hint=f"set ingest.columns.{role} to one of {list(frame.columns)}")
+
+    def cell(row: pd.Series, role: str) -> str | None:
+        name = columns.get(role)
+        if not name or name not in row.index:
+            return None
+        value = row[name]
+        return None if value is None or (isinstance(value, float) and pd.isna(value)) else str(value)
+
+    records = []
+    for _, row in frame.iterrows():
+        image = cell(row, "image") or ""
+        image_path = Path(image) if os.path.isabs(image) else path.parent / image
+        split = cell(row, "split")
+        records.append(SourceRecord(cell(row, "id") or "", str(image_path), cell(row, "text"),
+                                    cell(row, "label") or None, split=split or None))
+    return records
+
+
+def _read_split_files(split_dir: Path) -> dict[str, str]:
+    """Map `class/file` -> split from train.txt / val.txt / test.txt."""
+    assignment = {}
+    for split in SPLITS:
+        file = split_dir / f"{split}.txt"
+        if not file.is_file():
+            raise UserError(f"split file missing: {file}",
+                            hint="ingest.split_dir needs train.txt, val.txt and test.txt")
+        for line in file.read_text(encoding="utf-8").splitlines():
+            if line.strip():
+                assignment[line.strip()] = split
+    return assignment
+
+
+def list_image_folder(root: Path, split_dir: Path | None) -> list[SourceRecord]:
+    """One sub-folder per class (FI / Emotion6 style); ids are `class/file` paths."""
+    splits = _read_split_files(split_dir) if split_dir else {}
+    records = []
+    for class_dir in sorted(p for p in root.iterdir() if p.is_dir()):
+        for file in sorted(class_dir.iterdir()):
+            if file.suffix.lower() not in IMAGE_SUFFIXES:
+                continue
+            source_id = f"{class_dir.name}/{file.name}"
+            records.append(SourceRecord(source_id, str(file), None, class_dir.name,
+                                        split=splits.get(source_id)))
+    return records
+
+
+def assign_splits(records: list[SourceRecord], ratios: tuple[float, float, float],
+                  seed: int) -> None:
+    """Seeded stratified train/val/test split for records without one (per label, in order)."""
+    by_label: dict[str | None, list[SourceRecord]] = defaultdict(list)
+    for record in records:
+        if record.split is None and record.problem is None:
+            by_label[record.label].append(record)
+    rng = random.Random(seed)
+    for label in sorted(by_label, key=lambda value: (value is None, str(value))):
+        group = sorted(by_label[label], key=lambda record: record.source_id)
+        rng.shuffle(group)
+        n_train = round(len(group) * ratios[0])
+        n_val = round(len(group) * ratios[1])
+        for index, record in enumerate(group):
+            record.split = "train" if index < n_train else "val" if index < n_train + n_val else "test"
+
+
+def mark_duplicates_and_labels(records: list[SourceRecord], allowed: set[str] | None) -> None:
+    """Reject repeated ids (the first occurrence is kept), unknown labels and unknown splits."""
+    seen: set[str] = set()
+    for record in records:
+        if record.problem:
+            continue
+        if record.source_id in seen:
+            record.problem, record.detail = "duplicate_id", f"id {record.source_id!r} seen before"
+            continue
+        seen.add(record.source_id)
+        if allowed is not None and record.label is not None and record.label not in allowed:
+            record.problem = "unknown_label"
+            record.detail = f"label {record.label!r} not in {sorted(allowed)}"
+        elif record.split is not None and record.split not in SPLITS:
+            record.problem, record.detail = "unknown_split", f"split {record.split!r}"

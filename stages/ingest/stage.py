@@ -1,0 +1,219 @@
+"""`ingest`: list a dataset, validate every image and text once, write the clean sample table.
+
+Output rows are keyed by a stable 128-bit `sample_id` (dataset name + source id). Every listed
+row ends up either in the output or in `rejects.parquet` with a reason.
+"""
+
+from __future__ import annotations
+
+import os
+from concurrent.futures import BrokenExecutor
+from pathlib import Path
+from typing import Any, Literal
+
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+from pydantic import Field, field_validator, model_validator
+
+from affectflow.core.atomic import write_parquet
+from affectflow.core.hashing import hash_value, tree_fingerprint
+from affectflow.core.stage import ShardOutput, Stage, StageContext, StageParams
+from affectflow.core.store import MAIN_TABLE, SAMPLE_ID, SOURCE_ID, StageArtifact, make_rejects
+from affectflow.stages.ingest.decode_pool import decode_pool, discard_pool
+from affectflow.stages.ingest.sources import (
+    SPLITS,
+    TUMEMO_LABELS,
+    SourceRecord,
+    assign_splits,
+    list_image_folder,
+    list_manifest,
+    list_tumemo,
+    mark_duplicates_and_labels,
+)
+from affectflow.stages.ingest.validate import RowRules, validate_rows
+
+# What the stage writes; later stages name these columns through the constants.
+IMAGE_PATH = "image_path"
+TEXT_RAW = "text_raw"
+TEXT = "text"
+LABEL = "label"
+LABEL_ID = "label_id"
+SPLIT = "split"
+IMAGE_SHA256 = "image_sha256"
+TRAIN, VAL, TEST = SPLITS
+TEXT_COLUMNS = (TEXT, TEXT_RAW)
+"""The post text as cleaned by ingest, or as the post had it (for scorers with a normaliser)."""
+
+SCHEMA = pa.schema([
+    (SAMPLE_ID, pa.string()),
+    (SOURCE_ID, pa.string()),
+    ("dataset", pa.string()),
+    (IMAGE_PATH, pa.string()),
+    (TEXT_RAW, pa.string()),
+    (TEXT, pa.string()),
+    (LABEL, pa.string()),
+    (LABEL_ID, pa.int32()),
+    (SPLIT, pa.string()),
+    ("width", pa.int32()),
+    ("height", pa.int32()),
+    ("image_format", pa.string()),
+    (IMAGE_SHA256, pa.string()),
+])
+
+# Rows per decode task: enough to amortise sending the task to a worker process.
+DECODE_BATCH = 16
+
+LISTING_SCHEMA = pa.schema([
+    ("source_id", pa.string()), ("image_path", pa.string()), ("text", pa.string()),
+    ("label", pa.string()), ("split", pa.string()), ("problem", pa.string()),
+    ("detail", pa.string()), ("text_file", pa.string()),
+])
+
+
+class IngestParams(StageParams):
+    """Where the data is and how strictly to validate it."""
+
+    source: Literal["tumemo", "manifest", "image_folder"]
+    path: Path = Field(description="TumEmo folder, manifest file, or image-folder root")
+    dataset_name: str = Field("", description="name mixed into sample ids; default: folder name")
+    image_dir: Path | None = Field(None, description="TumEmo images folder (default: path)")
+    text_dir: Path | None = Field(None, description="TumEmo texts folder (default: path)")
+    split_dir: Path | None = Field(None, description="image_folder: train/val/test.txt folder")
+    columns: dict[str, str] = Field(
+        default_factory=lambda: {"id": "id", "image": "image", "text": "text",
+                                 "label": "label", "split": "split"})
+    labels: list[str] | None = Field(None, description="allowed labels (default per source)")
+    text_encodings: list[str] = Field(default_factory=lambda: ["utf-8", "iso-8859-1"])
+    require_text: bool | None = Field(None, description="default: true except for image_folder")
+    hashtags: Literal["strip_sign", "drop"] = "strip_sign"
+    expand_contractions: bool = True
+    min_image_side: int = Field(32, ge=1)
+    max_image_pixels: int = Field(89_478_485, ge=1)
+    split_ratios: tuple[float, float, float] = (0.8, 0.1, 0.1)
+    split_seed: int = 0
+    shard_size: int = Field(256, ge=1)
+
+    @field_validator("path")
+    @classmethod
+    def _path_exists(cls, value: Path) -> Path:
+        if not value.exists():
+            raise ValueError(f"path does not exist: {value} (create the dataset, e.g. "
+                             f"`affectflow demo-data DIR`, or point ingest.path at it)")
+        return value
+
+    @field_validator("text_encodings")
+    @classmethod
+    def _known_encodings(cls, value: list[str]) -> list[str]:
+        import codecs
+        for name in value:
+            try:
+                codecs.lookup(name)
+            except LookupError:
+                raise ValueError(f"unknown text encoding {name!r} (use e.g. utf-8, "
+                                 "iso-8859-1)") from None
+        return value
+
+    @model_validator(mode="after")
+    def _ratios_sum_to_one(self) -> IngestParams:
+        if abs(sum(self.split_ratios) - 1.0) > 1e-6 or min(self.split_ratios) < 0:
+            raise ValueError(f"split_ratios {self.split_ratios} must be >= 0 and sum to 1")
+        return self
+
+    @property
+    def name(self) -> str:
+        return self.dataset_name or self.path.resolve().name
+
+    @property
+    def needs_text(self) -> bool:
+        return self.require_text if self.require_text is not None else self.source != "image_folder"
+
+    def allowed_labels(self, records: list[SourceRecord]) -> list[str] | None:
+        if self.labels is not None:
+            return self.labels
+        if self.source == "tumemo":
+            return list(TUMEMO_LABELS)
+        if self.source == "image_folder":
+            return sorted({r.label for r in records if r.label is not None})
+        return None
+
+
+def _value_counts(column: pa.ChunkedArray) -> dict[str, int]:
+    """Counts per non-null value, most frequent first (the order `inspect` shows)."""
+    counts = sorted(pc.value_counts(pc.drop_null(column)).to_pylist(), key=lambda row: -row["counts"])
+    return {str(row["values"]): int(row["counts"]) for row in counts}
+
+
+def list_source(params: IngestParams) -> list[SourceRecord]:
+    if params.source == "tumemo":
+        records = list_tumemo(params.path, params.image_dir or params.path,
+                              params.text_dir or params.path)
+    elif params.source == "manifest":
+        records = list_manifest(params.path, params.columns)
+    else:
+        records = list_image_folder(params.path, params.split_dir)
+    allowed = params.allowed_labels(records)
+    mark_duplicates_and_labels(records, set(allowed) if allowed is not None else None)
+    assign_splits(records, params.split_ratios, params.split_seed)
+    return records
+
+
+class IngestStage(Stage[IngestParams]):
+    name = "ingest"
+    inputs = ()
+    Params = IngestParams
+    schema = SCHEMA
+    shard_parallel = True
+
+    def source_fingerprint(self, params: IngestParams, settings: Any) -> str:
+        roots = [params.path] + [p for p in (params.image_dir, params.text_dir, params.split_dir) if p]
+        return hash_value([tree_fingerprint(root) for root in roots])
+
+    def prepare(self, ctx: StageContext[IngestParams]) -> list[int]:
+        params = ctx.params
+        records = list_source(params)
+        labels = params.allowed_labels(records)
+        ctx.work_dir.mkdir(parents=True, exist_ok=True)
+        (ctx.work_dir / "labels.txt").write_text("\n".join(labels or []) + "\n")
+        shard_ids = []
+        for shard_id, start in enumerate(range(0, max(len(records), 1), params.shard_size)):
+            chunk = records[start:start + params.shard_size]
+            table = pa.Table.from_pylist([vars(r) for r in chunk], schema=LISTING_SCHEMA)
+            write_parquet(ctx.work_dir / f"listing-{shard_id:05d}.parquet", table)
+            shard_ids.append(shard_id)
+        return shard_ids
+
+    def process(self, ctx: StageContext[IngestParams], state: None, shard_id: int) -> ShardOutput:
+        params = ctx.params
+        listing = pq.read_table(ctx.work_dir / f"listing-{shard_id:05d}.parquet").to_pylist()
+        label_names = [name for name in (ctx.work_dir / "labels.txt").read_text().splitlines()
+                       if name]
+        rules = RowRules(dataset=params.name, needs_text=params.needs_text,
+                         text_encodings=tuple(params.text_encodings),
+                         hashtags=params.hashtags, expand_contractions=params.expand_contractions,
+                         min_image_side=params.min_image_side,
+                         max_image_pixels=params.max_image_pixels,
+                         label_ids={name: index for index, name in enumerate(label_names)},
+                         base_dir=os.getcwd())
+        workers = ctx.settings.workers
+        pool = decode_pool(workers)
+        try:  # submitting to a pool whose worker died raises at once, like collecting does
+            futures = [pool.submit(validate_rows, listing[start:start + DECODE_BATCH], rules)
+                       for start in range(0, len(listing), DECODE_BATCH)]
+            results = [pair for future in futures for pair in future.result()]
+        except BrokenExecutor:
+            discard_pool(workers, pool)
+            raise RuntimeError(f"ingest shard {shard_id}: a decode worker process died (killed, or "
+                               "a decoder crashed on one of the shard's images); rerun the stage "
+                               "to retry with fresh workers") from None
+        kept = [good for good, _ in results if good is not None]
+        rejected = [bad for _, bad in results if bad is not None]
+        return ShardOutput(rows_in=len(listing),
+                           tables={MAIN_TABLE: pa.Table.from_pylist(kept, schema=SCHEMA)},
+                           rejects=make_rejects(rejected))
+
+    def finalize(self, ctx: StageContext[IngestParams]) -> dict[str, Any]:
+        """Counts per split and per label, for `inspect` and the run summary."""
+        table = StageArtifact(ctx.output_dir).read_all(columns=[SPLIT, LABEL])
+        return {"splits": _value_counts(table[SPLIT]),
+                "labels": _value_counts(pc.fill_null(table[LABEL], "<none>"))}

@@ -1,0 +1,1 @@
+"""Knowledge family (KCDP): captions, triplets and knowledge text, and their views."""

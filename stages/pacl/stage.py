@@ -1,0 +1,231 @@
+"""`pacl`: partitioned adaptive contrastive pretraining of a visual encoder (PACL stage 3).
+
+Shards join, per sample, the partition, the factual/emotional cluster ids (column pair
+`factual_k{k}` / `emotional_k{k}`) and the frozen text features, and check that training
+images still decode; a sample missing any of them becomes a reject with a reason. Training
+needs every shard, so it runs in `finalize`: the training set is written as a job folder in
+the stage's private work area and trained in this process or under torchrun. Checkpoints live
+there too, so rerunning an interrupted stage (same fingerprint) resumes where it stopped.
+
+Outputs: `model.pt` (both towers), `initial_model.pt` (the same architecture before any step:
+the "before PACL" encoder), `backbone.pt` (the visual tower alone), the `history` table (one
+row per optimiser step), `loss_curve.png`, and the summary in the manifest.
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import torch
+
+from affectflow.core.columns import column_vectors
+from affectflow.core.errors import UserError
+from affectflow.core.hashing import hash_value
+from affectflow.core.stage import ShardOutput, Stage, StageContext, TableRef
+from affectflow.core.store import MAIN_TABLE, SAMPLE_ID, SOURCE_ID, StageArtifact, make_rejects
+from affectflow.models.checkpoints import load_torch
+from affectflow.models.pacl.checkpoint import INITIAL_FILE
+from affectflow.models.pacl.losses import ALL_PARTITIONS
+from affectflow.models.pacl.train import PaclTrainingSet
+from affectflow.models.specs import weights_fingerprint
+from affectflow.stages.batching import prefetched_image_batches
+from affectflow.stages.cluster.stage import label_column
+from affectflow.stages.emotional import TEXT_FEATURE, TEXT_FEATURES, EmotionalParams
+from affectflow.stages.ingest.stage import IMAGE_PATH, SPLIT, TRAIN
+from affectflow.stages.pacl import outputs, worker
+from affectflow.stages.pacl.outputs import HISTORY, HISTORY_SCHEMA, LOSS_CURVE_FILE
+from affectflow.stages.pacl.params import PaclParams
+from affectflow.stages.partition.stage import PARTITION
+
+PARTITION_IDS = {part.key: int(part) for part in ALL_PARTITIONS}
+JOB_DIR = "training"
+# Settings of the emotional stage's text encoder that zero-shot prompts must be encoded with.
+TEXT_ENCODER_KEYS = ("text_encoder", "pooling", "normalize_tweets", "max_length")
+FACTUAL_CLUSTER = "factual_cluster"
+EMOTIONAL_CLUSTER = "emotional_cluster"
+_INGEST_COLUMNS = [SAMPLE_ID, SOURCE_ID, IMAGE_PATH, SPLIT]
+
+SCHEMA = pa.schema([
+    (SAMPLE_ID, pa.string()),
+    (SPLIT, pa.string()),
+    (PARTITION, pa.string()),
+    (FACTUAL_CLUSTER, pa.int32()),
+    (EMOTIONAL_CLUSTER, pa.int32()),
+])
+
+
+def _decoded(image: Any) -> torch.Tensor:
+    """Preprocess for the image check: decoding is the check, the pixels are not kept."""
+    return torch.ones(1)
+
+
+def _rows_by_id(artifact: StageArtifact, shard_id: int, columns: list[str],
+                table: str = MAIN_TABLE) -> dict[str, dict[str, Any]]:
+    """One input shard keyed by sample_id (empty when the input has no such shard)."""
+    if not artifact.shard_path(shard_id, table).is_file():
+        return {}
+    rows = artifact.read_shard(shard_id, columns, table=table)
+    return {row[SAMPLE_ID]: row for row in rows.to_pylist()}
+
+
+class PaclStage(Stage[PaclParams]):
+    name = "pacl"
+    inputs = ("ingest", "emotional", "partition", "cluster")
+    reads = (TableRef("ingest", tuple(_INGEST_COLUMNS)),
+             TableRef("emotional", (SAMPLE_ID, TEXT_FEATURE), TEXT_FEATURES),
+             TableRef("partition", (SAMPLE_ID, PARTITION)))
+    Params = PaclParams
+    schema = SCHEMA
+    side_schemas: ClassVar[dict[str, pa.Schema]] = {HISTORY: HISTORY_SCHEMA}
+
+    def check_config(self, params: PaclParams, sections: dict[str, Any]) -> None:
+        cluster = sections.get("cluster")
+        if cluster is not None and params.k not in cluster.ks:
+            raise ValueError(f"pacl.k is {params.k} but cluster.ks is {cluster.ks}: PACL reads "
+                             f"the pseudo-labels of one clustered K; set pacl.k to one of "
+                             f"{cluster.ks} or add {params.k} to cluster.ks")
+
+    def source_fingerprint(self, params: PaclParams, settings: Any) -> str:
+        """The local weights behind the visual encoder spec, if any: rewriting them retrains."""
+        return hash_value([params.visual_encoder,
+                           weights_fingerprint("visual", params.visual_encoder)])
+
+    def prepare(self, ctx: StageContext[PaclParams]) -> list[int]:
+        params = ctx.params
+        ks = ctx.input("cluster").manifest["params"]["ks"]
+        if params.k not in ks:
+            raise UserError(f"pacl.k={params.k} but this run's cluster stage clustered K in {ks}",
+                            hint=f"set pacl.k to one of {ks} or add {params.k} to cluster.ks")
+        return ctx.input("ingest").shard_ids()
+
+    def process(self, ctx: StageContext[PaclParams], state: None, shard_id: int) -> ShardOutput:
+        params = ctx.params
+        rows = ctx.input("ingest").read_shard(shard_id, _INGEST_COLUMNS).to_pylist()
+        factual, emotional = label_column("factual", params.k), label_column("emotional", params.k)
+        partitions = _rows_by_id(ctx.input("partition"), shard_id, [SAMPLE_ID, PARTITION])
+        clusters = _rows_by_id(ctx.input("cluster"), shard_id, [SAMPLE_ID, factual, emotional])
+        features = _finite_features(ctx.input("emotional"), shard_id)
+        kept, rejected = [], []
+        for row in rows:
+            problem = _missing_input(row[SAMPLE_ID], partitions, clusters, features,
+                                     factual, emotional)
+            if problem is not None:
+                rejected.append({**row, "reason": problem[0], "detail": problem[1]})
+            else:
+                kept.append(row)
+        kept, broken = self._check_images(ctx, kept)
+        rejected += broken
+        main = pa.table({
+            SAMPLE_ID: [row[SAMPLE_ID] for row in kept],
+            SPLIT: [row[SPLIT] for row in kept],
+            PARTITION: [partitions[row[SAMPLE_ID]][PARTITION] for row in kept],
+            FACTUAL_CLUSTER: pa.array([clusters[row[SAMPLE_ID]][factual] for row in kept],
+                                      pa.int32()),
+            EMOTIONAL_CLUSTER: pa.array([clusters[row[SAMPLE_ID]][emotional] for row in kept],
+                                        pa.int32()),
+        }, schema=SCHEMA)
+        return ShardOutput(rows_in=len(rows), tables={MAIN_TABLE: main},
+                           rejects=make_rejects(rejected))
+
+    def _check_images(self, ctx: StageContext[PaclParams], rows: list[dict[str, Any]]
+                      ) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+        """Decode every training image once, so a broken file is a reject, not a crash later."""
+        train = [row for row in rows if row[SPLIT] == TRAIN]
+        failed: dict[str, str] = {}
+        for batch in prefetched_image_batches([row[IMAGE_PATH] for row in train], 64, _decoded,
+                                              ctx.settings.workers):
+            failed.update({train[index][SAMPLE_ID]: error for index, error in batch.failures})
+        kept = [row for row in rows if row[SAMPLE_ID] not in failed]
+        rejects = [{**row, "reason": "image_load_failed", "detail": failed[row[SAMPLE_ID]]}
+                   for row in rows if row[SAMPLE_ID] in failed]
+        return kept, rejects
+
+    def finalize(self, ctx: StageContext[PaclParams]) -> dict[str, Any]:
+        """Train on the split == "train" rows, then write models, history and the loss curve."""
+        params = ctx.params
+        image_paths, training, counts = self._training_set(ctx)
+        job = worker.write_job(ctx.work_dir / JOB_DIR, params.train_config(), image_paths,
+                               training, ctx.settings.workers, params.device, params.cpu_threads)
+        final = worker.launch(job.folder, params.processes, nodes=params)
+        initial = load_torch(job.checkpoints / INITIAL_FILE)
+        emotional = EmotionalParams.model_construct(**ctx.input("emotional").manifest["params"])
+        text_encoder = {key: getattr(emotional, key) for key in TEXT_ENCODER_KEYS}
+        outputs.write_models(ctx.output_dir, final, initial, {"text_encoder": text_encoder})
+        outputs.write_history(ctx.output_dir, final["history"])
+        outputs.draw_loss_curve(ctx.output_dir / LOSS_CURVE_FILE, final["history"],
+                                final["epoch_steps"])
+        summary = outputs.training_summary(final["history"], final["epoch_steps"], counts,
+                                           final["resumed_at_step"])
+        return {**summary, "text_encoder": text_encoder, "model": final["config"]}
+
+    def _training_set(self, ctx: StageContext[PaclParams]
+                      ) -> tuple[list[str], PaclTrainingSet, dict[str, int]]:
+        """Image paths, text features and labels of the training rows, ordered by sample_id."""
+        rows = StageArtifact(ctx.output_dir).read_all()
+        rows = rows.filter(pc.equal(rows[SPLIT], TRAIN)).sort_by(SAMPLE_ID)
+        if rows.num_rows == 0:
+            raise UserError("pacl has no training rows (split == 'train')",
+                            hint="check the ingest split ratios and the pacl rejects")
+        ids = rows[SAMPLE_ID].to_pylist()
+        position = {sample_id: index for index, sample_id in enumerate(ids)}
+        paths: list[str | None] = [None] * len(ids)
+        for _, shard in ctx.input("ingest").iter_shards([SAMPLE_ID, IMAGE_PATH]):
+            for sample_id, path in zip(shard[SAMPLE_ID].to_pylist(), shard[IMAGE_PATH].to_pylist()):
+                if sample_id in position:
+                    paths[position[sample_id]] = path
+        features: np.ndarray | None = None
+        for _, shard in ctx.input("emotional").iter_shards([SAMPLE_ID, TEXT_FEATURE],
+                                                           table=TEXT_FEATURES):
+            vectors = column_vectors(shard[TEXT_FEATURE])
+            if features is None:
+                features = np.zeros((len(ids), vectors.shape[1]), np.float32)
+            for sample_id, vector in zip(shard[SAMPLE_ID].to_pylist(), vectors):
+                if sample_id in position:
+                    features[position[sample_id]] = vector
+        if features is None:
+            raise UserError("the emotional stage has no text_features table",
+                            hint="rerun the emotional stage of this run")
+        partition = [PARTITION_IDS[name] for name in rows[PARTITION].to_pylist()]
+        training = PaclTrainingSet(torch.from_numpy(features), torch.tensor(partition),
+                                   torch.tensor(rows[FACTUAL_CLUSTER].to_numpy()),
+                                   torch.tensor(rows[EMOTIONAL_CLUSTER].to_numpy()))
+        counts = {part.key: int(sum(1 for value in partition if value == int(part)))
+                  for part in ALL_PARTITIONS}
+        if counts["strong"] == 0:
+            raise UserError("no strong-partition training samples: the first third of PACL "
+                            "trains L1 on them alone",
+                            hint="lower the partition thresholds (factual_sigma/emotional_sigma) "
+                                 "or add data")
+        return [str(path) for path in paths], training, counts
+
+
+def _finite_features(emotional: StageArtifact, shard_id: int) -> dict[str, bool]:
+    """Whether each sample's text feature is finite, for the samples that have one."""
+    if not emotional.shard_path(shard_id, TEXT_FEATURES).is_file():
+        return {}
+    table = emotional.read_shard(shard_id, [SAMPLE_ID, TEXT_FEATURE], table=TEXT_FEATURES)
+    finite = np.isfinite(column_vectors(table[TEXT_FEATURE])).all(axis=1)
+    return dict(zip(table[SAMPLE_ID].to_pylist(), finite.tolist()))
+
+
+def _missing_input(sample_id: str, partitions: dict[str, dict[str, Any]],
+                   clusters: dict[str, dict[str, Any]], features: dict[str, bool],
+                   factual: str, emotional: str) -> tuple[str, str] | None:
+    """(reason, detail) when an upstream stage has no usable value for the sample."""
+    partition = partitions.get(sample_id)
+    if partition is None:
+        return "no_partition", "rejected by or missing from the partition stage"
+    if partition[PARTITION] not in PARTITION_IDS:
+        return "unknown_partition", f"partition {partition[PARTITION]!r}"
+    cluster = clusters.get(sample_id)
+    if cluster is None or cluster[factual] is None or cluster[emotional] is None:
+        return "no_cluster", f"no {factual}/{emotional} in the cluster stage"
+    finite = features.get(sample_id)
+    if finite is None:
+        return "no_text_feature", "no text feature in the emotional stage"
+    if not finite:
+        return "bad_text_feature", "text feature has NaN or infinite values"
+    return None
