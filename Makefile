@@ -23,6 +23,7 @@ demo: $(STAMP)
 	$(AFFECTFLOW) run cternet --config configs/cternet_demo.yaml
 
 test: $(STAMP)
+	$(VENV)/bin/ruff check .
 	$(VENV)/bin/python -m pytest -q
 
 bench: $(STAMP)

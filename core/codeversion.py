@@ -92,7 +92,8 @@ def _is_project(name: str) -> bool:
 @cache
 def _direct_imports(module: str) -> tuple[frozenset[str], frozenset[str]]:
     """(project modules, third-party top-level names) that `module` imports."""
-    project, external = set(), set()
+    project: set[str] = set()
+    external: set[str] = set()
     for name in _imported_names(module, read_source(module)):
         if _is_project(name):
             project.update(parent for parent in _with_parents(name) if _is_module(parent))
@@ -118,7 +119,7 @@ def import_closure(module: str) -> tuple[str, ...]:
 
 @lru_cache(maxsize=1)
 def _distributions() -> dict[str, list[str]]:
-    return importlib.metadata.packages_distributions()
+    return dict(importlib.metadata.packages_distributions())
 
 
 def library_versions(modules: tuple[str, ...]) -> dict[str, str]:

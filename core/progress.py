@@ -6,7 +6,7 @@ import logging
 import threading
 import time
 
-logger = logging.getLogger("affectflow.progress")
+logger = logging.getLogger(__name__)
 
 
 def format_seconds(seconds: float) -> str:

@@ -30,7 +30,7 @@ from affectflow.core.runs import RunStore, iso_utc, utc_now
 from affectflow.core.stage import ShardOutput, Stage, StageContext, StageParams
 from affectflow.core.store import MAIN_TABLE, MANIFEST, PLAN_DIR, REJECTS, REJECTS_SCHEMA, SHARD_WORK_DIR, StageArtifact
 
-logger = logging.getLogger("affectflow.runner")
+logger = logging.getLogger(__name__)
 
 # Shards of a shard-parallel stage that `run_stage` works on at once: while one shard's results
 # are gathered and written, the next one's work already keeps the stage's workers (ingest's decode

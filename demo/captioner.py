@@ -25,7 +25,7 @@ from transformers import BertTokenizer, BlipConfig, BlipForConditionalGeneration
 from affectflow.core.images import load_rgb
 from affectflow.demo.models import read_caption_pairs
 
-logger = logging.getLogger("affectflow.demo.captioner")
+logger = logging.getLogger(__name__)
 
 SPECIAL_TOKENS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
 IMAGE_SIZE = 32

@@ -14,7 +14,7 @@ from open_clip.loss import ClipLoss
 
 from affectflow.models.clip import ClipBundle
 
-logger = logging.getLogger("affectflow.demo.clip_training")
+logger = logging.getLogger(__name__)
 
 
 def train_clip(bundle: ClipBundle, pixels: torch.Tensor, texts: Sequence[str], epochs: int,

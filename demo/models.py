@@ -19,7 +19,7 @@ from affectflow.core.images import load_rgb
 from affectflow.demo.clip_training import train_clip
 from affectflow.models.clip import load_clip, save_clip, tiny_clip_config
 
-logger = logging.getLogger("affectflow.demo.models")
+logger = logging.getLogger(__name__)
 
 DEMO_CLIP_CONFIG = {"embed_dim": 64, "image_size": 64, "patch_size": 8, "width": 96, "layers": 3,
                     "heads": 4, "context_length": 32}

@@ -30,7 +30,7 @@ from affectflow.core.atomic import atomic_path
 from affectflow.core.hashing import hash_value
 from affectflow.models.clip import ClipBundle, encode_texts, text_tower_fingerprint
 
-logger = logging.getLogger("affectflow.models.anp")
+logger = logging.getLogger(__name__)
 
 PACKAGED_VOCABULARY = "data/mvso_english_anps.txt"
 DEFAULT_TEMPLATES: tuple[str, ...] = ("a photo of {}.",)

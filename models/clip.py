@@ -33,7 +33,7 @@ from affectflow.core.atomic import atomic_path, write_json
 from affectflow.models.encoder_runtime import inference_context, resolve_device
 from affectflow.models.specs import LOCAL_DIR, parse_clip_spec
 
-logger = logging.getLogger("affectflow.models.clip")
+logger = logging.getLogger(__name__)
 
 CONFIG_FILENAME = "open_clip_config.json"
 WEIGHTS_FILENAME = "open_clip_model.safetensors"

@@ -11,7 +11,7 @@ import logging
 
 from affectflow.core.runs import RunStore
 
-logger = logging.getLogger("affectflow.publish")
+logger = logging.getLogger(__name__)
 
 TABLE_KEY = "partition-shares"
 MARKDOWN_KEY = "partition-summary"

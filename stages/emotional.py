@@ -28,12 +28,12 @@ from affectflow.core.stage import ShardOutput, Stage, StageContext, StageParams,
 from affectflow.core.store import MAIN_TABLE, SAMPLE_ID, SOURCE_ID, StageArtifact, make_rejects
 from affectflow.models.anp import AnpScorer, load_anp_vocabulary
 from affectflow.models.clip import ClipBundle, encode_images, load_clip
-from affectflow.models.specs import check_spec, models_fingerprint, resolve_transformers_spec
+from affectflow.models.specs import models_fingerprint, resolve_transformers_spec
 from affectflow.models.text_encoder import TextEncoder, load_text_encoder
 from affectflow.stages.batching import prefetched_image_batches
 from affectflow.stages.factual import EMBEDDINGS, IMAGE_EMBEDDING
 from affectflow.stages.ingest.stage import IMAGE_PATH, TEXT, TEXT_RAW
-from affectflow.stages.param_types import Device
+from affectflow.stages.param_types import ClipModel, Device, TransformersModel
 
 EMOTIONAL_SCORE = "emotional_score"
 ANPS = "anps"
@@ -44,12 +44,14 @@ TEXT_FEATURE = "text_feature"
 
 
 class EmotionalParams(StageParams):
-    clip: str = Field("ViT-B-32:laion2b_s34b_b79k", description="CLIP for zero-shot ANP detection")
+    clip: ClipModel = Field("ViT-B-32:laion2b_s34b_b79k",
+                            description="CLIP for zero-shot ANP detection")
     anp_vocabulary: Path | None = Field(None, description="adjective_noun per line; default MVSO English")
     anp_templates: list[str] = Field(default_factory=lambda: ["a photo of {}."], min_length=1)
     top_k: int = Field(3, ge=1, le=20)
     anp_score: Literal["cosine", "softmax"] = "cosine"
-    text_encoder: str = Field("vinai/bertweet-base", description="hub id or local folder")
+    text_encoder: TransformersModel = Field("vinai/bertweet-base",
+                                            description="hub id or local folder")
     pooling: Literal["mean", "cls"] = "mean"
     normalize_tweets: bool | None = Field(None, description="default: on for BERTweet")
     max_length: int | None = Field(None, ge=2)
@@ -59,16 +61,6 @@ class EmotionalParams(StageParams):
     batch_size: int = Field(64, ge=1)
     device: Device = None
     seed: int = 0
-
-    @field_validator("clip")
-    @classmethod
-    def _local_clip_exists(cls, value: str) -> str:
-        return check_spec("clip", value)
-
-    @field_validator("text_encoder")
-    @classmethod
-    def _local_text_encoder_exists(cls, value: str) -> str:
-        return check_spec("transformers", value)
 
     @field_validator("anp_vocabulary")
     @classmethod

@@ -12,16 +12,16 @@ from typing import Any, ClassVar, Literal
 import numpy as np
 import pyarrow as pa
 import torch
-from pydantic import Field, field_validator
+from pydantic import Field
 
 from affectflow.core.columns import vector_column
 from affectflow.core.stage import ShardOutput, Stage, StageContext, StageParams, TableRef
 from affectflow.core.store import MAIN_TABLE, SAMPLE_ID, SOURCE_ID, StageArtifact, make_rejects
 from affectflow.models.clip import ClipBundle, encode_images, encode_texts, load_clip
-from affectflow.models.specs import check_spec, models_fingerprint
+from affectflow.models.specs import models_fingerprint
 from affectflow.stages.batching import prefetched_image_batches
 from affectflow.stages.ingest.stage import IMAGE_PATH, TEXT, TEXT_RAW
-from affectflow.stages.param_types import Device
+from affectflow.stages.param_types import ClipModel, Device
 
 FACTUAL_SCORE = "factual_score"
 TEXT_TRUNCATED = "text_truncated"
@@ -31,18 +31,13 @@ TEXT_EMBEDDING = "text_embedding"
 
 
 class FactualParams(StageParams):
-    clip: str = Field("ViT-B-32:laion2b_s34b_b79k",
+    clip: ClipModel = Field("ViT-B-32:laion2b_s34b_b79k",
                       description="open_clip arch[:tag|:checkpoint] or a saved model folder")
     text_column: Literal["text", "text_raw"] = Field(
         TEXT, description="ingest's cleaned post text, or the raw post")
     batch_size: int = Field(64, ge=1)
     device: Device = None
     seed: int = Field(0, description="seeds random-init specs so runs are reproducible")
-
-    @field_validator("clip")
-    @classmethod
-    def _local_model_exists(cls, value: str) -> str:
-        return check_spec("clip", value)
 
 
 @dataclass

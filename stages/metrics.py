@@ -11,15 +11,12 @@ bar.
 
 from __future__ import annotations
 
-import io
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-from matplotlib.backends.backend_agg import FigureCanvasAgg
-from matplotlib.figure import Figure
 from sklearn.metrics import (
     ConfusionMatrixDisplay,
     accuracy_score,
@@ -28,7 +25,7 @@ from sklearn.metrics import (
     precision_recall_fscore_support,
 )
 
-from affectflow.core.atomic import write_bytes
+from affectflow.stages.pictures import new_figure, save_png
 
 
 @dataclass(frozen=True)
@@ -79,8 +76,7 @@ def draw_confusions(path: Path, panels: Sequence[tuple[str, Sequence[Sequence[in
     """One PNG with a confusion matrix per (title, matrix) panel side by side, sharing one
     colour scale (share of the true class) and its colour bar."""
     size = 1.6 + 0.55 * len(classes)
-    figure = Figure(figsize=(size * len(panels) + 1.4, size + 0.4))
-    FigureCanvasAgg(figure)
+    figure = new_figure(figsize=(size * len(panels) + 1.4, size + 0.4))
     axes = figure.subplots(1, len(panels), squeeze=False)[0]
     image = None
     for axis, (title, confusion) in zip(axes, panels):
@@ -97,7 +93,6 @@ def draw_confusions(path: Path, panels: Sequence[tuple[str, Sequence[Sequence[in
         axis.set_xlabel("predicted")
         axis.set_ylabel("true")
         image = display.im_
+    assert image is not None, "draw_confusions needs at least one panel"
     figure.colorbar(image, ax=list(axes), label="share of the true class", shrink=0.8)
-    buffer = io.BytesIO()
-    figure.savefig(buffer, format="png", dpi=100, bbox_inches="tight")
-    write_bytes(path, buffer.getvalue())
+    save_png(figure, path, dpi=100, tight=True)

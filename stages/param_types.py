@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+from functools import partial
 from pathlib import Path
 from typing import Annotated
 
 from pydantic import AfterValidator, Field
 
 from affectflow.models.encoder_runtime import resolve_device
+from affectflow.models.specs import check_spec
 
 
 def _device_available(value: str | None) -> str | None:
@@ -24,5 +26,11 @@ def _ground_truth_exists(value: Path | None) -> Path | None:
 
 Device = Annotated[str | None, AfterValidator(_device_available),
                    Field(description="cpu, cuda, cuda:N; default: the GPU when present")]
+ClipModel = Annotated[str, AfterValidator(partial(check_spec, "clip"))]
+"""An open_clip CLIP spec (models/specs.py); a local folder or checkpoint it names must exist."""
+TransformersModel = Annotated[str, AfterValidator(partial(check_spec, "transformers"))]
+"""A transformers model: hub id, saved folder or `packaged:<name>`."""
+VisualEncoder = Annotated[str, AfterValidator(partial(check_spec, "visual"))]
+"""A visual encoder spec, `timm:...` or `open_clip:...`."""
 GroundTruthCsv = Annotated[Path | None, AfterValidator(_ground_truth_exists),
                            Field(description="the demo's ground_truth.csv, for recovery reports")]

@@ -16,7 +16,7 @@ import timm
 import torch
 from torch import Tensor, nn
 
-logger = logging.getLogger("affectflow.models.cternet.model")
+logger = logging.getLogger(__name__)
 
 WEIGHTS_CHECKPOINT = "checkpoint"
 WEIGHTS_PRETRAINED = "pretrained"

@@ -52,7 +52,7 @@ from affectflow.models.cternet.data import ImageDataset, LabelledImages, eval_tr
 from affectflow.models.cternet.model import CTERNet, build_cternet
 from affectflow.models.encoder_runtime import intra_op_threads, resolve_device
 
-logger = logging.getLogger("affectflow.models.cternet.train")
+logger = logging.getLogger(__name__)
 
 OUTCOME_FILE = "outcome.json"
 

@@ -45,7 +45,7 @@ from affectflow.models.pacl.model import PaclModel, build_pacl_model
 from affectflow.models.pacl.sampler import epoch_plan, steps_per_epoch
 from affectflow.models.pacl.schedule import build_optimizer, build_scheduler, group_lrs
 
-logger = logging.getLogger("affectflow.models.pacl.train")
+logger = logging.getLogger(__name__)
 
 # Mixes the micro-batch counter into the augmentation seed (see pacl_train_sampler).
 _MICRO_STRIDE = 7_919

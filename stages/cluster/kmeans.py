@@ -19,7 +19,7 @@ from typing import Literal
 import faiss
 import numpy as np
 
-logger = logging.getLogger("affectflow.stages.cluster.stage")
+logger = logging.getLogger(__name__)
 
 FAISS_DEFAULT_MAX_POINTS_PER_CENTROID = 256
 _DISTANCE_CHUNK = 65_536

@@ -9,18 +9,15 @@ against K for both sides.
 
 from __future__ import annotations
 
-import io
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-from matplotlib.backends.backend_agg import FigureCanvasAgg
-from matplotlib.figure import Figure
 from sklearn.metrics import adjusted_rand_score
 
-from affectflow.core.atomic import write_bytes
 from affectflow.stages.cluster.kmeans import KmeansResult
 from affectflow.stages.ground_truth import EMOTION_COLUMNS
+from affectflow.stages.pictures import new_figure, save_png
 
 SIDES = ("factual", "emotional")
 TRUTH_COLUMNS = dict(zip(SIDES, EMOTION_COLUMNS))
@@ -56,8 +53,7 @@ def add_truth(report: dict[str, Any], results: dict[str, dict[int, KmeansResult]
 def draw_sweep(path: Path, report: dict[str, Any]) -> None:
     """Mean squared distance per K and, with ground truth, the ARI per K, both sides."""
     with_truth = "ground_truth" in report
-    figure = Figure(figsize=(9 if with_truth else 5, 3.6), dpi=110)
-    FigureCanvasAgg(figure)
+    figure = new_figure(figsize=(9 if with_truth else 5, 3.6), dpi=110)
     axes = figure.subplots(1, 2 if with_truth else 1, squeeze=False)[0]
     samples = max(report["samples"], 1)
     for side in SIDES:
@@ -74,6 +70,4 @@ def draw_sweep(path: Path, report: dict[str, Any]) -> None:
         axes[1].axhline(0.0, color="grey", linewidth=0.8)
         axes[1].legend()
     figure.tight_layout()
-    buffer = io.BytesIO()
-    figure.savefig(buffer, format="png")
-    write_bytes(path, buffer.getvalue())
+    save_png(figure, path)

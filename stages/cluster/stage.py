@@ -26,7 +26,7 @@ from affectflow.core.errors import UserError
 from affectflow.core.hashing import hash_file, hash_value
 from affectflow.core.stage import ShardOutput, Stage, StageContext, StageParams, TableRef
 from affectflow.core.store import MAIN_TABLE, SAMPLE_ID, StageArtifact, make_rejects
-from affectflow.models.specs import check_spec, check_visual_spec, weights_fingerprint
+from affectflow.models.specs import check_visual_spec, weights_fingerprint
 from affectflow.stages.cluster.features import (
     FEATURE_COLUMN,
     LISTING_COLUMNS,
@@ -46,7 +46,7 @@ from affectflow.stages.cluster.kmeans import (
 from affectflow.stages.cluster.report import SIDES, add_truth, draw_sweep, side_report
 from affectflow.stages.emotional import TEXT_FEATURE, TEXT_FEATURES
 from affectflow.stages.ground_truth import EMOTION_COLUMNS, read_ground_truth
-from affectflow.stages.param_types import Device, GroundTruthCsv
+from affectflow.stages.param_types import Device, GroundTruthCsv, VisualEncoder
 
 IMAGE_FEATURES = "image_features"
 REPORT_FILE = "report.json"
@@ -72,7 +72,7 @@ def label_columns_of(artifact: StageArtifact) -> list[str]:
 class ClusterParams(StageParams):
     """The encoder whose image features are clustered, the K values and the k-means settings."""
 
-    visual_encoder: str = Field(
+    visual_encoder: VisualEncoder = Field(
         "timm:resnet50", description="timm:<name>[:ckpt], open_clip:<arch>[:tag|ckpt] or "
                                      "open_clip:local-dir:<dir> (the encoder PACL will enhance)")
     pretrained: bool = Field(True, description="false: random init (seeded by `seed`)")
@@ -84,11 +84,6 @@ class ClusterParams(StageParams):
     batch_size: int = Field(64, ge=1)
     device: Device = None
     ground_truth: GroundTruthCsv = None
-
-    @field_validator("visual_encoder")
-    @classmethod
-    def _spec_is_usable(cls, value: str) -> str:
-        return check_spec("visual", value)
 
     @model_validator(mode="after")
     def _pretrained_open_clip_names_weights(self) -> ClusterParams:

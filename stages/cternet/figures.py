@@ -6,28 +6,17 @@ Drawn on matplotlib's Agg canvas directly (no pyplot global state), safe in work
 
 from __future__ import annotations
 
-import io
 from collections.abc import Sequence
 from pathlib import Path
 
-from matplotlib.backends.backend_agg import FigureCanvasAgg
-from matplotlib.figure import Figure
-
-from affectflow.core.atomic import write_bytes
 from affectflow.models.cternet.train import EpochStats
-
-
-def _save(figure: Figure, path: Path) -> None:
-    FigureCanvasAgg(figure)
-    buffer = io.BytesIO()
-    figure.savefig(buffer, format="png", dpi=110, bbox_inches="tight")
-    write_bytes(path, buffer.getvalue())
+from affectflow.stages.pictures import new_figure, save_png
 
 
 def draw_training_curves(history: Sequence[EpochStats], best_epoch: int, path: Path) -> None:
     """Training loss (left) and train / validation accuracy (right) per epoch, best epoch marked."""
     epochs = [row.epoch for row in history]
-    figure = Figure(figsize=(9, 3.6))
+    figure = new_figure(figsize=(9, 3.6))
     loss_axes, accuracy_axes = figure.subplots(1, 2)
     loss_axes.plot(epochs, [row.train_loss for row in history], marker="o", color="tab:red")
     loss_axes.set(title="training loss", xlabel="epoch", ylabel="loss")
@@ -39,4 +28,4 @@ def draw_training_curves(history: Sequence[EpochStats], best_epoch: int, path: P
     accuracy_axes.legend(loc="lower right")
     for axes in (loss_axes, accuracy_axes):
         axes.grid(alpha=0.3)
-    _save(figure, path)
+    save_png(figure, path, tight=True)

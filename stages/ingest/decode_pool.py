@@ -22,7 +22,7 @@ import sys
 import threading
 from concurrent.futures import Executor, ProcessPoolExecutor, ThreadPoolExecutor
 
-logger = logging.getLogger("affectflow.stages.ingest.decode_pool")
+logger = logging.getLogger(__name__)
 
 _POOLS: dict[int, Executor] = {}
 _LOCK = threading.Lock()

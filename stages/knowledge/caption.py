@@ -33,12 +33,12 @@ from affectflow.models.captioner import (
     load_captioner,
     validate_generation,
 )
-from affectflow.models.specs import check_spec, local_weights, models_fingerprint
+from affectflow.models.specs import local_weights, models_fingerprint
 from affectflow.stages.batching import prefetched_image_batches
 from affectflow.stages.ingest.stage import IMAGE_PATH
-from affectflow.stages.param_types import Device
+from affectflow.stages.param_types import Device, TransformersModel
 
-logger = logging.getLogger("affectflow.stages.knowledge.caption")
+logger = logging.getLogger(__name__)
 
 DEFAULT_MODELS = {
     "instructblip": "Salesforce/instructblip-flan-t5-xl",
@@ -58,7 +58,7 @@ class CaptionParams(StageParams):
     """Which captioner, prompt and generation settings; None means the family default."""
 
     kind: Literal["blip", "instructblip"] = "instructblip"
-    model: str = Field(description="hub id or local folder saved with save_pretrained; default "
+    model: TransformersModel = Field(description="hub id or local folder saved with save_pretrained; default "
                                    "per kind (InstructBLIP: Salesforce/instructblip-flan-t5-xl)")
     prompt: str | None = Field(None, description="None: no prompt for BLIP, the KCDP prompt for "
                                                  "InstructBLIP")
@@ -78,11 +78,6 @@ class CaptionParams(StageParams):
             if kind in DEFAULT_MODELS:
                 return {**data, "model": DEFAULT_MODELS[kind]}
         return data
-
-    @field_validator("model")
-    @classmethod
-    def _local_model_exists(cls, value: str) -> str:
-        return check_spec("transformers", value)
 
     @field_validator("prompt")
     @classmethod

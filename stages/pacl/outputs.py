@@ -2,19 +2,17 @@
 
 from __future__ import annotations
 
-import io
 import math
 from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
-from matplotlib.backends.backend_agg import FigureCanvasAgg
-from matplotlib.figure import Figure
 
-from affectflow.core.atomic import write_bytes, write_parquet
+from affectflow.core.atomic import write_parquet
 from affectflow.core.store import shard_name
 from affectflow.models.checkpoints import save_torch
 from affectflow.models.pacl.losses import ALL_PARTITIONS
+from affectflow.stages.pictures import new_figure, save_png
 
 HISTORY = "history"
 MODEL_FILE = "model.pt"
@@ -57,11 +55,9 @@ def write_history(output_dir: Path, history: dict[str, list[Any]]) -> pa.Table:
 def draw_loss_curve(path: Path, history: dict[str, list[Any]], epoch_steps: list[int]) -> None:
     """Total and per-partition losses per step, with the phase switches marked; lr below.
 
-    Drawn on an Agg canvas without pyplot's global state, so it is safe in worker threads.
     """
     steps = history["step"]
-    figure = Figure(figsize=(8, 6))
-    FigureCanvasAgg(figure)
+    figure = new_figure(figsize=(8, 6))
     losses, rates = figure.subplots(2, 1, sharex=True, gridspec_kw={"height_ratios": [3, 1]})
     losses.plot(steps, history["loss"], color="black", linewidth=1.5, label="weighted total")
     for part in ALL_PARTITIONS:
@@ -88,9 +84,7 @@ def draw_loss_curve(path: Path, history: dict[str, list[Any]], epoch_steps: list
     rates.set_ylabel("lr")
     rates.legend(fontsize=8)
     figure.tight_layout()
-    buffer = io.BytesIO()
-    figure.savefig(buffer, format="png", dpi=100)
-    write_bytes(path, buffer.getvalue())
+    save_png(figure, path, dpi=100)
 
 
 def _loss_names(active: str) -> str:

@@ -8,8 +8,8 @@ from affectflow.core.stage import StageParams
 from affectflow.core.torchrun import TorchrunNodes
 from affectflow.models.pacl.losses import ALL_PARTITIONS, PaclLossWeights
 from affectflow.models.pacl.train import PaclTrainConfig
-from affectflow.models.specs import check_spec, check_visual_spec
-from affectflow.stages.param_types import Device
+from affectflow.models.specs import check_visual_spec
+from affectflow.stages.param_types import Device, VisualEncoder
 
 PARTITION_KEYS = tuple(part.key for part in ALL_PARTITIONS)
 _DEFAULT_WEIGHTS = PaclLossWeights()
@@ -19,7 +19,7 @@ class PaclParams(StageParams, TorchrunNodes):
     """Encoder, schedule and optimiser of PACL pretraining (defaults: the paper's ResNet-50 run);
     `processes` per node and the torchrun node fields (`nnodes`, `rdzv_endpoint`, `rdzv_id`)."""
 
-    visual_encoder: str = Field("timm:resnet50", description="timm:<name>[:<file>] or "
+    visual_encoder: VisualEncoder = Field("timm:resnet50", description="timm:<name>[:<file>] or "
                                 "open_clip:<arch>[:<tag or file>] / open_clip:local-dir:<folder>")
     pretrained: bool = Field(True, description="load the spec's weights; false = random init")
     k: int = Field(2, ge=2, description="which cluster columns to read: factual_k{k}, emotional_k{k}")
@@ -46,11 +46,6 @@ class PaclParams(StageParams, TorchrunNodes):
     device: Device = None
     cpu_threads: int | None = Field(None, ge=1, description="torch CPU threads per training "
                                     "process (default: torch's); 1 is faster for tiny encoders")
-
-    @field_validator("visual_encoder")
-    @classmethod
-    def _spec_is_usable(cls, value: str) -> str:
-        return check_spec("visual", value)
 
     @field_validator("loss_weights")
     @classmethod

@@ -7,18 +7,15 @@ canvas directly (no pyplot global state), which is safe in worker threads.
 
 from __future__ import annotations
 
-import io
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.colors import LogNorm
-from matplotlib.figure import Figure
 from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
 
-from affectflow.core.atomic import write_bytes
 from affectflow.stages.partition.stats import ScoreScale
+from affectflow.stages.pictures import new_figure, save_png
 
 HIST_BINS = 60
 DENSITY_BINS = 48
@@ -70,20 +67,13 @@ class ScoreHistograms:
         self.joint_counts += joint.astype(np.int64)
 
 
-def _save(figure: Figure, path: Path) -> None:
-    FigureCanvasAgg(figure)
-    buffer = io.BytesIO()
-    figure.savefig(buffer, format="png", dpi=110)
-    write_bytes(path, buffer.getvalue())
-
-
 def _threshold_label(scale: ScoreScale) -> str:
     return f"threshold {scale.threshold_raw:.4g} ({scale.mode}, sigma {scale.sigma:g})"
 
 
 def draw_histogram(path: Path, title: str, edges: np.ndarray, counts: np.ndarray,
                    scale: ScoreScale) -> None:
-    figure = Figure(figsize=(6.4, 3.6))
+    figure = new_figure(figsize=(6.4, 3.6))
     axes = figure.add_subplot()
     axes.stairs(counts, edges, fill=True, color="#4c78a8", alpha=0.85)
     if np.isfinite(scale.threshold_raw):
@@ -94,13 +84,13 @@ def draw_histogram(path: Path, title: str, edges: np.ndarray, counts: np.ndarray
     axes.set_xlabel("raw score (cosine); matched = right of the line")
     axes.set_ylabel("samples")
     figure.tight_layout()
-    _save(figure, path)
+    save_png(figure, path)
 
 
 def draw_density(path: Path, histograms: ScoreHistograms, factual: ScoreScale,
                  emotional: ScoreScale, shares: dict[str, float]) -> None:
     """2-D histogram (log colour) with both threshold lines and each quadrant's name and share."""
-    figure = Figure(figsize=(6.4, 5.6))
+    figure = new_figure(figsize=(6.4, 5.6))
     axes = figure.add_subplot()
     x_edges, y_edges = histograms.joint_factual_edges, histograms.joint_emotional_edges
     x_range = (float(x_edges[0]), float(x_edges[-1]))
@@ -129,4 +119,4 @@ def draw_density(path: Path, histograms: ScoreHistograms, factual: ScoreScale,
     axes.set_ylabel(f"emotional score (raw); {_threshold_label(emotional)}", fontsize=8)
     axes.set_title("partition quadrants")
     figure.tight_layout()
-    _save(figure, path)
+    save_png(figure, path)

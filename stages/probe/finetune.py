@@ -27,7 +27,7 @@ from affectflow.stages.batching import prefetched_image_batches
 from affectflow.stages.pacl.images import ImageChangedError, PathImages
 from affectflow.stages.probe.linear import BestEpoch, HeadTraining
 
-logger = logging.getLogger("affectflow.stages.probe.finetune")
+logger = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)

@@ -17,7 +17,7 @@ from affectflow.models.cternet.smad import ChannelAttention, counterfactual_atte
 
 TINY_BACKBONE = "test_resnet"  # timm's own tiny test ResNet, built with random weights
 TINY_SIZE = 64
-LOGGER_NAME = "affectflow.models.cternet.model"
+LOGGER_NAME = "affectflow.models.cternet.backbone"
 
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")

@@ -248,7 +248,7 @@ def test_views_work_without_optional_stages(tmp_path: Path) -> None:
 
 def test_publishing_outside_a_flow_is_a_logged_no_op(run: RunStore,
                                                      caplog: pytest.LogCaptureFixture) -> None:
-    with caplog.at_level(logging.INFO, logger="affectflow.publish"):
+    with caplog.at_level(logging.INFO, logger="affectflow.pipelines.publish"):
         assert publish_partition_artifacts(run) is False
     assert "not inside a Prefect flow run" in caplog.text
 

@@ -65,7 +65,7 @@ def test_every_point_is_used_where_faiss_would_sample(caplog: pytest.LogCaptureF
     """Spherical centroids equal the normalised mean of ALL points assigned to them; faiss's
     default (256 points per centroid) gives visibly different ones on the same data."""
     points, _ = separated_clusters(2, 1500, 8, noise=0.5)
-    with caplog.at_level(logging.INFO, logger="affectflow.stages.cluster.stage"):
+    with caplog.at_level(logging.INFO, logger="affectflow.stages.cluster"):
         result = kmeans(points, 2, niter=25, seed=0)
     assert "would train on a sample of 512 of 3000 points" in caplog.text
     full_means = l2_normalise(np.stack([points[result.labels == j].mean(axis=0) for j in (0, 1)]))
