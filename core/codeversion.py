@@ -145,9 +145,3 @@ def code_record(module: str) -> dict[str, object]:
                                  "libraries": library_versions(modules)}
     record["version"] = hash_value(record)[:16]
     return record
-
-
-def clear_caches() -> None:
-    """Forget parsed imports (after editing sources in the same process, e.g. in tests)."""
-    _direct_imports.cache_clear()
-    _distributions.cache_clear()

@@ -87,11 +87,6 @@ def load_anp_vocabulary(path: str | os.PathLike[str] | None = None) -> list[str]
     return list(anps)
 
 
-def clear_anp_memory_cache() -> None:
-    """Forget the in-process ANP embeddings (disk caches are kept)."""
-    _memory_cache.clear()
-
-
 class AnpScorer:
     """Ranks an ANP vocabulary for images by cosine similarity in CLIP space.
 

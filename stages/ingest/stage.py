@@ -42,8 +42,6 @@ LABEL_ID = "label_id"
 SPLIT = "split"
 IMAGE_SHA256 = "image_sha256"
 TRAIN, VAL, TEST = SPLITS
-TEXT_COLUMNS = (TEXT, TEXT_RAW)
-"""The post text as cleaned by ingest, or as the post had it (for scorers with a normaliser)."""
 
 SCHEMA = pa.schema([
     (SAMPLE_ID, pa.string()),
