@@ -13,7 +13,7 @@ import torch
 from PIL import Image
 
 from affectflow.models import anp as anp_module
-from affectflow.models.anp import AnpScorer, clear_anp_memory_cache, load_anp_vocabulary
+from affectflow.models.anp import AnpScorer, load_anp_vocabulary
 from affectflow.models.clip import ClipBundle, encode_images, load_clip, save_clip, tiny_clip_config
 
 CONTEXT_LENGTH = 16
@@ -42,6 +42,11 @@ def image_embeddings(bundle: ClipBundle) -> torch.Tensor:
     rng = np.random.default_rng(1)
     images = [Image.fromarray(rng.integers(0, 256, (36, 44, 3), dtype=np.uint8)) for _ in range(6)]
     return encode_images(bundle, torch.stack([bundle.preprocess(image) for image in images]))
+
+
+def clear_anp_memory_cache() -> None:
+    """Forget the in-process ANP embeddings, as a new process would (disk caches are kept)."""
+    anp_module._memory_cache.clear()
 
 
 @pytest.fixture(autouse=True)
