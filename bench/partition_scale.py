@@ -21,9 +21,10 @@ import pyarrow as pa
 
 from affectflow.core.atomic import write_json, write_parquet
 from affectflow.core.hashing import hash_value
+from affectflow.core.integrity import records_digest
 from affectflow.core.runner import StageJob, run_stage
 from affectflow.core.runs import RunStore
-from affectflow.core.store import MANIFEST
+from affectflow.core.store import MANIFEST, shard_name, stage_file_records
 from affectflow.stages.partition.stage import PartitionParams, PartitionStage
 from bench.common import BenchRow, peak_rss_mib
 
@@ -52,9 +53,10 @@ def write_scores(artifact_root: Path, rows: int, seed: int = 0) -> None:
         for name, values in scores.items():
             table = pa.table({"sample_id": ids,
                               f"{name}_score": pa.array(values.astype(np.float32))})
-            write_parquet(run.stage(name).shard_path(shard_id), table)
+            write_parquet(run.stage(name).table_dir() / shard_name(shard_id), table)
     for name in scores:
-        write_json(run.stage(name).path / MANIFEST, {
+        files = stage_file_records(run.stage(name).path)
+        write_json(run.stage(name).path / MANIFEST, {"files": files, "digest": records_digest(files),
             "stage": name, "fingerprint": hash_value([name, rows, seed]), "shard_ids": shard_ids,
             "rows_in": rows, "rows_out": rows, "rows_rejected": 0, "rejects_by_reason": {}})
 

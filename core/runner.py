@@ -4,12 +4,19 @@ The three steps (`plan_stage`, `run_shard`, `finalize_stage`) are separate so an
 fan shards out to workers; `run_stage` chains them in-process: it writes each shard's Parquet on a
 background thread while the next shard is computed, and runs the shards of a shard-parallel stage
 two at a time, as the flow's parallel shard tasks do.
+
+A stage is built in its own folder under the run's `.work/` and moved into place only once its
+manifest is written, so the previous output stays readable (and in use) until the new one is
+complete. A finished stage whose files no longer match their records is repaired: its intact
+files are linked into a new build, only the damaged shards are computed again, then the stage is
+finalized and swapped in as usual.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import os
 import shutil
 import threading
 import time
@@ -25,10 +32,31 @@ import affectflow
 from affectflow.core.atomic import write_json, write_parquet
 from affectflow.core.errors import UserError
 from affectflow.core.hashing import hash_value
+from affectflow.core.integrity import (
+    FileRecord,
+    IntegrityError,
+    damaged_files,
+    describe_file,
+    records_digest,
+    relative_files,
+)
 from affectflow.core.progress import Progress
 from affectflow.core.runs import RunStore, iso_utc, utc_now
 from affectflow.core.stage import ShardOutput, Stage, StageContext, StageParams
-from affectflow.core.store import MAIN_TABLE, MANIFEST, PLAN_DIR, REJECTS, REJECTS_SCHEMA, SHARD_WORK_DIR, StageArtifact
+from affectflow.core.store import (
+    MAIN_TABLE,
+    MANIFEST,
+    PLAN_DIR,
+    REJECTS,
+    REJECTS_SCHEMA,
+    SHARD_WORK_DIR,
+    StageArtifact,
+    marker_name,
+    shard_id_of,
+    shard_name,
+    shard_rejects_name,
+    stage_file_records,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -52,7 +80,13 @@ class StageJob:
 
     @property
     def output(self) -> StageArtifact:
+        """The stage's finished output, as readers see it."""
         return self.run.stage(self.stage.name)
+
+    @property
+    def building(self) -> StageArtifact:
+        """Where the stage's next output is built before it replaces `output`."""
+        return self.run.building(self.stage.name)
 
     def input_artifacts(self) -> dict[str, StageArtifact]:
         artifacts = {}
@@ -73,14 +107,26 @@ class StageJob:
             "stage": self.stage.name,
             "params": self.params.model_dump(mode="json"),
             "inputs": {name: art.fingerprint for name, art in self.input_artifacts().items()},
+            # What the inputs hold, not only what they were asked to compute: an input repaired
+            # into different bytes makes this stage stale too.
+            "input_digests": {name: art.digest for name, art in self.input_artifacts().items()},
             "code": self.stage.code()["version"],
             "schema_version": self.stage.schema_version,
             "source": source,
         }), source
 
-    def check_reads(self) -> None:
-        """Every column the stage declares it reads is in its input's recorded schema."""
+    def check_inputs(self) -> None:
+        """Every input file matches what its stage wrote, and every column the stage declares
+        it reads is in its input's recorded schema."""
         inputs = self.input_artifacts()
+        for name, artifact in inputs.items():
+            damaged = damaged_files(artifact.path, artifact.records() or {})
+            if damaged:
+                relative, problem = next(iter(damaged.items()))
+                more = f" (and {len(damaged) - 1} more file(s))" if len(damaged) > 1 else ""
+                raise IntegrityError(artifact.path / relative, problem + more,
+                                     hint=f"'{self.stage.name}' reads '{name}', which must be "
+                                          f"repaired first: {artifact.repair_hint()}")
         for ref in self.stage.reads:
             if ref.stage not in inputs:
                 continue
@@ -95,7 +141,7 @@ class StageJob:
                                      f"affectflow stage {ref.stage} --run {self.run.run_id} --force")
 
     def context(self, fingerprint: str) -> StageContext[Any]:
-        out = self.output.path
+        out = self.building.path
         return StageContext(stage_name=self.stage.name, params=self.params,
                             inputs=self.input_artifacts(), output_dir=out,
                             work_dir=out / PLAN_DIR, run_dir=self.run.path,
@@ -112,39 +158,114 @@ class StagePlan:
 
 
 def _plan_file(job: StageJob) -> Any:
-    return job.output.path / PLAN_DIR / "plan.json"
+    return job.building.path / PLAN_DIR / "plan.json"
 
 
 def _marker(job: StageJob, shard_id: int) -> Any:
-    return job.output.path / SHARD_WORK_DIR / f"{shard_id:05d}.json"
+    return job.building.path / SHARD_WORK_DIR / marker_name(shard_id)
 
 
 def _shard_done(job: StageJob, shard_id: int, fingerprint: str) -> bool:
+    """The shard has a marker for this fingerprint and every file it records is intact."""
     marker = _marker(job, shard_id)
-    return marker.is_file() and json.loads(marker.read_text()).get("fingerprint") == fingerprint
+    if not marker.is_file():
+        return False
+    record = json.loads(marker.read_text())
+    if record.get("fingerprint") != fingerprint:
+        return False
+    damaged = damaged_files(job.building.path, record.get("files", {}))
+    for relative, problem in damaged.items():
+        logger.warning("%s: %s: %s; computing shard %d again", job.stage.name,
+                       job.building.path / relative, problem, shard_id)
+    return not damaged and "files" in record
+
+
+def _retired(job: StageJob) -> Any:
+    return job.building.path.with_name(f".{job.stage.name}.retired")
+
+
+def recover_swap(job: StageJob) -> None:
+    """Finish (or undo) a swap that a crash interrupted between its two renames."""
+    final, building, retired = job.output.path, job.building.path, _retired(job)
+    if not final.exists():
+        if (building / MANIFEST).is_file():
+            os.rename(building, final)
+        elif retired.exists():
+            os.rename(retired, final)
+    if retired.exists() and final.exists():
+        shutil.rmtree(retired)
+
+
+def _swap_into_place(job: StageJob) -> None:
+    """Move the finished build over the previous output (which readers used until now)."""
+    final, building, retired = job.output.path, job.building.path, _retired(job)
+    if retired.exists():
+        shutil.rmtree(retired)
+    if final.exists():
+        os.rename(final, retired)
+    os.rename(building, final)
+    if retired.exists():
+        shutil.rmtree(retired)
+
+
+def _damaged_shard(relative: str) -> int | None:
+    """The shard a damaged file belongs to (its tables and rejects); None for what `finalize`
+    writes (merged rejects, pictures, models), which the repair's finalize writes again."""
+    name = relative.rsplit("/", 1)[-1]
+    if name.startswith(("part-", "rejects-")) and name.endswith(".parquet"):
+        return shard_id_of(name.replace("rejects-", "part-"))
+    return None
+
+
+def _start_repair(job: StageJob, damaged: dict[str, str]) -> None:
+    """A build of the finished stage without its damaged shards: intact files are hard links
+    (atomic writes replace links, so the finished output is never modified through them)."""
+    final, building = job.output.path, job.building.path
+    shards = {_damaged_shard(relative) for relative in damaged} - {None}
+    for relative, problem in damaged.items():
+        shard = _damaged_shard(relative)
+        logger.warning("%s: %s: %s; %s", job.stage.name, final / relative, problem,
+                       f"computing shard {shard} again" if shard is not None else
+                       "writing it again")
+    dropped = set(damaged) | {MANIFEST, REJECTS}
+    for shard in shards:
+        dropped |= {f"{SHARD_WORK_DIR}/{marker_name(shard)}",
+                    f"{SHARD_WORK_DIR}/{shard_rejects_name(shard)}"}
+    if building.exists():
+        shutil.rmtree(building)
+    for relative in relative_files(final):
+        if relative in dropped or _damaged_shard(relative) in shards:
+            continue
+        (building / relative).parent.mkdir(parents=True, exist_ok=True)
+        os.link(final / relative, building / relative)
 
 
 def plan_stage(job: StageJob, force: bool = False) -> StagePlan:
-    """Decide what to do: nothing (fingerprint unchanged), resume finished shards, or start over."""
+    """Decide what to do: nothing (unchanged and intact), repair damaged shards, resume finished
+    shards, or start over in a fresh build."""
     started_at = time.time()  # the stage's clock includes fingerprinting and `prepare`
-    job.check_reads()
+    recover_swap(job)
+    job.check_inputs()
     fingerprint, source_fingerprint = job.fingerprint()
     out = job.output
     if not force and out.complete and out.manifest.get("fingerprint") == fingerprint:
-        ids = out.manifest.get("shard_ids", [])
-        job.run.update_stage(job.stage.name, status="skipped", fingerprint=fingerprint)
-        return StagePlan(job.stage.name, fingerprint, ids, [], up_to_date=True)
+        damaged = damaged_files(out.path, out.records() or {})
+        if not damaged:
+            ids = out.manifest.get("shard_ids", [])
+            job.run.update_stage(job.stage.name, status="skipped", fingerprint=fingerprint)
+            return StagePlan(job.stage.name, fingerprint, ids, [], up_to_date=True)
+        _start_repair(job, damaged)
 
     plan_file = _plan_file(job)
     resumable = (not force and plan_file.is_file()
                  and json.loads(plan_file.read_text()).get("fingerprint") == fingerprint)
     if resumable:
         shard_ids = json.loads(plan_file.read_text())["shard_ids"]
-        (out.path / MANIFEST).unlink(missing_ok=True)
+        (job.building.path / MANIFEST).unlink(missing_ok=True)
     else:
-        if out.path.exists():
-            shutil.rmtree(out.path)
-        out.path.mkdir(parents=True)
+        if job.building.path.exists():
+            shutil.rmtree(job.building.path)
+        job.building.path.mkdir(parents=True)
         shard_ids = list(job.stage.prepare(job.context(fingerprint)))
         write_json(plan_file, {"fingerprint": fingerprint, "shard_ids": shard_ids,
                                "source_fingerprint": source_fingerprint,
@@ -197,15 +318,20 @@ def compute_shard(job: StageJob, fingerprint: str, shard_id: int) -> ShardOutput
 
 def commit_shard(job: StageJob, fingerprint: str, shard_id: int, output: ShardOutput,
                  seconds: float) -> None:
-    """Write the shard's tables, then its rejects, then its marker (the marker means done)."""
-    for table_name, table in output.tables.items():
-        write_parquet(job.output.shard_path(shard_id, table_name), table)
-    work = job.output.path / SHARD_WORK_DIR
-    write_parquet(work / f"rejects-{shard_id:05d}.parquet", output.rejects)
+    """Write the shard's tables, then its rejects, then its marker (the marker means done and
+    records each file's size, rows and checksum)."""
+    building = job.building
+    written = [building.table_dir(name) / shard_name(shard_id) for name in output.tables]
+    for path, table in zip(written, output.tables.values()):
+        write_parquet(path, table)
+    rejects = building.path / SHARD_WORK_DIR / shard_rejects_name(shard_id)
+    write_parquet(rejects, output.rejects)
+    files = {path.relative_to(building.path).as_posix(): describe_file(path)
+             for path in [*written, rejects]}
     write_json(_marker(job, shard_id), {
         "fingerprint": fingerprint, "rows_in": output.rows_in, "rows_out": output.main.num_rows,
         "rows_rejected": output.rejects.num_rows, "seconds": round(seconds, 4),
-        "setup_seconds": round(output.setup_seconds, 4)})
+        "setup_seconds": round(output.setup_seconds, 4), "files": files})
 
 
 def run_shard(job: StageJob, fingerprint: str, shard_id: int) -> int:
@@ -229,10 +355,12 @@ def finalize_stage(job: StageJob, fingerprint: str) -> dict[str, Any]:
     rows_rejected = sum(m["rows_rejected"] for m in markers)
     if rows_in != rows_out + rows_rejected:
         raise RuntimeError(f"{job.stage.name}: accounting does not close")
-    work = job.output.path / SHARD_WORK_DIR
-    reject_tables = [pq.read_table(work / f"rejects-{sid:05d}.parquet") for sid in shard_ids]
+    building = job.building
+    reject_tables = [pq.read_table(building.checked(building.path / SHARD_WORK_DIR
+                                                    / shard_rejects_name(sid)))
+                     for sid in shard_ids]
     rejects = pa.concat_tables(reject_tables) if reject_tables else REJECTS_SCHEMA.empty_table()
-    write_parquet(job.output.path / REJECTS, rejects)
+    write_parquet(building.path / REJECTS, rejects)
     by_reason = {str(row["values"]): int(row["counts"])
                  for row in pc.value_counts(rejects["reason"]).to_pylist()} if rejects.num_rows else {}
 
@@ -252,7 +380,7 @@ def finalize_stage(job: StageJob, fingerprint: str) -> dict[str, Any]:
         "affectflow_version": affectflow.__version__,
         "schema_version": job.stage.schema_version,
         "schema": [[field.name, str(field.type)] for field in job.stage.output_schema(job.params)],
-        "side_tables": {name: [[f.name, str(f.type)] for f in job.output.schema(name)]
+        "side_tables": {name: [[f.name, str(f.type)] for f in building.schema(name)]
                         for name in sorted(job.stage.side_schemas)},
         "shard_ids": shard_ids,
         "rows_in": rows_in, "rows_out": rows_out, "rows_rejected": rows_rejected,
@@ -265,7 +393,10 @@ def finalize_stage(job: StageJob, fingerprint: str) -> dict[str, Any]:
                     "setup_seconds": round(sum(m.get("setup_seconds", 0.0) for m in markers), 3)},
         "summary": extra,
     }
-    write_json(job.output.path / MANIFEST, manifest)
+    manifest["files"] = _file_records(job, markers)
+    manifest["digest"] = records_digest(manifest["files"])
+    write_json(building.path / MANIFEST, manifest)
+    _swap_into_place(job)
     job.run.update_stage(job.stage.name, status="done", fingerprint=fingerprint,
                          rows_in=rows_in, rows_out=rows_out, rows_rejected=rows_rejected,
                          seconds=round(seconds, 3), finished=utc_now())
@@ -273,6 +404,22 @@ def finalize_stage(job: StageJob, fingerprint: str) -> dict[str, Any]:
     logger.info("%s: %d in = %d out + %d rejected%s", job.stage.name, rows_in, rows_out,
                 rows_rejected, f" ({reasons})" if reasons else "")
     return manifest
+
+
+def _file_records(job: StageJob, markers: list[dict[str, Any]]) -> dict[str, FileRecord]:
+    """Records of every file of the build (its private `_plan/` and the markers aside): shard
+    files keep the records their markers made, checked once more; files `finalize` wrote are
+    described now."""
+    building = job.building.path
+    recorded: dict[str, FileRecord] = {}
+    for marker in markers:
+        recorded.update(marker["files"])
+    damaged = damaged_files(building, recorded)
+    if damaged:
+        relative, problem = next(iter(damaged.items()))
+        raise IntegrityError(building / relative, f"changed while the stage ran: {problem}",
+                             hint="another process is writing this run's folder; rerun the stage")
+    return stage_file_records(building, recorded)
 
 
 def _run_shards_in_order(job: StageJob, plan: StagePlan, progress: Progress) -> None:

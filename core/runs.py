@@ -22,7 +22,9 @@ from affectflow.core.errors import UserError
 from affectflow.core.store import StageArtifact
 
 RUN_FILE = "run.json"
-RUN_ID_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
+RUN_ID_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}")
+WORK_DIR = ".work"
+"""Under a run folder: stages being built, moved into place when finished (core/runner.py)."""
 
 
 def new_run_id(prefix: str = "run") -> str:
@@ -39,22 +41,37 @@ def utc_now() -> str:
 
 
 def validate_run_id(run_id: str) -> str:
-    if not RUN_ID_PATTERN.match(run_id):
+    """The id itself, when the whole of it is letters, digits, '.', '_' or '-' (no separators, no
+    newline, nothing that could name a folder outside `runs/`)."""
+    if not isinstance(run_id, str) or not RUN_ID_PATTERN.fullmatch(run_id):
         raise UserError(f"invalid run id {run_id!r}",
-                        hint="use letters, digits, '.', '_' or '-' (at most 100 characters)")
+                        hint="use letters, digits, '.', '_' or '-', starting with a letter or "
+                             "digit (at most 100 characters)")
     return run_id
 
 
 @dataclass(frozen=True)
 class RunStore:
-    """A run folder: `<artifact_root>/runs/<run_id>/`."""
+    """A run folder: `<artifact_root>/runs/<run_id>/`, which must lie inside the artifact root
+    (a valid id, and no symlink that leads elsewhere)."""
 
     artifact_root: Path
     run_id: str
 
+    def __post_init__(self) -> None:
+        validate_run_id(self.run_id)
+        runs = (self.artifact_root / "runs").resolve()
+        if self.path.exists() and runs not in self.path.resolve().parents:
+            raise UserError(f"run folder {self.path} leads outside {runs}",
+                            hint="run folders must be plain folders under <artifact_root>/runs/")
+
     @property
     def path(self) -> Path:
         return self.artifact_root / "runs" / self.run_id
+
+    def building(self, stage: str) -> StageArtifact:
+        """Where a stage's next output is built (`.work/<stage>`), see core/runner.py."""
+        return StageArtifact(self.path / WORK_DIR / stage)
 
     @property
     def run_file(self) -> Path:

@@ -15,9 +15,10 @@ import pyarrow as pa
 
 from affectflow.core.atomic import write_json, write_parquet
 from affectflow.core.hashing import hash_value
+from affectflow.core.integrity import records_digest
 from affectflow.core.runner import StageJob, run_stage
 from affectflow.core.runs import RunStore
-from affectflow.core.store import MANIFEST, StageArtifact
+from affectflow.core.store import MANIFEST, StageArtifact, shard_name, stage_file_records
 from affectflow.stages.partition.stage import PartitionParams, PartitionStage
 
 
@@ -32,11 +33,12 @@ def write_artifact(run: RunStore, name: str, shards: dict[int, pa.Table],
     content fingerprint."""
     artifact = run.stage(name)
     for shard_id, table in shards.items():
-        write_parquet(artifact.shard_path(shard_id), table)
+        write_parquet(artifact.table_dir() / shard_name(shard_id), table)
     rows = sum(table.num_rows for table in shards.values())
     fingerprint = hash_value([name, {sid: t.to_pydict() for sid, t in shards.items()}])
     schema = next(iter(shards.values())).schema
-    write_json(artifact.path / MANIFEST, {
+    files = stage_file_records(artifact.path)
+    write_json(artifact.path / MANIFEST, {"files": files, "digest": records_digest(files),
         "stage": name, "fingerprint": fingerprint, "shard_ids": sorted(shards),
         "params": params or {},
         "schema": [[field.name, str(field.type)] for field in schema],

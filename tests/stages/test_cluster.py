@@ -24,9 +24,10 @@ from affectflow.core.columns import column_vectors, vector_column
 from affectflow.core.errors import UserError
 from affectflow.core.hashing import hash_value
 from affectflow.core.images import load_rgb
+from affectflow.core.integrity import records_digest
 from affectflow.core.runner import StageJob, run_stage
 from affectflow.core.runs import RunStore
-from affectflow.core.store import MANIFEST, StageArtifact
+from affectflow.core.store import MANIFEST, StageArtifact, shard_name, stage_file_records
 from affectflow.models.pacl.model import build_visual_encoder
 from affectflow.pipelines.config import RunSettings, load_config
 from affectflow.stages.cluster import features as cluster_features
@@ -157,9 +158,11 @@ def copy_run(run: ScoredRun, root: Path) -> ScoredRun:
 def rewrite_shard(artifact: StageArtifact, shard_id: int, table: pa.Table,
                   table_name: str = "main") -> None:
     """Replace one shard of a finished stage and give the stage a new fingerprint."""
-    write_parquet(artifact.shard_path(shard_id, table_name), table)
+    write_parquet(artifact.table_dir(table_name) / shard_name(shard_id), table)
     manifest = artifact.manifest
     manifest["fingerprint"] = hash_value([manifest["fingerprint"], shard_id, table.num_rows])
+    manifest["files"] = stage_file_records(artifact.path)
+    manifest["digest"] = records_digest(manifest["files"])
     write_json(artifact.path / MANIFEST, manifest)
 
 
