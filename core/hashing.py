@@ -37,16 +37,46 @@ def stable_sample_id(*parts: str) -> str:
     return hashlib.sha256("\x1f".join(parts).encode("utf-8")).hexdigest()[:32]
 
 
-def tree_fingerprint(root: Path) -> str:
-    """Hash of every file's relative path, size and mtime below `root` (or of the file itself).
+def fingerprint_mode(settings: Any) -> str:
+    """`run.fingerprint` of the run's settings: "stat" (default) or "content"."""
+    return str(getattr(settings, "fingerprint", "stat"))
 
-    Cheap (one stat per file, read through `os.scandir`: a dataset of a million files must not
-    take minutes to fingerprint) and changes whenever a file is added, removed, rewritten or
-    touched. Symlinked folders are not followed; a dangling symlink counts as itself.
+
+def _file_entry(name: str, path: str, size: int, mtime_ns: int, content: bool) -> tuple[Any, ...]:
+    """What a fingerprint records of one file: its name and size, and its mtime or, in content
+    mode, the hash of its bytes (so a copy with new mtimes fingerprints the same)."""
+    return (name, size, hash_file(Path(path)) if content else mtime_ns)
+
+
+def files_fingerprint(paths: list[str], base: Path, content: bool = False) -> str:
+    """Hash of each listed file's path (relative to `base`), size and mtime or content; a
+    missing file counts as missing, so creating it later changes the fingerprint."""
+    entries = []
+    for path in paths:
+        name = os.path.relpath(path, base)
+        try:
+            stat = os.stat(path)
+        except OSError:
+            entries.append((name, None, None))
+            continue
+        regular = os.path.isfile(path)
+        entries.append(_file_entry(name, path, stat.st_size, stat.st_mtime_ns, content and regular))
+    return hash_value(entries)
+
+
+def tree_fingerprint(root: Path, content: bool = False) -> str:
+    """Hash of every file's relative path, size and mtime (or content) below `root`, or of the
+    file itself.
+
+    Cheap in the default mode (one stat per file, read through `os.scandir`: a dataset of a
+    million files must not take minutes to fingerprint) and changes whenever a file is added,
+    removed, rewritten or touched. Content mode reads every byte instead of trusting mtimes.
+    Symlinked folders are not followed; a dangling symlink counts as itself; only regular files
+    are read.
     """
     if root.is_file():
         stat = root.stat()
-        return hash_value([(root.name, stat.st_size, stat.st_mtime_ns)])
+        return hash_value([_file_entry(root.name, str(root), stat.st_size, stat.st_mtime_ns, content)])
     prefix = len(str(root.parent).rstrip(os.sep)) + 1
     entries, folders = [], [str(root)]
     while folders:
@@ -60,6 +90,7 @@ def tree_fingerprint(root: Path) -> str:
                     stat = entry.stat()
                 except FileNotFoundError:
                     stat = entry.stat(follow_symlinks=False)
-                entries.append((entry.path[prefix:], stat.st_size, stat.st_mtime_ns))
+                entries.append(_file_entry(entry.path[prefix:], entry.path, stat.st_size,
+                                           stat.st_mtime_ns, content and entry.is_file()))
     entries.sort()
     return hash_value(entries)

@@ -19,6 +19,7 @@ from typing import Any
 
 from affectflow.core.atomic import write_json
 from affectflow.core.errors import UserError
+from affectflow.core.locks import run_writer
 from affectflow.core.store import StageArtifact
 
 RUN_FILE = "run.json"
@@ -68,6 +69,12 @@ class RunStore:
     @property
     def path(self) -> Path:
         return self.artifact_root / "runs" / self.run_id
+
+    @contextmanager
+    def writer(self, command: str | None = None) -> Iterator[None]:
+        """Hold this run's writer lock (core/locks.py): every command that writes the run does."""
+        with run_writer(self.path, self.run_id, command):
+            yield
 
     def building(self, stage: str) -> StageArtifact:
         """Where a stage's next output is built (`.work/<stage>`), see core/runner.py."""

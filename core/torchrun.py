@@ -21,6 +21,7 @@ from pathlib import Path
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from affectflow.core.hashing import hash_bytes
+from affectflow.core.lifeline import stop_with_this_process
 
 logger = logging.getLogger(__name__)
 
@@ -117,6 +118,7 @@ def run_torchrun(command: list[str]) -> int:
     """Run torchrun and wait for its exit code; on Ctrl-C give the workers time to checkpoint."""
     logger.info("launching %s", " ".join(command))
     process = subprocess.Popen(command)
+    stop_with_this_process(process.pid)  # a killed stage must not leave training running
     try:
         return process.wait()
     except KeyboardInterrupt:

@@ -44,13 +44,16 @@ def _print_stage_lines(stages: dict[str, dict[str, Any]]) -> None:
 
 def _cmd_run(args: argparse.Namespace) -> int:
     from affectflow.pipelines.config import load_config
+    from affectflow.pipelines.execution import run_ref
 
-    load_config(Path(args.config), args.set)  # fail on config errors before Prefect starts
-    from affectflow.pipelines.flows import cternet_flow, pretrain_flow
+    config = load_config(Path(args.config), args.set)  # fail on config errors before Prefect starts
+    ref = run_ref(config, args.run_id)
+    with ref.store.writer():  # a second writer fails now, not after Prefect has started
+        from affectflow.pipelines.flows import cternet_flow, pretrain_flow
 
-    flow = {"pretrain": pretrain_flow, "cternet": cternet_flow}[args.flow]
-    result = flow(config_path=args.config, overrides=args.set, run_id=args.run_id,
-                  force=args.force or [])
+        flow = {"pretrain": pretrain_flow, "cternet": cternet_flow}[args.flow]
+        result = flow(config_path=args.config, overrides=args.set, run_id=ref.run_id,
+                      force=args.force or [])
     print(f"run {result['run_id']} finished: {result['run_dir']}")
     _print_stage_lines(result["stages"])
     return 0
@@ -61,11 +64,13 @@ def _cmd_stage(args: argparse.Namespace) -> int:
     from affectflow.stages.registry import get_stage
 
     get_stage(args.name)
-    run_config(RunRef(args.artifact_root, args.run), args.set)
-    from affectflow.pipelines.flows import rerun_stage_flow
+    ref = RunRef(args.artifact_root, args.run)
+    run_config(ref, args.set)
+    with ref.store.writer():
+        from affectflow.pipelines.flows import rerun_stage_flow
 
-    result = rerun_stage_flow(run_id=args.run, stage=args.name, artifact_root=args.artifact_root,
-                              overrides=args.set, force=args.force)
+        result = rerun_stage_flow(run_id=args.run, stage=args.name, artifact_root=args.artifact_root,
+                                  overrides=args.set, force=args.force)
     _print_stage_lines({args.name: result["stage"]})
     stale = result["stale"]
     print("downstream stages now stale: " + (", ".join(stale) if stale else "none"))

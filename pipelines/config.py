@@ -6,6 +6,7 @@ stage's own params model, so a stage added to the registry is configurable with 
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any, Literal
 
@@ -16,6 +17,9 @@ from affectflow.core.errors import UserError
 from affectflow.pipelines.task_runners import check_runner_installed
 from affectflow.stages.registry import PRETRAIN_CHAIN, STAGES
 
+MAX_WORKERS_PER_CPU = 4
+"""`run.workers` bound: more decode processes than this per CPU only thrash."""
+
 
 class RunSettings(BaseModel):
     """Run-wide settings that do not change what a stage computes (so not in fingerprints)."""
@@ -23,13 +27,26 @@ class RunSettings(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     artifact_root: Path = Field(Path("artifacts"), description="where runs/<run_id>/ are written")
-    workers: int = Field(2, ge=1, description="parallel decode / shard workers")
+    workers: int = Field(2, ge=1, description="parallel decode / shard workers (at most "
+                                              f"{MAX_WORKERS_PER_CPU} per CPU)")
+    fingerprint: Literal["stat", "content"] = Field(
+        "stat", description="external data (datasets, local model files) fingerprinted by "
+                            "size + mtime, or by content (a copied dataset need not recompute)")
     stages: list[str] = Field(default_factory=lambda: list(PRETRAIN_CHAIN),
                               description="stages of the pretrain flow, in order")
     task_runner: Literal["threads", "dask", "ray"] = Field(
         "threads", description="Prefect task runner for the stage tasks")
     dask_address: str | None = Field(None, description="Dask scheduler address; default: LocalCluster")
     ray_address: str | None = Field(None, description="Ray address (ray://...); default: local Ray")
+
+    @field_validator("workers")
+    @classmethod
+    def _bounded_workers(cls, value: int) -> int:
+        limit = MAX_WORKERS_PER_CPU * (os.cpu_count() or 1)
+        if value > limit:
+            raise ValueError(f"{value} workers on a machine with {os.cpu_count()} CPUs: each is "
+                             f"a process; use at most {limit}")
+        return value
 
     @field_validator("task_runner")
     @classmethod

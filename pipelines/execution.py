@@ -41,10 +41,14 @@ def code_version() -> dict[str, str]:
     return version
 
 
+def run_ref(config: BaseModel, run_id: str | None) -> RunRef:
+    """Where the run of this config lives (a new id when none is given)."""
+    return RunRef(str(config.run.artifact_root), validate_run_id(run_id) if run_id else new_run_id())
+
+
 def open_run(config: BaseModel, run_id: str | None) -> RunRef:
     """Create (or reopen) the run folder and save the resolved config in run.json."""
-    run_id = validate_run_id(run_id) if run_id else new_run_id()
-    ref = RunRef(str(config.run.artifact_root), run_id)
+    ref = run_ref(config, run_id)
     ref.store.create(config_snapshot(config), code_version())
     return ref
 

@@ -25,9 +25,11 @@ from affectflow.pipelines.execution import (
     make_job,
     open_run,
     run_config,
+    run_ref,
     stage_summary,
     stale_downstream,
 )
+from affectflow.pipelines.prefect_env import guard_ephemeral_server
 from affectflow.pipelines.publish import publish_partition_artifacts
 from affectflow.pipelines.task_runners import make_task_runner
 from affectflow.stages.registry import STAGES
@@ -108,9 +110,12 @@ def run_stages_on_configured_runner(ref: RunRef, config: Any, stages: list[str],
 def run_configured_flow(config_path: str, overrides: list[str] | None, run_id: str | None,
                         force: list[str] | None) -> dict[str, Any]:
     """Shared body of the named flows: validate, open the run, run its configured stage chain."""
+    guard_ephemeral_server()
     config = load_config(Path(config_path), overrides or [])
-    ref = open_run(config, run_id)
-    stages = run_stages_on_configured_runner(ref, config, list(config.run.stages), force or [])
+    ref = run_ref(config, run_id)
+    with ref.store.writer():
+        open_run(config, ref.run_id)
+        stages = run_stages_on_configured_runner(ref, config, list(config.run.stages), force or [])
     return {"run_id": ref.run_id, "run_dir": str(ref.store.path), "stages": stages}
 
 
@@ -132,9 +137,11 @@ def cternet_flow(config_path: str, overrides: list[str] | None = None,
 def rerun_stage_flow(run_id: str, stage: str, artifact_root: str = "artifacts",
                      overrides: list[str] | None = None, force: bool = False) -> dict[str, Any]:
     """Rerun one stage of an existing run (with optional overrides) and report what is now stale."""
+    guard_ephemeral_server()
     ref = RunRef(artifact_root, run_id)
     config = run_config(ref, overrides or [])
-    if overrides:
-        ref.store.create(config_snapshot(config), code_version())
-    summary = run_stages_on_configured_runner(ref, config, [stage], [stage] if force else [])[stage]
+    with ref.store.writer():
+        if overrides:
+            ref.store.create(config_snapshot(config), code_version())
+        summary = run_stages_on_configured_runner(ref, config, [stage], [stage] if force else [])[stage]
     return {"run_id": run_id, "stage": summary, "stale": stale_downstream(ref, config, stage)}

@@ -1,4 +1,8 @@
-"""Text views of runs and stage artifacts for `affectflow runs` and `affectflow inspect`."""
+"""Text views of runs and stage artifacts for `affectflow runs` and `affectflow inspect`.
+
+Everything shown comes from files that hold untrusted text (posts, file names, error messages),
+so every value goes through `printable` before it reaches the terminal.
+"""
 
 from __future__ import annotations
 
@@ -8,16 +12,32 @@ from typing import Any
 
 import pandas as pd
 
+from affectflow.core.display import printable
+from affectflow.core.locks import live_writer, read_holder
 from affectflow.core.runs import RunStore, list_runs
 from affectflow.core.store import StageArtifact
 
 
 def _shorten(value: Any, width: int = 60) -> Any:
     if isinstance(value, str):
-        return textwrap.shorten(value, width=width, placeholder="…") if value else value
+        return printable(value, width) if value else value
     if isinstance(value, (list, tuple)) and len(value) > 6:
         return f"[{len(value)} values]"
     return value
+
+
+def shown_status(run_path: Path, record: dict[str, Any], stage: dict[str, Any]) -> str:
+    """A stage's recorded status, except that `running` without a live writer is `interrupted`
+    (its writer was killed before it could record an end)."""
+    status = str(stage.get("status", "?"))
+    if status != "running":
+        return status
+    writer = live_writer(run_path)
+    if writer is not None:
+        return f"running (pid {writer.pid})"
+    gone = read_holder(run_path)
+    since = f"writer pid {gone.pid} gone, " if gone else ""
+    return f"interrupted ({since}last update {record.get('updated', '?')})"
 
 
 def runs_table(artifact_root: Path) -> str:
@@ -26,13 +46,14 @@ def runs_table(artifact_root: Path) -> str:
         return f"no runs under {artifact_root / 'runs'}"
     lines = []
     for record in records:
-        lines.append(f"{record['run_id']}  created {record.get('created', '?')}"
-                     + (f"  ({record['error']})" if "error" in record else ""))
+        run_path = artifact_root / "runs" / str(record["run_id"])
+        lines.append(f"{printable(record['run_id'])}  created {record.get('created', '?')}"
+                     + (f"  ({printable(record['error'])})" if "error" in record else ""))
         for name, stage in record.get("stages", {}).items():
             counts = (f"{stage.get('rows_in', '-')} in / {stage.get('rows_out', '-')} out / "
                       f"{stage.get('rows_rejected', '-')} rejected")
             seconds = stage.get("seconds")
-            lines.append(f"  {name:<12} {stage.get('status', '?'):<8} {counts}"
+            lines.append(f"  {name:<12} {shown_status(run_path, record, stage):<8} {counts}"
                          + (f"  {seconds:.1f}s" if isinstance(seconds, (int, float)) else ""))
     return "\n".join(lines)
 
@@ -42,8 +63,8 @@ def run_overview(store: RunStore) -> str:
     lines = [f"run {record['run_id']} at {store.path}", f"created {record.get('created')}",
              f"code {record.get('code_version', {})}", "stages:"]
     for name, stage in record.get("stages", {}).items():
-        lines.append(f"  {name:<12} {stage.get('status', '?'):<8} rows out {stage.get('rows_out', '-')}"
-                     f", rejected {stage.get('rows_rejected', '-')}")
+        lines.append(f"  {name:<12} {shown_status(store.path, record, stage):<8} rows out "
+                     f"{stage.get('rows_out', '-')}, rejected {stage.get('rows_rejected', '-')}")
     return "\n".join(lines)
 
 
@@ -64,10 +85,10 @@ def stage_report(artifact: StageArtifact, samples: int) -> str:
         lines += [f"  {reason}: {count}" for reason, count in
                   sorted(manifest["rejects_by_reason"].items(), key=lambda item: -item[1])]
         if samples > 0:
-            rejects = artifact.rejects().to_pandas().head(samples)
+            rejects = artifact.rejects().to_pandas().head(samples).map(_shorten)
             lines.append(textwrap.indent(rejects.to_string(index=False), "  "))
     if manifest.get("summary"):
-        lines.append(f"summary: {manifest['summary']}")
+        lines.append(f"summary: {printable(manifest['summary'], 2000)}")
     if samples > 0 and manifest["rows_out"]:
         frame = artifact.read_shard(manifest["shard_ids"][0]).to_pandas().head(samples)
         frame = frame.map(_shorten)

@@ -2,13 +2,16 @@
 
 Ephemeral mode keeps its SQLite state under `./.prefect` (the project's working area, not the
 user's home) and telemetry is off (Prefect's, and Ray's when the ray runner is used). Values the
-user already set in the environment win.
+user already set in the environment win. The temporary server ephemeral mode starts is stopped
+when this process ends, however it ends (`guard_ephemeral_server`).
 """
 
 from __future__ import annotations
 
 import os
 from pathlib import Path
+
+from affectflow.core.lifeline import stop_with_this_process
 
 
 def configure_prefect_env(home: Path | None = None) -> None:
@@ -22,3 +25,13 @@ def configure_prefect_env(home: Path | None = None) -> None:
     }
     for key, value in defaults.items():
         os.environ.setdefault(key, value)
+
+
+def guard_ephemeral_server() -> None:
+    """Make the temporary Prefect server this process started (if any) end with this process:
+    Prefect stops it at exit, but a killed process runs no exit handlers."""
+    from prefect.server.api.server import SubprocessASGIServer
+
+    process = SubprocessASGIServer().server_process
+    if process is not None and process.poll() is None:
+        stop_with_this_process(process.pid)

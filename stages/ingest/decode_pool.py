@@ -5,6 +5,9 @@ cores two threads reach about 1.5x a single-threaded decode loop and two process
 Starting processes costs ~0.1 s, so the pool is made once per worker count and reused by every
 shard and every run in this process (shut down at exit).
 
+Each worker exits as soon as the process that forked it is gone (`core/lifeline.py`), so a killed
+run leaves no decode process behind.
+
 The workers are forked, as PyTorch's DataLoader workers are on Linux: spawn and forkserver
 children re-import the caller's `__main__`, which re-runs any script without a `__main__` guard.
 The children only decode with Pillow and hash, so they touch none of the parent's threads' locks
@@ -21,6 +24,8 @@ import multiprocessing
 import sys
 import threading
 from concurrent.futures import Executor, ProcessPoolExecutor, ThreadPoolExecutor
+
+from affectflow.core.lifeline import exit_with_parent
 
 logger = logging.getLogger(__name__)
 
@@ -60,4 +65,5 @@ def _new_pool(workers: int) -> Executor:
     if sys.platform != "linux" or multiprocessing.current_process().daemon:
         logger.info("decoding on %d threads (no forked worker processes here)", workers)
         return ThreadPoolExecutor(max_workers=workers, thread_name_prefix="decode")
-    return ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("fork"))
+    return ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("fork"),
+                               initializer=exit_with_parent)

@@ -1,4 +1,4 @@
-"""Decode-once validation of an image file, returning its facts or the reason it is rejected."""
+"""Decode-once validation of an image's bytes, returning its facts or the reason it is rejected."""
 
 from __future__ import annotations
 
@@ -6,14 +6,15 @@ import hashlib
 import io
 import warnings
 from dataclasses import dataclass
-from pathlib import Path
 
 from PIL import Image, UnidentifiedImageError
+
+from affectflow.core.images import allow_pixels, upright_size
 
 
 @dataclass(frozen=True)
 class ImageFacts:
-    width: int
+    width: int  # as displayed: EXIF orientation applied, so a rotated portrait is taller than wide
     height: int
     format: str
     sha256: str
@@ -25,26 +26,25 @@ class ImageProblem:
     detail: str
 
 
-def check_image(path: Path, min_side: int, max_pixels: int) -> ImageFacts | ImageProblem:
-    """Read the file once, hash its bytes and fully decode it (truncation shows only on decode)."""
-    try:
-        data = path.read_bytes()
-    except FileNotFoundError:
-        return ImageProblem("missing_image", str(path))
-    except OSError as error:
-        return ImageProblem("unreadable_image", f"{path}: {error}")
+def check_image(data: bytes, min_side: int, max_pixels: int) -> ImageFacts | ImageProblem:
+    """Hash the file's bytes and fully decode them (truncation shows only on decode).
+
+    `max_pixels` is the limit in both directions: lower than Pillow's own decompression-bomb
+    limit, it rejects more; higher, Pillow's limit is raised to it.
+    """
     if not data:
-        return ImageProblem("zero_byte_image", str(path))
+        return ImageProblem("zero_byte_image", "the file is empty")
     digest = hashlib.sha256(data).hexdigest()
+    allow_pixels(max_pixels)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             with Image.open(io.BytesIO(data)) as image:
-                width, height = image.size
-                if width * height > max_pixels:
-                    return ImageProblem("image_too_large",
-                                        f"{width}x{height} exceeds max_image_pixels={max_pixels}")
+                if image.width * image.height > max_pixels:
+                    return ImageProblem("image_too_large", f"{image.width}x{image.height} exceeds "
+                                                           f"max_image_pixels={max_pixels}")
                 image.load()
+                width, height = upright_size(image)
                 fmt = image.format or "unknown"
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as error:
         return ImageProblem("image_too_large", str(error))

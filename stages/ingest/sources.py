@@ -7,9 +7,12 @@ rejects in the ingest stage, so every listed row is accounted for.
 
 from __future__ import annotations
 
+import codecs
 import json
 import os
 import random
+import stat
+import unicodedata
 from collections import defaultdict
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -18,6 +21,7 @@ from pathlib import Path
 import pandas as pd
 
 from affectflow.core.errors import UserError
+from affectflow.core.files import FileProblem, read_dataset_file
 
 TUMEMO_LABELS = ("Love", "Happy", "Calm", "Bored", "Sad", "Angry", "Fear")
 TUMEMO_LABEL_FILE = "all_data_id_and_label.txt"
@@ -40,40 +44,90 @@ class SourceRecord:
     text_file: str | None = None
 
 
+# Longest first: the UTF-32 LE mark begins with the UTF-16 LE one.
+BYTE_ORDER_MARKS = ((codecs.BOM_UTF32_LE, "utf-32"), (codecs.BOM_UTF32_BE, "utf-32"),
+                    (codecs.BOM_UTF8, "utf-8-sig"), (codecs.BOM_UTF16_LE, "utf-16"),
+                    (codecs.BOM_UTF16_BE, "utf-16"))
+
+
 def decode_text(data: bytes, encodings: Iterable[str]) -> str | None:
-    """First encoding that decodes the bytes strictly; None when none does."""
-    for encoding in encodings:
+    """The text of `data`: the encoding its byte-order mark names, else the first of `encodings`
+    that decodes it strictly to text without NUL characters (UTF-16 read as latin-1 decodes
+    "successfully" into every other character a NUL); None when none does."""
+    marked = [encoding for bom, encoding in BYTE_ORDER_MARKS if data.startswith(bom)][:1]
+    for encoding in [*marked, *encodings]:
         try:
-            return data.decode(encoding)
+            text = data.decode(encoding)
         except UnicodeDecodeError:
             continue
+        if "\x00" not in text:
+            return text
     return None
 
 
-def read_text_file(path: Path, encodings: Iterable[str]) -> tuple[str | None, str | None, str | None]:
+def only_control_characters(text: str) -> bool:
+    """True for text with characters but none a person could read (controls, format marks,
+    spaces only)."""
+    return bool(text) and all(unicodedata.category(ch)[0] in "CZ" or ch.isspace() for ch in text)
+
+
+def read_text_file(path: Path, encodings: Iterable[str], max_bytes: int,
+                   roots: tuple[str, ...]) -> tuple[str | None, str | None, str | None]:
     """(text, problem, detail) for a post's text file."""
     try:
-        data = path.read_bytes()
-    except (FileNotFoundError, IsADirectoryError):
-        return None, "missing_text", str(path)
+        data = read_dataset_file(path, "text", max_bytes, roots)
+    except FileProblem as problem:
+        return None, problem.reason, problem.detail
     text = decode_text(data, encodings)
     if text is None:
         return None, "undecodable_text", f"{path} is not valid {' or '.join(encodings)}"
     return text, None, None
 
 
+def id_problem(source_id: str, parts: int = 1) -> str | None:
+    """Why a source id is unusable, or None: ids name files (TumEmo's `<id>.jpg`) and appear in
+    reports, so they must be non-empty, free of control characters, and made of `parts` names
+    joined by '/' with no other separator and no '.' or '..'."""
+    if not source_id.strip():
+        return "empty id"
+    if any(unicodedata.category(ch)[0] == "C" for ch in source_id):
+        return f"id {source_id!r} holds control characters"
+    names = source_id.split("/")
+    if len(names) != parts or "\\" in source_id or any(name in ("", ".", "..") for name in names):
+        return f"id {source_id!r} is not {'a plain name' if parts == 1 else f'{parts} plain names'}"
+    return None
+
+
+def regular_file(path: Path, what: str) -> Path:
+    """`path`, when it is a regular file: a label, split or manifest file that is a FIFO, device
+    or folder is a config error, not something to wait on."""
+    try:
+        mode = path.stat().st_mode
+    except FileNotFoundError:
+        raise UserError(f"{what} not found: {path}", hint=f"check ingest.path ({path})") from None
+    if not stat.S_ISREG(mode):
+        raise UserError(f"{what} {path} is not a regular file",
+                        hint="point ingest.path at the dataset's real files")
+    return path
+
+
+def read_listing_file(path: Path, what: str) -> str:
+    """A label or split file (UTF-8; undecodable bytes replaced, so a bad line is reported)."""
+    return regular_file(path, what).read_text(encoding="utf-8", errors="replace")
+
+
 def list_tumemo(root: Path, image_dir: Path, text_dir: Path) -> list[SourceRecord]:
     """TumEmo raw release: a label file (header, then `<id> <Label>`), `<id>.jpg`, `<id>.txt`
     (read later by the decode workers, `text_file`)."""
     label_file = root / TUMEMO_LABEL_FILE
-    if not label_file.is_file():
+    if not label_file.exists():
         raise UserError(f"TumEmo label file not found: {label_file}",
                         hint="ingest.path must be the folder holding all_data_id_and_label.txt")
     records = []
     # Plain string joins: the listing runs before any decoding starts, and a pathlib join per
     # path made it most of ingest's serial set-up time.
     image_root, text_root = str(image_dir), str(text_dir)
-    lines = label_file.read_text(encoding="utf-8", errors="replace").splitlines()
+    lines = read_listing_file(label_file, "TumEmo label file").splitlines()
     for line_no, line in enumerate(lines[1:], start=2):
         if not line.strip():
             continue
@@ -83,6 +137,11 @@ def list_tumemo(root: Path, image_dir: Path, text_dir: Path) -> list[SourceRecor
                                         detail=f"{label_file.name}:{line_no}: {line.strip()[:80]!r}"))
             continue
         post_id, label = parts
+        problem = id_problem(post_id)
+        if problem:
+            records.append(SourceRecord(post_id, "", None, label, problem="invalid_id",
+                                        detail=f"{label_file.name}:{line_no}: {problem}"))
+            continue
         records.append(SourceRecord(post_id, os.path.join(image_root, f"{post_id}.jpg"), None, label,
                                     text_file=os.path.join(text_root, f"{post_id}.txt")))
     return records
@@ -90,6 +149,7 @@ def list_tumemo(root: Path, image_dir: Path, text_dir: Path) -> list[SourceRecor
 
 def _read_manifest_frame(path: Path) -> pd.DataFrame:
     suffix = path.suffix.lower()
+    regular_file(path, "manifest")
     if suffix == ".csv":
         return pd.read_csv(path, dtype=str, keep_default_na=False, encoding="utf-8")
     if suffix in {".jsonl", ".ndjson"}:
@@ -122,8 +182,11 @@ def list_manifest(path: Path, columns: dict[str, str]) -> list[SourceRecord]:
         image = cell(row, "image") or ""
         image_path = Path(image) if os.path.isabs(image) else path.parent / image
         split = cell(row, "split")
-        records.append(SourceRecord(cell(row, "id") or "", str(image_path), cell(row, "text"),
-                                    cell(row, "label") or None, split=split or None))
+        source_id = cell(row, "id") or ""
+        problem = id_problem(source_id)
+        records.append(SourceRecord(source_id, str(image_path), cell(row, "text"),
+                                    cell(row, "label") or None, split=split or None,
+                                    problem="invalid_id" if problem else None, detail=problem))
     return records
 
 
@@ -135,7 +198,7 @@ def _read_split_files(split_dir: Path) -> dict[str, str]:
         if not file.is_file():
             raise UserError(f"split file missing: {file}",
                             hint="ingest.split_dir needs train.txt, val.txt and test.txt")
-        for line in file.read_text(encoding="utf-8").splitlines():
+        for line in read_listing_file(file, "split file").splitlines():
             if line.strip():
                 assignment[line.strip()] = split
     return assignment
@@ -150,8 +213,10 @@ def list_image_folder(root: Path, split_dir: Path | None) -> list[SourceRecord]:
             if file.suffix.lower() not in IMAGE_SUFFIXES:
                 continue
             source_id = f"{class_dir.name}/{file.name}"
+            problem = id_problem(source_id, parts=2)
             records.append(SourceRecord(source_id, str(file), None, class_dir.name,
-                                        split=splits.get(source_id)))
+                                        split=splits.get(source_id),
+                                        problem="invalid_id" if problem else None, detail=problem))
     return records
 
 

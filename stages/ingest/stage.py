@@ -17,7 +17,8 @@ import pyarrow.parquet as pq
 from pydantic import Field, field_validator, model_validator
 
 from affectflow.core.atomic import write_parquet
-from affectflow.core.hashing import hash_value, tree_fingerprint
+from affectflow.core.files import real_roots
+from affectflow.core.hashing import files_fingerprint, fingerprint_mode, hash_value, tree_fingerprint
 from affectflow.core.stage import ShardOutput, Stage, StageContext, StageParams
 from affectflow.core.store import MAIN_TABLE, SAMPLE_ID, SOURCE_ID, StageArtifact, make_rejects
 from affectflow.stages.ingest.decode_pool import decode_pool, discard_pool
@@ -82,12 +83,17 @@ class IngestParams(StageParams):
         default_factory=lambda: {"id": "id", "image": "image", "text": "text",
                                  "label": "label", "split": "split"})
     labels: list[str] | None = Field(None, description="allowed labels (default per source)")
+    roots: list[Path] | None = Field(
+        None, description="folders every image and text file must resolve inside (symlinks "
+                          "resolved); default: the source's own folders (a manifest's: its folder)")
     text_encodings: list[str] = Field(default_factory=lambda: ["utf-8", "iso-8859-1"])
     require_text: bool | None = Field(None, description="default: true except for image_folder")
     hashtags: Literal["strip_sign", "drop"] = "strip_sign"
     expand_contractions: bool = True
     min_image_side: int = Field(32, ge=1)
     max_image_pixels: int = Field(89_478_485, ge=1)
+    max_image_bytes: int = Field(64 << 20, ge=1, description="larger image files are rejected")
+    max_text_bytes: int = Field(1 << 20, ge=1, description="larger post texts are rejected")
     split_ratios: tuple[float, float, float] = (0.8, 0.1, 0.1)
     split_seed: int = 0
     shard_size: int = Field(256, ge=1)
@@ -121,6 +127,14 @@ class IngestParams(StageParams):
     @property
     def name(self) -> str:
         return self.dataset_name or self.path.resolve().name
+
+    def dataset_roots(self) -> list[Path]:
+        """The folders the dataset's files must lie inside."""
+        if self.roots is not None:
+            return list(self.roots)
+        if self.source == "manifest":
+            return [self.path.parent]
+        return [self.path, *(folder for folder in (self.image_dir, self.text_dir) if folder)]
 
     @property
     def needs_text(self) -> bool:
@@ -164,8 +178,16 @@ class IngestStage(Stage[IngestParams]):
     shard_parallel = True
 
     def source_fingerprint(self, params: IngestParams, settings: Any) -> str:
+        """Every file the source lists or holds: the folders' trees, and for a manifest the
+        manifest itself plus each image it names (by stat, or by content with
+        `run.fingerprint: content`)."""
+        content = fingerprint_mode(settings) == "content"
         roots = [params.path] + [p for p in (params.image_dir, params.text_dir, params.split_dir) if p]
-        return hash_value([tree_fingerprint(root) for root in roots])
+        parts = [tree_fingerprint(root, content=content) for root in roots]
+        if params.source == "manifest":
+            listed = [record.image_path for record in list_manifest(params.path, params.columns)]
+            parts.append(files_fingerprint(listed, params.path.parent, content=content))
+        return hash_value(parts)
 
     def prepare(self, ctx: StageContext[IngestParams]) -> list[int]:
         params = ctx.params
@@ -192,7 +214,9 @@ class IngestStage(Stage[IngestParams]):
                          min_image_side=params.min_image_side,
                          max_image_pixels=params.max_image_pixels,
                          label_ids={name: index for index, name in enumerate(label_names)},
-                         base_dir=os.getcwd())
+                         base_dir=os.getcwd(), roots=real_roots(params.dataset_roots()),
+                         max_image_bytes=params.max_image_bytes,
+                         max_text_bytes=params.max_text_bytes)
         workers = ctx.settings.workers
         pool = decode_pool(workers)
         try:  # submitting to a pool whose worker died raises at once, like collecting does

@@ -4,7 +4,8 @@ It is a plain function of picklable values so it can run in a worker process (`d
 image decoding is most of ingest's time, and processes decode in parallel without sharing a GIL.
 Text files (TumEmo) are read here too, so the serial listing pass reads only the label file.
 A worker process keeps the folder it was forked in, so relative paths are resolved against the
-caller's folder (`RowRules.base_dir`), never the worker's own.
+caller's folder (`RowRules.base_dir`), never the worker's own. Files are read through
+`core/files.py`: regular files inside the dataset roots only, up to a byte limit.
 """
 
 from __future__ import annotations
@@ -13,9 +14,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from affectflow.core.files import FileProblem, read_dataset_file
 from affectflow.core.hashing import stable_sample_id
 from affectflow.stages.ingest.image_check import ImageProblem, check_image
-from affectflow.stages.ingest.sources import read_text_file
+from affectflow.stages.ingest.sources import only_control_characters, read_text_file
 from affectflow.stages.ingest.text_clean import clean_post_text
 
 
@@ -32,6 +34,9 @@ class RowRules:
     max_image_pixels: int
     label_ids: dict[str, int]
     base_dir: str  # the caller's working folder: what relative dataset paths are relative to
+    roots: tuple[str, ...]  # resolved dataset roots every image and text file must lie inside
+    max_image_bytes: int
+    max_text_bytes: int
 
 
 Validated = tuple[dict[str, Any] | None, dict[str, Any] | None]
@@ -46,16 +51,27 @@ def validate_row(row: dict[str, Any], rules: RowRules) -> Validated:
     text = row["text"]
     if row["text_file"]:
         text, problem, detail = read_text_file(Path(rules.base_dir, row["text_file"]),
-                                               rules.text_encodings)
+                                               rules.text_encodings, rules.max_text_bytes,
+                                               rules.roots)
         if problem:
             return None, {**reject, "reason": problem, "detail": detail}
     raw = text or ""
+    if len(raw.encode("utf-8", "surrogatepass")) > rules.max_text_bytes:
+        return None, {**reject, "reason": "text_too_large",
+                      "detail": f"text of more than max_text_bytes={rules.max_text_bytes}"}
+    if only_control_characters(raw) and raw.strip():
+        return None, {**reject, "reason": "control_text",
+                      "detail": "the text holds only control or format characters"}
     cleaned = clean_post_text(raw, rules.hashtags, rules.expand_contractions)
     if rules.needs_text and not cleaned:
         detail = "text is empty" if not raw.strip() else f"nothing left after cleaning {raw[:60]!r}"
         return None, {**reject, "reason": "empty_text", "detail": detail}
-    facts = check_image(Path(rules.base_dir, row["image_path"]), rules.min_image_side,
-                        rules.max_image_pixels)
+    try:
+        data = read_dataset_file(Path(rules.base_dir, row["image_path"]), "image",
+                                 rules.max_image_bytes, rules.roots)
+    except FileProblem as problem:
+        return None, {**reject, "reason": problem.reason, "detail": problem.detail}
+    facts = check_image(data, rules.min_image_side, rules.max_image_pixels)
     if isinstance(facts, ImageProblem):
         return None, {**reject, "reason": facts.reason, "detail": facts.detail}
     return {

@@ -2,7 +2,9 @@
 
 Rows of one or all partitions joined with the post's source id, label, text and image path,
 for tools outside affectflow. Streams shard by shard into one writer, so memory stays flat,
-and writes atomically (a half-written export never appears under the requested name).
+and writes atomically (a half-written export never appears under the requested name). Post text
+is untrusted: in CSV, a cell a spreadsheet would run as a formula (`=`, `+`, `-`, `@`, tab or
+carriage return first) is written with a leading `'`, as OWASP recommends.
 """
 
 from __future__ import annotations
@@ -26,6 +28,18 @@ from affectflow.stages.partition.stage import PARTITION, PARTITIONS, SCHEMA
 INGEST_COLUMNS = [INGEST_SCHEMA.field(name) for name in (SOURCE_ID, LABEL, SPLIT, TEXT, IMAGE_PATH)]
 EXPORT_SCHEMA = pa.schema([*SCHEMA, *INGEST_COLUMNS])
 FORMATS = (".parquet", ".csv")
+FORMULA_START = r"^[=+\-@\t\r]"
+
+
+def neutralise_formulas(rows: pa.Table) -> pa.Table:
+    """String cells that a spreadsheet would evaluate, prefixed with `'` (for CSV output)."""
+    for index, field in enumerate(rows.schema):
+        if pa.types.is_string(field.type):
+            column = rows.column(index)
+            risky = pc.fill_null(pc.match_substring_regex(column, FORMULA_START), False)
+            safe = pc.if_else(risky, pc.binary_join_element_wise("'", column, ""), column)
+            rows = rows.set_column(index, field, safe)
+    return rows
 
 
 def _with_post_fields(rows: pa.Table, ingest: pa.Table | None) -> pa.Table:
@@ -53,10 +67,11 @@ def export_partition(run: RunStore, out: Path, partition: str | None = None) -> 
     shard_ids = artifact.manifest["shard_ids"]
     ingest = run.stage("ingest")
     written = 0
+    csv = out.suffix.lower() == ".csv"
     with atomic_path(out) as tmp:
         writer: pq.ParquetWriter | pacsv.CSVWriter = (
-            pq.ParquetWriter(tmp, EXPORT_SCHEMA, compression="zstd")
-            if out.suffix.lower() == ".parquet" else pacsv.CSVWriter(tmp, EXPORT_SCHEMA))
+            pacsv.CSVWriter(tmp, EXPORT_SCHEMA) if csv
+            else pq.ParquetWriter(tmp, EXPORT_SCHEMA, compression="zstd"))
         with writer:
             for shard_id in shard_ids:
                 rows = read_columns(artifact.shard_path(shard_id), SCHEMA.names)
@@ -69,6 +84,7 @@ def export_partition(run: RunStore, out: Path, partition: str | None = None) -> 
                 names = pq.read_schema(post_file).names if present else []
                 wanted = [SAMPLE_ID, *(f.name for f in INGEST_COLUMNS if f.name in names)]
                 posts = read_columns(post_file, wanted) if present else None
-                writer.write_table(_with_post_fields(rows, posts).cast(EXPORT_SCHEMA))
+                rows = _with_post_fields(rows, posts).cast(EXPORT_SCHEMA)
+                writer.write_table(neutralise_formulas(rows) if csv else rows)
                 written += rows.num_rows
     return written
