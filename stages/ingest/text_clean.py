@@ -16,6 +16,8 @@ HASHTAG_RE = re.compile(r"#(\w*)")
 # Some dumps (TweetEval among them) store line breaks as the two characters backslash + n.
 ESCAPED_BREAK_RE = re.compile(r"\\[nrt]")
 SPACE_RE = re.compile(r"\s+")
+# C0 and C1 controls (ESC of terminal escapes, BEL, NUL...) and DEL: never part of a post's words.
+CONTROL_RE = re.compile(r"[\x00-\x1f\x7f-\x9f]")
 
 # Unambiguous English contractions; "'s" is left alone (is / has / possessive cannot be told apart).
 CONTRACTIONS = {
@@ -46,8 +48,9 @@ def expand_contractions(text: str) -> str:
 
 def clean_post_text(text: str, hashtags: HashtagMode = "strip_sign",
                     contractions: bool = True) -> str:
-    """Remove URLs and @mentions, handle #tags, expand contractions, unescape HTML, fold spaces."""
-    text = ESCAPED_BREAK_RE.sub(" ", html.unescape(text))
+    """Remove URLs and @mentions, handle #tags, expand contractions, unescape HTML, drop control
+    characters, fold spaces."""
+    text = CONTROL_RE.sub(" ", ESCAPED_BREAK_RE.sub(" ", html.unescape(text)))
     text = URL_RE.sub(" ", text)
     text = MENTION_RE.sub(" ", text)
     text = HASHTAG_RE.sub(r" \1" if hashtags == "strip_sign" else " ", text)
