@@ -1,4 +1,5 @@
-"""Shared fixtures: a small demo dataset and tiny dataset builders for ingest tests."""
+"""Shared fixtures: a small demo dataset, tiny dataset builders for ingest tests, and a Prefect
+test harness (temporary local API + database) for the flow and CLI tests."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ from PIL import Image
 
 from affectflow.demo.generate import generate_demo
 from affectflow.demo.models import build_demo_models
+from affectflow.pipelines.prefect_env import configure_prefect_env
 
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 
@@ -22,6 +24,15 @@ def one_torch_thread() -> Iterator[None]:
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(previous)
+
+
+@pytest.fixture(scope="session")
+def prefect_harness(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    configure_prefect_env(tmp_path_factory.mktemp("prefect-home"))
+    from prefect.testing.utilities import prefect_test_harness
+
+    with prefect_test_harness(server_startup_timeout=120):
+        yield
 
 
 @pytest.fixture(scope="session")
