@@ -120,13 +120,8 @@ class StageJob:
         it reads is in its input's recorded schema."""
         inputs = self.input_artifacts()
         for name, artifact in inputs.items():
-            damaged = damaged_files(artifact.path, artifact.records() or {})
-            if damaged:
-                relative, problem = next(iter(damaged.items()))
-                more = f" (and {len(damaged) - 1} more file(s))" if len(damaged) > 1 else ""
-                raise IntegrityError(artifact.path / relative, problem + more,
-                                     hint=f"'{self.stage.name}' reads '{name}', which must be "
-                                          f"repaired first: {artifact.repair_hint()}")
+            artifact.check_intact(f"'{self.stage.name}' reads '{name}', which must be repaired "
+                                  f"first: {artifact.repair_hint()}")
         for ref in self.stage.reads:
             if ref.stage not in inputs:
                 continue

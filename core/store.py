@@ -22,7 +22,14 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from affectflow.core.errors import UserError
-from affectflow.core.integrity import FileRecord, IntegrityError, describe_file, file_problem, relative_files
+from affectflow.core.integrity import (
+    FileRecord,
+    IntegrityError,
+    damaged_files,
+    describe_file,
+    file_problem,
+    relative_files,
+)
 
 SAMPLE_ID = "sample_id"
 """The key of every row of every stage: a stable 128-bit id of (dataset, source id)."""
@@ -154,6 +161,15 @@ class StageArtifact:
         run_id = self.path.parent.name
         return (f"rerun the stage to recompute what is damaged: affectflow stage {self.name} "
                 f"--run {run_id} (only the damaged shards are computed again)")
+
+    def check_intact(self, hint: str | None = None) -> None:
+        """Raise `IntegrityError` naming the first file that differs from its record."""
+        damaged = damaged_files(self.path, self.records() or {})
+        if damaged:
+            relative, problem = next(iter(damaged.items()))
+            more = f" (and {len(damaged) - 1} more file(s))" if len(damaged) > 1 else ""
+            raise IntegrityError(self.path / relative, problem + more,
+                                 hint=hint or self.repair_hint())
 
     def checked(self, path: Path, records: dict[str, FileRecord] | None = None) -> Path:
         """`path` (a file of this stage) once it matches the record of what the stage wrote.

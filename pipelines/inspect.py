@@ -70,6 +70,7 @@ def run_overview(store: RunStore) -> str:
 
 def stage_report(artifact: StageArtifact, samples: int) -> str:
     manifest = artifact.manifest
+    artifact.check_intact()  # nothing damaged is shown as if it were whole
     lines = [f"stage {manifest['stage']} ({artifact.path})",
              f"fingerprint {manifest['fingerprint'][:16]}  code {manifest['code_version']}",
              f"rows: {manifest['rows_in']} in = {manifest['rows_out']} out + "

@@ -261,9 +261,28 @@ def gone_within(pids: list[int], seconds: float) -> bool:
     return False
 
 
-@pytest.mark.parametrize("script", [DECODE_PARENT, WATCHED_PARENT], ids=["decode-workers", "watched-child"])
-def test_helpers_end_when_their_parent_is_killed(script: str) -> None:
-    parent = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True)
+EPHEMERAL_PARENT = textwrap.dedent("""
+    import time
+    from affectflow.pipelines.prefect_env import configure_prefect_env, guard_ephemeral_server
+    configure_prefect_env()
+    from prefect import flow
+    from prefect.server.api.server import SubprocessASGIServer
+
+    @flow
+    def probe() -> int:
+        guard_ephemeral_server()
+        return SubprocessASGIServer().server_process.pid
+
+    print(probe(), flush=True)
+    time.sleep(120)
+""")
+
+
+@pytest.mark.parametrize("script", [DECODE_PARENT, WATCHED_PARENT, EPHEMERAL_PARENT],
+                         ids=["decode-workers", "watched-child", "temporary-prefect-server"])
+def test_helpers_end_when_their_parent_is_killed(script: str, tmp_path: Path) -> None:
+    parent = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True,
+                              cwd=tmp_path)
     assert parent.stdout is not None
     pids = [int(pid) for pid in parent.stdout.readline().split()]
     assert pids
@@ -296,7 +315,7 @@ def test_cli_heals_a_truncated_shard_and_refuses_a_second_writer(
         prefect_harness: None, ingest_workdir: Path, capsys: pytest.CaptureFixture[str]) -> None:
     code, out, err = cli(capsys, "run", "pretrain", "--config", "ingest.yaml", "--run-id", "r1")
     assert code == 0, err
-    shard = ingest_workdir / "artifacts/runs/r1/ingest/part-00001.parquet"
+    shard = Path("artifacts/runs/r1/ingest/part-00001.parquet")
     shard.write_bytes(shard.read_bytes()[:100])
     code, out, err = cli(capsys, "inspect", "r1", "ingest")
     assert code == 2 and str(shard) in err and "hint: rerun the stage" in err
