@@ -11,12 +11,16 @@ from pathlib import Path
 from typing import Any
 
 import pandas as pd
+import pyarrow as pa
 import pytest
 from PIL import Image
 
 from affectflow.core.images import EXIF_ORIENTATION, load_rgb
+from affectflow.core.runs import RunStore
+from affectflow.pipelines.inspect import stage_report
 from affectflow.stages.ingest.sources import decode_text
 from affectflow.stages.ingest.stage import IngestParams, IngestStage
+from affectflow.stages.partition.export import neutralise_formulas
 from tests.conftest import write_image, write_tumemo
 from tests.stages.test_ingest import ingest, reasons
 
@@ -161,3 +165,20 @@ def test_a_manifests_fingerprint_covers_the_images_it_lists(tmp_path: Path) -> N
     assert stage.source_fingerprint(params, content_mode) == before[content_mode]
     write_image(image, colour=(1, 2, 3))  # new bytes
     assert stage.source_fingerprint(params, content_mode) != before[content_mode]
+
+
+def test_inspect_prints_no_terminal_control_characters(tmp_path: Path) -> None:
+    root = write_tumemo(tmp_path / "tumemo", {"1": ("Calm", "\x1b[2J\x1b[31mpwned\x07 hello")})
+    ingest(tmp_path, source="tumemo", path=root)
+    report = stage_report(RunStore(tmp_path / "artifacts", "run").stage("ingest"), samples=3)
+    assert "pwned" in report and not any(ch in report for ch in "\x1b\x07")
+    assert "\\x1b" in report  # shown as a visible escape
+
+
+def test_csv_cells_that_spreadsheets_would_run_are_neutralised() -> None:
+    table = pa.table({"text": ["=HYPERLINK(\"x\")", "+1", "-2", "@SUM(A1)", "\tx", "fine", None],
+                      "n": [1, 2, 3, 4, 5, 6, 7]})
+    safe = neutralise_formulas(table)
+    assert safe["text"].to_pylist() == ["'=HYPERLINK(\"x\")", "'+1", "'-2", "'@SUM(A1)", "'\tx",
+                                        "fine", None]
+    assert safe["n"].to_pylist() == table["n"].to_pylist()
