@@ -5,7 +5,10 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from affectflow.core.atomic import write_json
+from affectflow.core.integrity import records_digest
 from affectflow.core.runner import run_stage
+from affectflow.core.store import MANIFEST, StageArtifact, stage_file_records
 from affectflow.pipelines.config import load_config
 from affectflow.pipelines.execution import RunRef, make_job, open_run
 
@@ -37,3 +40,13 @@ def run_stages(raw: dict[str, Any], stages: list[str], run_id: str = "test",
     for name in stages:
         run_stage(make_job(ref, config, name), force=force)
     return ref
+
+
+def record_edit(artifact: StageArtifact) -> None:
+    """After a test edits a finished stage's files on purpose (to plant upstream data a stage
+    must cope with), record them in its manifest as if the stage had written them; readers
+    refuse files that differ from their records."""
+    manifest = artifact.manifest
+    manifest["files"] = stage_file_records(artifact.path)
+    manifest["digest"] = records_digest(manifest["files"])
+    write_json(artifact.path / MANIFEST, manifest)

@@ -24,10 +24,9 @@ from affectflow.core.columns import column_vectors, vector_column
 from affectflow.core.errors import UserError
 from affectflow.core.hashing import hash_value
 from affectflow.core.images import load_rgb
-from affectflow.core.integrity import records_digest
 from affectflow.core.runner import StageJob, run_stage
 from affectflow.core.runs import RunStore
-from affectflow.core.store import MANIFEST, StageArtifact, shard_name, stage_file_records
+from affectflow.core.store import MANIFEST, StageArtifact, shard_name
 from affectflow.models.pacl.model import build_visual_encoder
 from affectflow.pipelines.config import RunSettings, load_config
 from affectflow.stages.cluster import features as cluster_features
@@ -36,7 +35,7 @@ from affectflow.stages.cluster.inputs import align_shard
 from affectflow.stages.cluster.kmeans import kmeans, l2_normalise
 from affectflow.stages.cluster.stage import ClusterParams, ClusterStage
 from affectflow.stages.partition.stage import PartitionParams, PartitionStage
-from tests.stages.helpers import demo_config, run_stages
+from tests.stages.helpers import demo_config, record_edit, run_stages
 
 KS = [2, 3, 7]
 
@@ -161,9 +160,8 @@ def rewrite_shard(artifact: StageArtifact, shard_id: int, table: pa.Table,
     write_parquet(artifact.table_dir(table_name) / shard_name(shard_id), table)
     manifest = artifact.manifest
     manifest["fingerprint"] = hash_value([manifest["fingerprint"], shard_id, table.num_rows])
-    manifest["files"] = stage_file_records(artifact.path)
-    manifest["digest"] = records_digest(manifest["files"])
     write_json(artifact.path / MANIFEST, manifest)
+    record_edit(artifact)
 
 
 def test_one_int32_column_per_side_and_k_and_accounting_closes(scored: ScoredRun,

@@ -36,6 +36,7 @@ from affectflow.stages.cternet.maps import write_sentiment_maps
 from affectflow.stages.cternet.metrics import FI_CLASSES, binary_accuracy
 from affectflow.stages.cternet.train import CTERNetTrainParams, CTERNetTrainStage
 from affectflow.stages.ingest.stage import IngestParams, IngestStage
+from tests.stages.helpers import record_edit
 
 CONFIGS = Path(__file__).resolve().parents[2] / "configs"
 TRAIN = {"backbone": "test_resnet", "pretrained": False, "input_size": 48, "epochs": 8,
@@ -89,12 +90,13 @@ def baseline(fi_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> RunStore
 
 
 def rewrite_ingest(store: RunStore, change: Callable[[dict[str, Any]], dict[str, Any]]) -> None:
-    """Edit the finished ingest table in place (its manifest and fingerprint stay)."""
+    """Edit the finished ingest table in place (its fingerprint stays)."""
     artifact = store.stage("ingest")
     for shard_id, table in artifact.iter_shards():
         rows = [change(row) for row in table.to_pylist()]
         write_parquet(artifact.shard_path(shard_id),
                       pa.Table.from_pylist(rows, schema=table.schema))
+    record_edit(artifact)
 
 
 def split_rows(store: RunStore, split: str) -> list[dict[str, Any]]:

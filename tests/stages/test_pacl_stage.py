@@ -20,6 +20,7 @@ from affectflow.core.columns import column_vectors
 from affectflow.core.errors import UserError
 from affectflow.core.runner import StageJob, run_stage
 from affectflow.core.runs import RunStore
+from affectflow.core.store import MAIN_TABLE, StageArtifact
 from affectflow.models.pacl.checkpoint import load_model
 from affectflow.models.pacl.model import build_visual_encoder
 from affectflow.models.pacl.train import PaclTrainConfig, PaclTrainingSet, TrainHooks
@@ -27,6 +28,7 @@ from affectflow.pipelines.execution import RunRef
 from affectflow.stages.pacl import worker as pacl_worker
 from affectflow.stages.pacl.params import PaclParams
 from affectflow.stages.pacl.stage import PaclStage
+from tests.stages.helpers import record_edit
 from tests.stages.pacl_upstream import run_upstream, settings
 
 torch.set_num_threads(1)
@@ -103,8 +105,9 @@ def test_outputs_models_backbone_history_and_loss_curve(upstream: RunRef,
     assert (folder / "loss_curve.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
-def _replace_shard(artifact_dir: Path, shard: int, table: pa.Table) -> None:
-    write_parquet(artifact_dir / f"part-{shard:05d}.parquet", table)
+def _replace_shard(artifact: StageArtifact, shard: int, table: pa.Table, side: str = MAIN_TABLE) -> None:
+    write_parquet(artifact.table_dir(side) / f"part-{shard:05d}.parquet", table)
+    record_edit(artifact)
 
 
 def test_samples_missing_upstream_data_become_rejects(upstream: RunRef, tmp_path: Path) -> None:
@@ -116,19 +119,20 @@ def test_samples_missing_upstream_data_become_rejects(upstream: RunRef, tmp_path
     broken_image.write_bytes(b"\xff\xd8 not really a jpeg")
     paths = ingest["image_path"].to_pylist()
     paths[train_rows[0]] = str(broken_image)
-    _replace_shard(run.stage("ingest").path, 0,
+    _replace_shard(run.stage("ingest"), 0,
                    ingest.set_column(ingest.schema.get_field_index("image_path"), "image_path",
                                      pa.array(paths, pa.string())))
     for stage, victim in (("partition", victims[1]), ("cluster", victims[2])):
         table = run.stage(stage).read_shard(0)
         keep = pa.array([sid != victim for sid in table["sample_id"].to_pylist()])
-        _replace_shard(run.stage(stage).path, 0, table.filter(keep))
+        _replace_shard(run.stage(stage), 0, table.filter(keep))
     features = run.stage("emotional").read_shard(0, table="text_features")
     vectors = column_vectors(features["text_feature"])
     vectors[features["sample_id"].to_pylist().index(victims[3])] = np.nan
     flat = pa.array(vectors.astype(np.float16).reshape(-1), pa.float16())
-    _replace_shard(run.stage("emotional").path / "text_features", 0, features.set_column(
-        1, "text_feature", pa.FixedSizeListArray.from_arrays(flat, vectors.shape[1])))
+    _replace_shard(run.stage("emotional"), 0, features.set_column(
+        1, "text_feature", pa.FixedSizeListArray.from_arrays(flat, vectors.shape[1])),
+                   side="text_features")
 
     manifest = run_pacl(upstream, "broken", epochs=1)
     assert manifest["rejects_by_reason"] == {"image_load_failed": 1, "no_partition": 1,
