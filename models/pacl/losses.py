@@ -1,34 +1,45 @@
 """PACL partitioned adaptive contrastive losses (L1..L4), their masks and the progressive schedule.
 
-Notation of the PACL paper (Eq. 3). A batch holds B image-text pairs (v_i, t_i). ``sim[i, j]`` is the
-cosine similarity of image i and text j. Every sample carries a partition id (0 strong,
+Notation of the PACL paper (Eq. 3-14). A batch holds B image-text pairs (v_i, t_i). ``sim[i, j]`` is
+the cosine similarity of image i and text j. Every sample carries a partition id (0 strong,
 1 partial-emotional, 2 partial-factual, 3 weak), a factual cluster id ``f_i`` (k-means on image
-features) and an emotional cluster id ``e_i`` (k-means on text features).
+features) and an emotional cluster id ``e_i`` (k-means on the teacher's text features).
 
-Readings of the paper that the code fixes:
+The general loss (Eq. 3) of one direction, for an anchor with positives P and negatives N:
+``-log(sum_P exp(s / tau) / (sum_P exp(s / tau) + sum_N exp(s / tau)))``, averaged over the
+anchors, half image->text plus half text->image. Each loss L1..L4 only defines P and N:
 
-- Anchors and partners: the loss of partition p averages over the anchors that belong to p,
-  in both directions, while every sample of the (global) batch is a candidate partner. With an
-  all-strong batch L1 is exactly the CLIP loss.
-- Best matches: ``best_image[j] = argmax_i sim[i, j]`` and ``best_text[i] = argmax_j sim[i, j]``.
-  Ties go to the lowest index, so masks are deterministic. Masks are built from detached
-  similarities: they select partners and must not receive gradients.
-- ``m_f(t_j)`` = images whose factual cluster equals that of ``best_image[j]``;
-  ``m_f^-1(v_i)`` = texts t_j with v_i in m_f(t_j) (the transpose of m_f).
-  ``m_e(v_i)`` = texts whose emotional cluster equals that of ``best_text[i]``;
-  ``m_e^-1(t_j)`` = images v_i with t_j in m_e(v_i) (the transpose of m_e).
-- Exclusions remove partners from an anchor's negatives only: positives are never excluded.
-  The own pair often falls into its excluded set (an image is usually in the factual cluster
-  of the image its text matches best); it stays the positive and stays in the denominator.
-- L4 (weak): an image anchor's positive is its best text and its negatives exclude the texts
-  in m_e(v_i) and in m_f^-1(v_i); a text anchor's positive is its best image and its negatives
-  exclude the images in m_f(t_j) and in m_e^-1(t_j). The own pair is a plain negative there
-  unless it is the best match or excluded.
-- A partition with no anchor in the batch contributes exactly 0 (no NaN) and keeps the total
-  connected to the graph, so ``backward()`` always works.
-- The schedule counts thirds of the PRETRAINING epochs (the public code used the downstream
-  epoch count). As in the paper, there is no image-text-matching head and no extra x0.1 factor
-  on the contrastive sum (both only in the public code); loss weights default to its 1/.6/.6/.1.
+- L1 strong: P = {i}; N = {j | j != i}. With an all-strong batch this is exactly the CLIP loss.
+- L2 partial-emotional: P = {i}; N(t_i) = {j | j != i, v_j not in m_f(t_i)} and
+  N(v_i) = {j | j != i, t_j not in m_f^-1(v_i)}.
+- L3 partial-factual: P = {i}; N(v_i) = {j | j != i, t_j not in m_e(v_i)} and
+  N(t_i) = {j | j != i, v_j not in m_e^-1(t_i)}.
+- L4 weak: the positives are rebuilt as best matches, P(v_i) = {best_text[i]} and
+  P(t_i) = {best_image[i]}; N(v_i) = {j | j != i, t_j not in m_e(v_i) and not in m_f^-1(v_i)},
+  N(t_i) = {j | j != i, v_j not in m_f(t_i) and not in m_e^-1(t_i)} (Eq. 14). The own pair i is
+  never a negative; it is in the denominator only when it is the best match (then P = {i}).
+
+with ``best_text[i] = argmax_j sim[i, j]``, ``best_image[j] = argmax_i sim[i, j]`` (ties to the
+lowest index, so masks are reproducible), ``m_f(t_j)`` = images whose factual cluster is that of
+``best_image[j]``, ``m_f^-1(v_i)`` = texts t_j with v_i in m_f(t_j) (the transpose),
+``m_e(v_i)`` = texts whose emotional cluster is that of ``best_text[i]``, ``m_e^-1(t_j)`` = images
+v_i with t_j in m_e(v_i). P and N never overlap (L4's best match lies in its own m_e / m_f set).
+Masks come from detached similarities: they select partners and receive no gradient.
+
+Which samples are candidates (``candidates``):
+
+- ``partition`` (default; the paper's "solely on this partition" and the public code, which runs
+  one forward per partition): loss p is computed on the sub-batch of partition p alone, so
+  best matches, m_f / m_e and the negatives are all drawn from that partition's samples.
+- ``batch``: the anchors are partition p's samples, but every sample of the mixed micro-batch
+  is a candidate partner (best matches and negatives range over the whole batch).
+
+A partition with no sample in the batch contributes exactly 0 (no NaN) and keeps the total
+connected to the graph, so ``backward()`` always works. The schedule counts thirds of the
+PRETRAINING epochs (the public code used the downstream epoch count). As in the paper there is
+no image-text-matching head and no extra x0.1 on the contrastive sum (both only in the public
+code). Loss weights default to the paper's plain sum (Eq. 16-17); the public code's
+1 / 0.6 / 0.6 / 0.1 is the named option ``public_code``.
 """
 
 from __future__ import annotations
@@ -36,12 +47,17 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, fields
 from enum import IntEnum
+from typing import Literal
 
 import torch
 import torch.distributed as dist
 from torch import Tensor
 
 DEFAULT_TEMPERATURE = 0.07
+
+Candidates = Literal["partition", "batch"]
+CANDIDATE_MODES: tuple[Candidates, ...] = ("partition", "batch")
+DEFAULT_CANDIDATES: Candidates = "partition"
 
 
 class Partition(IntEnum):
@@ -78,26 +94,26 @@ class PartnerMasks:
 
 @dataclass(frozen=True)
 class ContrastiveMasks:
-    """Positive and excluded partners per anchor for both directions of one loss.
+    """Positive and negative partners per anchor for both directions of one loss.
 
     ``image_*`` rows are image anchors over text partners; ``text_*`` rows are text anchors
-    over image partners. All are (B, B) boolean.
+    over image partners. All are (B, B) boolean; positives and negatives never overlap.
     """
 
     image_positives: Tensor
-    image_excluded: Tensor
+    image_negatives: Tensor
     text_positives: Tensor
-    text_excluded: Tensor
+    text_negatives: Tensor
 
 
 @dataclass(frozen=True)
 class PaclLossWeights:
-    """Weight of each partition's loss in the total; defaults follow the public code."""
+    """Weight of each partition's loss in the total; the default is the paper's plain sum."""
 
     strong: float = 1.0
-    partial_emotional: float = 0.6
-    partial_factual: float = 0.6
-    weak: float = 0.1
+    partial_emotional: float = 1.0
+    partial_factual: float = 1.0
+    weak: float = 1.0
 
     def __post_init__(self) -> None:
         for spec in fields(self):
@@ -110,6 +126,16 @@ class PaclLossWeights:
 
     def of(self, partition: Partition) -> float:
         return float(getattr(self, partition.key))
+
+    def in_partition_order(self) -> tuple[float, float, float, float]:
+        return self.strong, self.partial_emotional, self.partial_factual, self.weak
+
+
+LOSS_WEIGHT_PRESETS: dict[str, PaclLossWeights] = {
+    "paper": PaclLossWeights(),  # Eq. 16-17: L = L1 + L2 + L3 + L4 (in the last third)
+    "public_code": PaclLossWeights(1.0, 0.6, 0.6, 0.1),  # wdqqdw/PACL's weight_a234
+}
+"""Named loss weightings a config can choose by name."""
 
 
 def lowest_index_argmax(values: Tensor, dim: int) -> Tensor:
@@ -141,17 +167,17 @@ def build_partner_masks(sim: Tensor, factual: Tensor, emotional: Tensor) -> Part
 
 
 def contrastive_masks(partition: Partition, partners: PartnerMasks) -> ContrastiveMasks:
-    """Positives and exclusions of the loss L1..L4 that belongs to ``partition``."""
+    """Positives and negatives of the loss L1..L4 that belongs to ``partition`` (Eq. 4-14)."""
     size = partners.best_text.shape[0]
     device = partners.best_text.device
     own_pair = torch.eye(size, dtype=torch.bool, device=device)
+    others = ~own_pair  # every N is {j | j != i, ...}
     if partition is Partition.STRONG:
-        nothing = torch.zeros_like(own_pair)
-        return ContrastiveMasks(own_pair, nothing, own_pair, nothing)
+        return ContrastiveMasks(own_pair, others, own_pair, others)
     if partition is Partition.PARTIAL_EMOTIONAL:
-        return ContrastiveMasks(own_pair, partners.m_f_inv, own_pair, partners.m_f)
+        return ContrastiveMasks(own_pair, others & ~partners.m_f_inv, own_pair, others & ~partners.m_f)
     if partition is Partition.PARTIAL_FACTUAL:
-        return ContrastiveMasks(own_pair, partners.m_e, own_pair, partners.m_e_inv)
+        return ContrastiveMasks(own_pair, others & ~partners.m_e, own_pair, others & ~partners.m_e_inv)
     rows = torch.arange(size, device=device)
     image_positives = torch.zeros_like(own_pair)
     image_positives[rows, partners.best_text] = True
@@ -159,21 +185,19 @@ def contrastive_masks(partition: Partition, partners: PartnerMasks) -> Contrasti
     text_positives[rows, partners.best_image] = True
     return ContrastiveMasks(
         image_positives=image_positives,
-        image_excluded=partners.m_e | partners.m_f_inv,
+        image_negatives=others & ~(partners.m_e | partners.m_f_inv),
         text_positives=text_positives,
-        text_excluded=partners.m_f | partners.m_e_inv,
+        text_negatives=others & ~(partners.m_f | partners.m_e_inv),
     )
 
 
-def one_direction_loss(logits: Tensor, positives: Tensor, excluded: Tensor, anchors: Tensor) -> Tensor:
+def one_direction_loss(logits: Tensor, positives: Tensor, negatives: Tensor, anchors: Tensor) -> Tensor:
     """Eq. 3 for one direction, averaged over anchor rows; 0 when there is no anchor.
 
-    Per row: -log(sum_P exp(logit) / sum_{P ∪ N} exp(logit)) with N = all partners not excluded.
-    Computed as logsumexp over candidates minus logsumexp over positives (positives are
-    non-empty in every row, so both terms are finite).
+    Per row: -log(sum_P exp(logit) / sum_{P ∪ N} exp(logit)), computed as logsumexp over
+    P ∪ N minus logsumexp over P (P is non-empty in every row, so both terms are finite).
     """
-    candidates = positives | ~excluded
-    log_denominator = torch.logsumexp(logits.masked_fill(~candidates, float("-inf")), dim=1)
+    log_denominator = torch.logsumexp(logits.masked_fill(~(positives | negatives), float("-inf")), dim=1)
     log_numerator = torch.logsumexp(logits.masked_fill(~positives, float("-inf")), dim=1)
     per_anchor = log_denominator - log_numerator
     weights = anchors.to(per_anchor.dtype)
@@ -182,8 +206,8 @@ def one_direction_loss(logits: Tensor, positives: Tensor, excluded: Tensor, anch
 
 def symmetric_loss(logits_per_image: Tensor, masks: ContrastiveMasks, anchors: Tensor) -> Tensor:
     """Half image->text plus half text->image, as in the general loss (Eq. 3)."""
-    image_to_text = one_direction_loss(logits_per_image, masks.image_positives, masks.image_excluded, anchors)
-    text_to_image = one_direction_loss(logits_per_image.T, masks.text_positives, masks.text_excluded, anchors)
+    image_to_text = one_direction_loss(logits_per_image, masks.image_positives, masks.image_negatives, anchors)
+    text_to_image = one_direction_loss(logits_per_image.T, masks.text_positives, masks.text_negatives, anchors)
     return 0.5 * (image_to_text + text_to_image)
 
 
@@ -216,6 +240,18 @@ def _check_labels(size: int, partition: Tensor, factual: Tensor, emotional: Tens
         raise ValueError("partition ids must be 0 strong, 1 partial_emotional, 2 partial_factual or 3 weak")
 
 
+def _partition_loss_on_sub_batch(logits_per_image: Tensor, members: Tensor, factual: Tensor,
+                                 emotional: Tensor, part: Partition) -> Tensor:
+    """Loss ``part`` over the sub-batch ``members`` alone: every member is an anchor and only
+    members are partners (an empty sub-batch gives 0, still attached to the graph)."""
+    if members.numel() == 0:
+        return logits_per_image[:0].sum()  # exactly 0, and backward() still reaches the logits
+    sub = logits_per_image.index_select(0, members).index_select(1, members)
+    partners = build_partner_masks(sub, factual[members], emotional[members])
+    anchors = torch.ones(members.numel(), dtype=torch.bool, device=sub.device)
+    return symmetric_loss(sub, contrastive_masks(part, partners), anchors)
+
+
 def partitioned_loss_from_logits(
     logits_per_image: Tensor,
     partition: Tensor,
@@ -223,6 +259,7 @@ def partitioned_loss_from_logits(
     emotional_cluster: Tensor,
     active: tuple[Partition, ...] = ALL_PARTITIONS,
     weights: PaclLossWeights = PaclLossWeights(),
+    candidates: Candidates = DEFAULT_CANDIDATES,
 ) -> tuple[Tensor, dict[str, Tensor]]:
     """Weighted sum of the active partition losses over a (B, B) image-text logit matrix.
 
@@ -231,14 +268,22 @@ def partitioned_loss_from_logits(
     """
     if not active:
         raise ValueError("active must name at least one Partition; use active_losses(epoch, total_epochs)")
+    if candidates not in CANDIDATE_MODES:
+        raise ValueError(f"candidates must be one of {CANDIDATE_MODES}, got {candidates!r}")
     if logits_per_image.dim() != 2 or logits_per_image.shape[0] != logits_per_image.shape[1]:
         raise ValueError(f"logits_per_image must be a square (B, B) matrix, got {tuple(logits_per_image.shape)}")
     _check_labels(logits_per_image.shape[0], partition, factual_cluster, emotional_cluster)
-    partners = build_partner_masks(logits_per_image, factual_cluster, emotional_cluster)
+    batch_partners = (build_partner_masks(logits_per_image, factual_cluster, emotional_cluster)
+                      if candidates == "batch" else None)
     total = logits_per_image.new_zeros(())
     per_partition: dict[str, Tensor] = {}
     for part in active:
-        value = symmetric_loss(logits_per_image, contrastive_masks(part, partners), partition == part)
+        if batch_partners is None:
+            members = torch.nonzero(partition == part).flatten()
+            value = _partition_loss_on_sub_batch(logits_per_image, members, factual_cluster,
+                                                 emotional_cluster, part)
+        else:
+            value = symmetric_loss(logits_per_image, contrastive_masks(part, batch_partners), partition == part)
         per_partition[part.key] = value.detach()
         total = total + weights.of(part) * value
     return total, per_partition
@@ -253,6 +298,7 @@ def pacl_loss(
     active: tuple[Partition, ...] = ALL_PARTITIONS,
     weights: PaclLossWeights = PaclLossWeights(),
     logit_scale: float = 1.0 / DEFAULT_TEMPERATURE,
+    candidates: Candidates = DEFAULT_CANDIDATES,
 ) -> tuple[Tensor, dict[str, Tensor]]:
     """PACL loss of L2-normalised (B, d) image and text embeddings; see partitioned_loss_from_logits.
 
@@ -267,7 +313,7 @@ def pacl_loss(
     with torch.autocast(device_type=image_embeddings.device.type, enabled=False):
         logits_per_image = logit_scale * image_embeddings.float() @ text_embeddings.float().T
         return partitioned_loss_from_logits(
-            logits_per_image, partition, factual_cluster, emotional_cluster, active, weights
+            logits_per_image, partition, factual_cluster, emotional_cluster, active, weights, candidates
         )
 
 

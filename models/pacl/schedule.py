@@ -1,7 +1,7 @@
 """Optimiser and learning-rate schedule of PACL pretraining.
 
 AdamW with one learning rate for the visual backbone and another for the two projection heads
-(the paper: ResNet-50 backbone 1e-3, ViTs 1e-5, heads 1e-3). Norm, bias and other 1-d
+(the paper, per architecture: `PAPER_BACKBONE_LRS`, heads 1e-3). Norm, bias and other 1-d
 parameters get no weight decay. The schedule is a linear warm-up followed by cosine decay and
 is stepped once per OPTIMISER step with its length counted in optimiser steps (the public code
 stepped per step but counted its length in epochs, so its "cosine" barely moved).
@@ -16,9 +16,40 @@ from torch.optim import AdamW
 from torch.optim.lr_scheduler import LambdaLR
 
 from affectflow.models.pacl.model import PaclModel
+from affectflow.models.specs import HF_HUB, parse_visual_spec
 
 BACKBONE_GROUPS = ("backbone", "backbone_no_decay")
 HEAD_GROUP = "heads"
+
+PAPER_HEAD_LR = 1e-3
+PAPER_BACKBONE_LRS: tuple[tuple[str, str, str, float], ...] = (
+    ("timm", "resnet", "ResNet-50", 1e-3),
+    ("timm", "vit_", "ViT-base", 1e-5),
+    ("timm", "swin", "Swin-base", 2e-5),
+    ("open_clip", "ViT-", "ViT-clip", 1e-5),
+)
+"""(spec family, architecture name prefix, the paper's model, its backbone lr in PACL pretraining).
+The paper gives one lr per backbone it trained; a prefix extends it to that backbone's family
+(`timm:resnet101` gets ResNet-50's), and other architectures must set the lr themselves."""
+
+
+def architecture_name(spec: str) -> tuple[str, str]:
+    """(family, bare architecture) of a visual spec: tags and the timm hub org are dropped
+    (`timm:hf-hub:timm/resnet50.a1_in1k` -> ("timm", "resnet50"))."""
+    parsed = parse_visual_spec(spec)
+    name = parsed.name
+    if name.startswith(HF_HUB):
+        name = name[len(HF_HUB):].rsplit("/", 1)[-1]
+    return parsed.family, name.split(".", 1)[0] if parsed.family == "timm" else name
+
+
+def paper_backbone_lr(spec: str) -> tuple[str, float] | None:
+    """(the paper's model, its backbone lr) for the architecture a visual spec names, if any."""
+    family, name = architecture_name(spec)
+    for table_family, prefix, model, lr in PAPER_BACKBONE_LRS:
+        if family == table_family and name.startswith(prefix):
+            return model, lr
+    return None
 
 
 def build_optimizer(model: PaclModel, backbone_lr: float, head_lr: float,

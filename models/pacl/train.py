@@ -34,7 +34,10 @@ from affectflow.models.pacl.augment import ViewConfig, crop_boxes, load_size, tr
 from affectflow.models.pacl.checkpoint import CHECKPOINT_FILE, INITIAL_FILE, model_record
 from affectflow.models.pacl.losses import (
     ALL_PARTITIONS,
+    CANDIDATE_MODES,
+    DEFAULT_CANDIDATES,
     DEFAULT_TEMPERATURE,
+    Candidates,
     PaclLossWeights,
     Partition,
     active_losses,
@@ -43,7 +46,13 @@ from affectflow.models.pacl.losses import (
 )
 from affectflow.models.pacl.model import PaclModel, build_pacl_model
 from affectflow.models.pacl.sampler import epoch_plan, steps_per_epoch
-from affectflow.models.pacl.schedule import build_optimizer, build_scheduler, group_lrs
+from affectflow.models.pacl.schedule import (
+    PAPER_HEAD_LR,
+    build_optimizer,
+    build_scheduler,
+    group_lrs,
+    paper_backbone_lr,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -63,13 +72,14 @@ class PaclTrainConfig:
     epochs: int = 30
     samples_per_partition: int = 16
     accumulation_steps: int = 1
-    backbone_lr: float = 1e-3
-    head_lr: float = 1e-3
+    backbone_lr: float | None = None  # None: the paper's lr for the architecture (PAPER_BACKBONE_LRS)
+    head_lr: float = PAPER_HEAD_LR
     weight_decay: float = 0.01
     warmup_fraction: float = 0.05
     min_lr_ratio: float = 0.0
     max_grad_norm: float | None = 1.0
-    loss_weights: tuple[float, float, float, float] = (1.0, 0.6, 0.6, 0.1)
+    loss_weights: tuple[float, float, float, float] = PaclLossWeights().in_partition_order()
+    candidates: Candidates = DEFAULT_CANDIDATES
     crop_scale: tuple[float, float] = (0.5, 1.0)
     seed: int = 0
     sync_batchnorm: bool = True
@@ -79,6 +89,12 @@ class PaclTrainConfig:
         for name in positive:
             if not isinstance(getattr(self, name), int) or getattr(self, name) < 1:
                 raise ValueError(f"{name} must be an int >= 1, got {getattr(self, name)!r}")
+        if self.backbone_lr is None:
+            paper = paper_backbone_lr(self.visual_encoder)
+            if paper is None:
+                raise ValueError(f"backbone_lr is None but the paper gives no learning rate for "
+                                 f"{self.visual_encoder!r}; pass backbone_lr")
+            object.__setattr__(self, "backbone_lr", paper[1])
         for name in ("backbone_lr", "head_lr"):
             if not getattr(self, name) > 0:
                 raise ValueError(f"{name} must be > 0, got {getattr(self, name)!r}")
@@ -87,6 +103,8 @@ class PaclTrainConfig:
         if self.max_grad_norm is not None and not self.max_grad_norm > 0:
             raise ValueError(f"max_grad_norm must be > 0 or None (no clipping), got {self.max_grad_norm}")
         PaclLossWeights(*self.loss_weights)
+        if self.candidates not in CANDIDATE_MODES:
+            raise ValueError(f"candidates must be one of {CANDIDATE_MODES}, got {self.candidates!r}")
 
     @property
     def weights(self) -> PaclLossWeights:
@@ -217,6 +235,7 @@ class _Trainer:
                              "image_size": image_size, "mean": list(backbone.mean),
                              "std": list(backbone.std)}
         self.model.to(context.device)
+        assert config.backbone_lr is not None  # resolved in PaclTrainConfig.__post_init__
         self.optimizer = build_optimizer(self.model, config.backbone_lr, config.head_lr,
                                          config.weight_decay)
         self.epoch_steps = schedule_epochs(data, config)
@@ -295,7 +314,7 @@ class _Trainer:
                     image_embeddings, text_embeddings, self.data.partition[indices].to(device),
                     self.data.factual_cluster[indices].to(device),
                     self.data.emotional_cluster[indices].to(device), active, config.weights,
-                    float(self.model.logit_scale))
+                    float(self.model.logit_scale), config.candidates)
                 (total * context.world_size / config.accumulation_steps).backward()
             totals.append(float(total.detach()))
             for key, value in parts.items():

@@ -2,17 +2,26 @@
 
 from __future__ import annotations
 
+from typing import Literal
+
 from pydantic import Field, field_validator, model_validator
 
 from affectflow.core.stage import StageParams
 from affectflow.core.torchrun import TorchrunNodes
-from affectflow.models.pacl.losses import ALL_PARTITIONS, PaclLossWeights
+from affectflow.models.pacl.losses import (
+    ALL_PARTITIONS,
+    DEFAULT_CANDIDATES,
+    LOSS_WEIGHT_PRESETS,
+    Candidates,
+    PaclLossWeights,
+)
+from affectflow.models.pacl.schedule import PAPER_BACKBONE_LRS, PAPER_HEAD_LR, paper_backbone_lr
 from affectflow.models.pacl.train import PaclTrainConfig
 from affectflow.models.specs import check_visual_spec
 from affectflow.stages.param_types import Device, VisualEncoder
 
 PARTITION_KEYS = tuple(part.key for part in ALL_PARTITIONS)
-_DEFAULT_WEIGHTS = PaclLossWeights()
+PAPER_LRS_TEXT = ", ".join(f"{model} {lr:g}" for _, _, model, lr in PAPER_BACKBONE_LRS)
 
 
 class PaclParams(StageParams, TorchrunNodes):
@@ -29,15 +38,18 @@ class PaclParams(StageParams, TorchrunNodes):
     epochs: int = Field(30, ge=1, description="pretraining epochs; the loss schedule uses thirds")
     samples_per_partition: int = Field(16, ge=1, description="per active partition per micro-batch")
     accumulation_steps: int = Field(1, ge=1)
-    backbone_lr: float = Field(1e-3, gt=0, description="paper: ResNet-50 1e-3, ViT 1e-5")
-    head_lr: float = Field(1e-3, gt=0)
+    backbone_lr: float | None = Field(None, gt=0, description="default: the paper's lr for the "
+                                      f"encoder's architecture ({PAPER_LRS_TEXT})")
+    head_lr: float = Field(PAPER_HEAD_LR, gt=0, description="both projections (paper: 1e-3)")
     weight_decay: float = Field(0.01, ge=0)
     warmup_fraction: float = Field(0.05, ge=0, lt=1, description="share of steps in linear warm-up")
     min_lr_ratio: float = Field(0.0, ge=0, le=1, description="cosine floor as a share of the lr")
     max_grad_norm: float | None = Field(1.0, gt=0, description="null = no clipping")
-    loss_weights: dict[str, float] = Field(
-        default_factory=lambda: {key: _DEFAULT_WEIGHTS.of(part)
-                                 for key, part in zip(PARTITION_KEYS, ALL_PARTITIONS)})
+    loss_weights: Literal["paper", "public_code"] | dict[str, float] = Field(
+        "paper", description="paper: L1+L2+L3+L4 (Eq. 16-17); public_code: 1/.6/.6/.1; or "
+                             "{strong: .., partial_emotional: .., partial_factual: .., weak: ..}")
+    candidates: Candidates = Field(DEFAULT_CANDIDATES, description="partition: each loss over its "
+                                   "partition's sub-batch (paper); batch: every sample a candidate")
     crop_scale: tuple[float, float] = Field((0.5, 1.0), description="random resized crop area range")
     seed: int = 0
     processes: int = Field(1, ge=1, description="processes on this node; > 1 (or nnodes > 1) "
@@ -49,12 +61,16 @@ class PaclParams(StageParams, TorchrunNodes):
 
     @field_validator("loss_weights")
     @classmethod
-    def _known_partitions(cls, value: dict[str, float]) -> dict[str, float]:
+    def _known_partitions(cls, value: str | dict[str, float]) -> str | dict[str, float]:
+        """A dict names partitions (unnamed ones keep the paper's weight 1)."""
+        if isinstance(value, str):
+            return value
         unknown = sorted(set(value) - set(PARTITION_KEYS))
         if unknown:
-            raise ValueError(f"unknown partitions {unknown}; use {list(PARTITION_KEYS)}")
-        merged = {key: value.get(key, _DEFAULT_WEIGHTS.of(part))
-                  for key, part in zip(PARTITION_KEYS, ALL_PARTITIONS)}
+            raise ValueError(f"unknown partitions {unknown}; use {list(PARTITION_KEYS)} or a "
+                             f"preset name: {sorted(LOSS_WEIGHT_PRESETS)}")
+        paper = LOSS_WEIGHT_PRESETS["paper"]
+        merged = {key: value.get(key, paper.of(part)) for key, part in zip(PARTITION_KEYS, ALL_PARTITIONS)}
         PaclLossWeights(**merged)
         return merged
 
@@ -71,6 +87,13 @@ class PaclParams(StageParams, TorchrunNodes):
         return self
 
     @model_validator(mode="after")
+    def _backbone_lr_known(self) -> PaclParams:
+        if self.backbone_lr is None and paper_backbone_lr(self.visual_encoder) is None:
+            raise ValueError(f"backbone_lr is not set and the paper gives no learning rate for "
+                             f"{self.visual_encoder!r} (it has {PAPER_LRS_TEXT}); set backbone_lr")
+        return self
+
+    @model_validator(mode="after")
     def _batch_splits_over_processes(self) -> PaclParams:
         world_size = self.processes * self.nnodes
         if self.samples_per_partition % world_size:
@@ -79,10 +102,10 @@ class PaclParams(StageParams, TorchrunNodes):
                              "gets an equal slice of each micro-batch")
         return self
 
-    def weights_in_partition_order(self) -> tuple[float, float, float, float]:
-        strong, partial_emotional, partial_factual, weak = (self.loss_weights[key]
-                                                            for key in PARTITION_KEYS)
-        return strong, partial_emotional, partial_factual, weak
+    def weights(self) -> PaclLossWeights:
+        if isinstance(self.loss_weights, str):
+            return LOSS_WEIGHT_PRESETS[self.loss_weights]
+        return PaclLossWeights(**self.loss_weights)
 
     def train_config(self) -> PaclTrainConfig:
         return PaclTrainConfig(
@@ -93,5 +116,5 @@ class PaclParams(StageParams, TorchrunNodes):
             head_lr=self.head_lr, weight_decay=self.weight_decay,
             warmup_fraction=self.warmup_fraction, min_lr_ratio=self.min_lr_ratio,
             max_grad_norm=self.max_grad_norm,
-            loss_weights=self.weights_in_partition_order(),
+            loss_weights=self.weights().in_partition_order(), candidates=self.candidates,
             crop_scale=self.crop_scale, seed=self.seed, sync_batchnorm=self.sync_batchnorm)

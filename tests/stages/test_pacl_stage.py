@@ -35,7 +35,7 @@ torch.set_num_threads(1)
 
 PARAMS: dict[str, Any] = {"visual_encoder": "timm:test_resnet", "pretrained": False,
                           "image_size": 32, "embed_dim": 16, "epochs": 3,
-                          "samples_per_partition": 4, "head_lr": 1e-2}
+                          "samples_per_partition": 4, "backbone_lr": 1e-3, "head_lr": 1e-2}
 
 
 @pytest.fixture(scope="module")
@@ -167,6 +167,24 @@ def test_rerun_after_a_failed_training_resumes_and_matches(upstream: RunRef, tra
         torch.testing.assert_close(tensor, reference[name], rtol=0, atol=1e-6, msg=name)
 
 
+def test_defaults_are_the_papers() -> None:
+    """Loss weights and candidates as the paper, backbone lr per architecture (PACL Sec. 4.2)."""
+    params = PaclParams()
+    assert params.weights().in_partition_order() == (1.0, 1.0, 1.0, 1.0)
+    assert params.candidates == "partition"
+    assert PaclParams(loss_weights="public_code").train_config().loss_weights == (1.0, 0.6, 0.6, 0.1)
+    assert PaclParams(loss_weights={"weak": 0.5}).weights().in_partition_order() == (1.0, 1.0, 1.0, 0.5)
+    lrs = {spec: PaclParams(visual_encoder=spec).train_config().backbone_lr
+           for spec in ("timm:resnet50", "timm:resnet50.a1_in1k", "timm:hf-hub:timm/resnet50.a1_in1k",
+                        "timm:vit_base_patch16_224.augreg2_in21k_ft_in1k", "timm:swin_base_patch4_window7_224",
+                        "open_clip:ViT-B-32:openai")}
+    assert lrs == {"timm:resnet50": 1e-3, "timm:resnet50.a1_in1k": 1e-3, "timm:hf-hub:timm/resnet50.a1_in1k": 1e-3,
+                   "timm:vit_base_patch16_224.augreg2_in21k_ft_in1k": 1e-5,
+                   "timm:swin_base_patch4_window7_224": 2e-5, "open_clip:ViT-B-32:openai": 1e-5}
+    assert PaclParams().head_lr == 1e-3
+    assert PaclParams(visual_encoder="timm:convnext_tiny", backbone_lr=3e-4).train_config().backbone_lr == 3e-4
+
+
 def test_params_are_checked_before_any_work(upstream: RunRef, tmp_path: Path) -> None:
     with pytest.raises(ValidationError, match="extra"):
         PaclParams(epoch=3)
@@ -180,7 +198,12 @@ def test_params_are_checked_before_any_work(upstream: RunRef, tmp_path: Path) ->
         PaclParams(samples_per_partition=3, processes=2)
     with pytest.raises(ValidationError, match="unknown partitions"):
         PaclParams(loss_weights={"strongest": 1.0})
-    assert PaclParams(loss_weights={"weak": 0.0}).loss_weights["partial_factual"] == 0.6
+    with pytest.raises(ValidationError, match="loss_weights"):
+        PaclParams(loss_weights="public")
+    with pytest.raises(ValidationError, match="candidates"):
+        PaclParams(candidates="global")
+    with pytest.raises(ValidationError, match="backbone_lr is not set"):
+        PaclParams(visual_encoder="timm:convnext_tiny")
     copy_run(upstream, "wrong_k")
     with pytest.raises(UserError, match=r"pacl.k=5"):
         run_pacl(upstream, "wrong_k", k=5)

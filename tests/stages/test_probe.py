@@ -67,7 +67,8 @@ def test_poisoned_test_labels_change_nothing_but_the_reported_test_metrics() -> 
 
 # ---------------------------------------------------------------- the stage
 PACL: dict[str, Any] = {"visual_encoder": "timm:test_resnet", "pretrained": False, "image_size": 32,
-                        "embed_dim": 16, "epochs": 3, "samples_per_partition": 4, "head_lr": 1e-2}
+                        "embed_dim": 16, "epochs": 3, "samples_per_partition": 4, "backbone_lr": 1e-3,
+                        "head_lr": 1e-2}
 
 
 @pytest.fixture(scope="module")
