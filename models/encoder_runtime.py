@@ -24,6 +24,9 @@ def resolve_device(device: str | torch.device | None) -> torch.device:
         ) from error
     if resolved.type == "cuda" and not torch.cuda.is_available():
         raise ValueError(f"device={device!r} asks for CUDA but no GPU is visible; use None or 'cpu'")
+    if resolved.type == "cuda" and resolved.index is not None and resolved.index >= torch.cuda.device_count():
+        raise ValueError(f"device={device!r} asks for GPU {resolved.index} but {torch.cuda.device_count()} "
+                         f"are visible (cuda:0 to cuda:{torch.cuda.device_count() - 1})")
     return resolved
 
 

@@ -51,6 +51,12 @@ class TextEncoder:
         """Embedding width (the encoder's hidden size)."""
         return int(self.model.config.hidden_size)
 
+    def token_counts(self, texts: Sequence[str]) -> list[int]:
+        """Tokens of each text before truncation, special tokens included: more than
+        `max_length` means `encode` saw only the first `max_length` of them."""
+        prepared = [normalize_tweet(text) for text in texts] if self.normalize_tweets else list(texts)
+        return [len(ids) for ids in self.tokenizer(prepared, truncation=False, verbose=False)["input_ids"]]
+
     def encode(self, texts: Sequence[str], batch_size: int = 64) -> Tensor:
         """(len(texts), dim) float32 CPU tensor of unit vectors, in input order.
 

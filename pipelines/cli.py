@@ -42,11 +42,28 @@ def _print_stage_lines(stages: dict[str, dict[str, Any]]) -> None:
               f"  [{summary['timings']['seconds']:.1f}s]")
 
 
+def _cmd_check(args: argparse.Namespace) -> int:
+    from affectflow.pipelines.config import load_config
+    from affectflow.pipelines.preflight import require_ready
+
+    config = load_config(Path(args.config), args.set)
+    report = require_ready(config, args.config)
+    print(f"{args.config}: valid; stages {', '.join(config.run.stages)}")
+    for line in report.found:
+        print(f"  ok  {line}")
+    print("everything this run needs is here" + (f" (offline: {report.offline})" if report.offline else ""))
+    return 0
+
+
 def _cmd_run(args: argparse.Namespace) -> int:
     from affectflow.pipelines.config import load_config
     from affectflow.pipelines.execution import run_ref
+    from affectflow.pipelines.preflight import require_ready
 
-    config = load_config(Path(args.config), args.set)  # fail on config errors before Prefect starts
+    # Config errors, missing weights and wrong dataset layouts fail before Prefect starts and
+    # before the run folder exists.
+    config = load_config(Path(args.config), args.set)
+    require_ready(config, args.config)
     ref = run_ref(config, args.run_id)
     with ref.store.writer():  # a second writer fails now, not after Prefect has started
         from affectflow.pipelines.flows import cternet_flow, pretrain_flow
@@ -61,11 +78,12 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
 def _cmd_stage(args: argparse.Namespace) -> int:
     from affectflow.pipelines.execution import RunRef, run_config
+    from affectflow.pipelines.preflight import require_ready
     from affectflow.stages.registry import get_stage
 
     get_stage(args.name)
     ref = RunRef(args.artifact_root, args.run)
-    run_config(ref, args.set)
+    require_ready(run_config(ref, args.set), f"run {args.run}", [args.name])
     with ref.store.writer():
         from affectflow.pipelines.flows import rerun_stage_flow
 
@@ -179,6 +197,13 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--force", action="append", metavar="STAGE",
                      help="recompute this stage even if its fingerprint is unchanged")
     run.set_defaults(func=_cmd_run)
+
+    check = commands.add_parser("check", help="validate a config and look for every model and dataset "
+                                              "it needs, starting nothing")
+    check.add_argument("--config", required=True, help="experiment YAML, e.g. configs/demo.yaml")
+    check.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                       help="override a config key, e.g. --set ingest.path=/data/TumEmo")
+    check.set_defaults(func=_cmd_check)
 
     stage = commands.add_parser("stage", help="rerun one stage of an existing run")
     stage.add_argument("name", help="stage name, e.g. ingest")

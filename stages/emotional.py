@@ -1,9 +1,9 @@
 """`emotional`: emotional agreement of image and post (PACL stage 1, emotional side).
 
 D(v) = the image's top-k adjective–noun pairs, detected zero-shot with CLIP against an ANP
-vocabulary (DeepSentiBank's Caffe detector cannot run here); B = a sentence encoder for tweets.
-emotional_score = cosine(B(D(v) joined as text), B(post text)). B(post text) is kept as the
-`text_features` side table: the frozen text features that clustering and PACL reuse.
+vocabulary (DeepSentiBank's Caffe detector cannot run here); B = a sentence encoder for tweets
+(BERTweet in the paper). emotional_score = cosine(B(D(v) joined as text), B(post text)). B is the
+scorer only: the frozen text tower that clustering and PACL use is the `teacher` stage's encoder.
 
 By default the image embeddings come from the `factual` stage when it used the same CLIP (the
 image pass is the dominant cost); the stage then runs after `factual`. With
@@ -14,47 +14,44 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, ClassVar, Literal
+from typing import Any, Literal
 
 import numpy as np
 import pyarrow as pa
 import torch
 from pydantic import Field, field_validator
 
-from affectflow.core.columns import column_vectors, vector_column
+from affectflow.core.columns import column_vectors
 from affectflow.core.errors import UserError
 from affectflow.core.hashing import hash_file
-from affectflow.core.stage import ShardOutput, Stage, StageContext, StageParams, TableRef
+from affectflow.core.stage import ShardOutput, Stage, StageContext, TableRef
 from affectflow.core.store import MAIN_TABLE, SAMPLE_ID, SOURCE_ID, StageArtifact, make_rejects
 from affectflow.models.anp import AnpScorer, load_anp_vocabulary
 from affectflow.models.clip import ClipBundle, encode_images, load_clip
-from affectflow.models.specs import models_fingerprint, resolve_transformers_spec
-from affectflow.models.text_encoder import TextEncoder, load_text_encoder
+from affectflow.models.specs import models_fingerprint
+from affectflow.models.text_encoder import TextEncoder
 from affectflow.stages.batching import prefetched_image_batches
 from affectflow.stages.factual import EMBEDDINGS, IMAGE_EMBEDDING
 from affectflow.stages.ingest.stage import IMAGE_PATH, TEXT, TEXT_RAW
-from affectflow.stages.param_types import ClipModel, Device, TransformersModel
+from affectflow.stages.param_types import ClipModel, Device
+from affectflow.stages.text_encoding import TextEncoderParams
 
 EMOTIONAL_SCORE = "emotional_score"
 ANPS = "anps"
 ANP_SCORES = "anp_scores"
 ANP_TEXT = "anp_text"
-TEXT_FEATURES = "text_features"
-TEXT_FEATURE = "text_feature"
 
 
-class EmotionalParams(StageParams):
+class EmotionalParams(TextEncoderParams):
+    """The ANP detector (CLIP + vocabulary) and B, the Eq. 2 text encoder (default BERTweet,
+    `vinai/bertweet-base`, mean pooling over tokens)."""
+
     clip: ClipModel = Field("ViT-B-32:laion2b_s34b_b79k",
                             description="CLIP for zero-shot ANP detection")
     anp_vocabulary: Path | None = Field(None, description="adjective_noun per line; default MVSO English")
     anp_templates: list[str] = Field(default_factory=lambda: ["a photo of {}."], min_length=1)
     top_k: int = Field(3, ge=1, le=20)
     anp_score: Literal["cosine", "softmax"] = "cosine"
-    text_encoder: TransformersModel = Field("vinai/bertweet-base",
-                                            description="hub id or local folder")
-    pooling: Literal["mean", "cls"] = "mean"
-    normalize_tweets: bool | None = Field(None, description="default: on for BERTweet")
-    max_length: int | None = Field(None, ge=2)
     text_column: Literal["text", "text_raw"] = Field(
         TEXT, description="ingest's cleaned post text, or the raw post")
     reuse_factual_embeddings: bool = True
@@ -88,8 +85,6 @@ class EmotionalStage(Stage[EmotionalParams]):
     schema = pa.schema([(SAMPLE_ID, pa.string()), (EMOTIONAL_SCORE, pa.float32()),
                         (ANPS, pa.list_(pa.string())), (ANP_SCORES, pa.list_(pa.float32())),
                         (ANP_TEXT, pa.string())])
-    side_schemas: ClassVar[dict[str, pa.Schema]] = {TEXT_FEATURES: pa.schema([(SAMPLE_ID, pa.string()),
-                                              (TEXT_FEATURE, pa.list_(pa.float16()))])}
 
     def input_names(self, params: EmotionalParams) -> tuple[str, ...]:
         return self.inputs if params.reuse_factual_embeddings else ("ingest",)
@@ -126,11 +121,7 @@ class EmotionalStage(Stage[EmotionalParams]):
         cache_dir = Path(ctx.settings.artifact_root) / "cache" / "anp"
         anps = AnpScorer(clip, load_anp_vocabulary(params.anp_vocabulary), params.anp_templates,
                          cache_dir=cache_dir)
-        encoder = load_text_encoder(resolve_transformers_spec(params.text_encoder),
-                                    pooling=params.pooling,
-                                    normalize_tweets=params.normalize_tweets,
-                                    device=params.device, max_length=params.max_length)
-        return EmotionalState(clip, anps, encoder)
+        return EmotionalState(clip, anps, params.load_encoder(params.device))
 
     def _image_embeddings(self, ctx: StageContext[EmotionalParams], state: EmotionalState,
                           shard_id: int, rows: pa.Table
@@ -163,7 +154,6 @@ class EmotionalStage(Stage[EmotionalParams]):
         kept = sorted(found)
         ids = rows[SAMPLE_ID].to_pylist()
         texts = rows[params.text_column].to_pylist()
-        width = state.text_encoder.dim
         if kept:
             matches = state.anps.top_k(torch.from_numpy(np.stack([found[i] for i in kept])),
                                        k=params.top_k, score=params.anp_score)
@@ -177,18 +167,15 @@ class EmotionalStage(Stage[EmotionalParams]):
         else:
             anp_lists, anp_text = [], []
             anp_scores = np.zeros((0, params.top_k), np.float32)
-            post_features = np.zeros((0, width), np.float32)
             scores = np.zeros(0, np.float32)
         kept_ids = pa.array([ids[i] for i in kept], pa.string())
         main = pa.table({SAMPLE_ID: kept_ids, EMOTIONAL_SCORE: scores,
                          ANPS: pa.array(anp_lists, pa.list_(pa.string())),
                          ANP_SCORES: pa.array([list(s) for s in anp_scores], pa.list_(pa.float32())),
                          ANP_TEXT: pa.array(anp_text, pa.string())})
-        side = pa.table({SAMPLE_ID: kept_ids, TEXT_FEATURE: vector_column(post_features)})
         rejects = make_rejects([{SAMPLE_ID: ids[i], SOURCE_ID: rows[SOURCE_ID][i].as_py(),
                                  "reason": reason, "detail": detail} for i, reason, detail in missing])
-        return ShardOutput(rows_in=rows.num_rows, tables={MAIN_TABLE: main, TEXT_FEATURES: side},
-                           rejects=rejects)
+        return ShardOutput(rows_in=rows.num_rows, tables={MAIN_TABLE: main}, rejects=rejects)
 
     def finalize(self, ctx: StageContext[EmotionalParams]) -> dict[str, Any]:
         table = StageArtifact(ctx.output_dir).read_all(columns=[EMOTIONAL_SCORE, ANPS])

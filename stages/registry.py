@@ -18,13 +18,15 @@ from affectflow.stages.pacl.stage import PaclStage
 from affectflow.stages.partition.stage import PartitionStage
 from affectflow.stages.probe.ingest import ProbeIngestStage
 from affectflow.stages.probe.stage import ProbeStage
+from affectflow.stages.teacher import TeacherStage
 
 STAGES: dict[str, type[Stage[Any]]] = {cls.name: cls for cls in (
-    IngestStage, CaptionStage, TripletsStage, FactualStage, EmotionalStage, PartitionStage,
-    ClusterStage, PaclStage, ProbeIngestStage, ProbeStage, CTERNetTrainStage, CTERNetEvalStage)}
+    IngestStage, CaptionStage, TripletsStage, FactualStage, EmotionalStage, TeacherStage,
+    PartitionStage, ClusterStage, PaclStage, ProbeIngestStage, ProbeStage, CTERNetTrainStage, CTERNetEvalStage)}
 
 PRETRAIN_CHAIN: tuple[str, ...] = ("ingest", "caption", "triplets", "factual", "emotional",
-                                   "partition", "cluster", "pacl", "probe_ingest", "probe")
+                                   "teacher", "partition", "cluster", "pacl", "probe_ingest",
+                                   "probe")
 
 
 def get_stage(name: str) -> Stage[Any]:

@@ -1,6 +1,6 @@
 """Line up one ingest shard with its image features, text features and partition rows.
 
-Every ingest row is accounted for: kept when the emotional stage wrote its text feature, the
+Every ingest row is accounted for: kept when the teacher stage wrote its text feature, the
 partition stage kept it, its image loaded and both vectors are usable; otherwise rejected with
 the first reason that applies, upstream stages first. Joins are by sample_id, never position.
 """
@@ -17,7 +17,7 @@ import pyarrow.compute as pc
 from affectflow.core.columns import column_vectors
 from affectflow.core.store import SAMPLE_ID, SOURCE_ID, StageArtifact
 from affectflow.stages.cluster.features import FEATURE_COLUMN
-from affectflow.stages.emotional import TEXT_FEATURE
+from affectflow.stages.teacher import TEXT_FEATURE
 
 
 @dataclass
@@ -86,7 +86,7 @@ def align_shard(listing: pa.Table, image_part: pa.Table, text_features: pa.Table
     degenerate = set(candidates[~usable].tolist())
     for index in range(len(sample_ids)):
         if text_at[index] < 0:
-            reason, detail = "missing_text_feature", "rejected by the emotional stage"
+            reason, detail = "missing_text_feature", "rejected by the teacher stage"
         elif not in_partition[index]:
             reason, detail = "missing_partition", "rejected by the partition stage"
         elif not image_ok[index]:

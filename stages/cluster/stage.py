@@ -1,7 +1,7 @@
 """`cluster`: factual and emotional pseudo-labels by k-means (PACL stage 2, no gradients).
 
 Factual labels cluster the image features of the visual encoder PACL will enhance; emotional
-labels cluster the frozen text encoder's features of the post text (the emotional stage's
+labels cluster the frozen text tower's features of the post text (the teacher stage's
 `text_features`). k-means needs every point at once, so the stage is global: `prepare` encodes
 (or reuses cached) image features, joins the inputs, runs faiss k-means once per side and K and
 writes each shard's labels and rejects to the plan folder; `process` then copies one shard into
@@ -44,9 +44,9 @@ from affectflow.stages.cluster.kmeans import (
     l2_normalise,
 )
 from affectflow.stages.cluster.report import SIDES, add_truth, draw_sweep, side_report
-from affectflow.stages.emotional import TEXT_FEATURE, TEXT_FEATURES
 from affectflow.stages.ground_truth import EMOTION_COLUMNS, read_ground_truth
 from affectflow.stages.param_types import Device, GroundTruthCsv, VisualEncoder
+from affectflow.stages.teacher import TEXT_FEATURE, TEXT_FEATURES
 
 IMAGE_FEATURES = "image_features"
 REPORT_FILE = "report.json"
@@ -123,9 +123,9 @@ def check_ks(ks: list[int], available: int, what: str) -> None:
 class ClusterStage(Stage[ClusterParams]):
     name = "cluster"
     uses_accelerator = True
-    inputs = ("ingest", "emotional", "partition")
+    inputs = ("ingest", "teacher", "partition")
     reads = (TableRef("ingest", tuple(LISTING_COLUMNS)),
-             TableRef("emotional", (SAMPLE_ID, TEXT_FEATURE), TEXT_FEATURES),
+             TableRef("teacher", (SAMPLE_ID, TEXT_FEATURE), TEXT_FEATURES),
              TableRef("partition", (SAMPLE_ID,)))
     Params = ClusterParams
     side_schemas: ClassVar[dict[str, pa.Schema]] = {IMAGE_FEATURES: pa.schema([(SAMPLE_ID, pa.string()),
@@ -181,7 +181,7 @@ class ClusterStage(Stage[ClusterParams]):
                cache: FeatureCache) -> AlignedShard:
         return align_shard(
             listing, cache.read(shard_id),
-            read_if_present(ctx.input("emotional"), shard_id, [SAMPLE_ID, TEXT_FEATURE],
+            read_if_present(ctx.input("teacher"), shard_id, [SAMPLE_ID, TEXT_FEATURE],
                             TEXT_FEATURES),
             read_if_present(ctx.input("partition"), shard_id, [SAMPLE_ID], MAIN_TABLE))
 

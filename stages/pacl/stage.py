@@ -1,7 +1,7 @@
 """`pacl`: partitioned adaptive contrastive pretraining of a visual encoder (PACL stage 3).
 
 Shards join, per sample, the partition, the factual/emotional cluster ids (column pair
-`factual_k{k}` / `emotional_k{k}`) and the frozen text features, and check that training
+`factual_k{k}` / `emotional_k{k}`) and the teacher's frozen text features, and check that training
 images still decode; a sample missing any of them becomes a reject with a reason. Training
 needs every shard, so it runs in `finalize`: the training set is written as a job folder in
 the stage's private work area and trained in this process or under torchrun. Checkpoints live
@@ -33,17 +33,15 @@ from affectflow.models.pacl.train import PaclTrainingSet
 from affectflow.models.specs import weights_fingerprint
 from affectflow.stages.batching import prefetched_image_batches
 from affectflow.stages.cluster.stage import label_column
-from affectflow.stages.emotional import TEXT_FEATURE, TEXT_FEATURES, EmotionalParams
 from affectflow.stages.ingest.stage import IMAGE_PATH, SPLIT, TRAIN
 from affectflow.stages.pacl import outputs, worker
 from affectflow.stages.pacl.outputs import HISTORY, HISTORY_SCHEMA, LOSS_CURVE_FILE
 from affectflow.stages.pacl.params import PaclParams
 from affectflow.stages.partition.stage import PARTITION
+from affectflow.stages.teacher import TEXT_FEATURE, TEXT_FEATURES, TeacherParams
 
 PARTITION_IDS = {part.key: int(part) for part in ALL_PARTITIONS}
 JOB_DIR = "training"
-# Settings of the emotional stage's text encoder that zero-shot prompts must be encoded with.
-TEXT_ENCODER_KEYS = ("text_encoder", "pooling", "normalize_tweets", "max_length")
 FACTUAL_CLUSTER = "factual_cluster"
 EMOTIONAL_CLUSTER = "emotional_cluster"
 _INGEST_COLUMNS = [SAMPLE_ID, SOURCE_ID, IMAGE_PATH, SPLIT]
@@ -73,9 +71,9 @@ def _rows_by_id(artifact: StageArtifact, shard_id: int, columns: list[str],
 
 class PaclStage(Stage[PaclParams]):
     name = "pacl"
-    inputs = ("ingest", "emotional", "partition", "cluster")
+    inputs = ("ingest", "teacher", "partition", "cluster")
     reads = (TableRef("ingest", tuple(_INGEST_COLUMNS)),
-             TableRef("emotional", (SAMPLE_ID, TEXT_FEATURE), TEXT_FEATURES),
+             TableRef("teacher", (SAMPLE_ID, TEXT_FEATURE), TEXT_FEATURES),
              TableRef("partition", (SAMPLE_ID, PARTITION)))
     Params = PaclParams
     schema = SCHEMA
@@ -107,7 +105,7 @@ class PaclStage(Stage[PaclParams]):
         factual, emotional = label_column("factual", params.k), label_column("emotional", params.k)
         partitions = _rows_by_id(ctx.input("partition"), shard_id, [SAMPLE_ID, PARTITION])
         clusters = _rows_by_id(ctx.input("cluster"), shard_id, [SAMPLE_ID, factual, emotional])
-        features = _finite_features(ctx.input("emotional"), shard_id)
+        features = _finite_features(ctx.input("teacher"), shard_id)
         kept, rejected = [], []
         for row in rows:
             problem = _missing_input(row[SAMPLE_ID], partitions, clusters, features,
@@ -151,15 +149,19 @@ class PaclStage(Stage[PaclParams]):
                                training, ctx.settings.workers, params.device, params.cpu_threads)
         final = worker.launch(job.folder, params.processes, nodes=params)
         initial = load_torch(job.checkpoints / INITIAL_FILE)
-        emotional = EmotionalParams.model_construct(**ctx.input("emotional").manifest["params"])
-        text_encoder = {key: getattr(emotional, key) for key in TEXT_ENCODER_KEYS}
+        teacher = TeacherParams.model_construct(**ctx.input("teacher").manifest["params"])
+        text_encoder = teacher.encoder_settings()
         outputs.write_models(ctx.output_dir, final, initial, {"text_encoder": text_encoder})
         outputs.write_history(ctx.output_dir, final["history"])
         outputs.draw_loss_curve(ctx.output_dir / LOSS_CURVE_FILE, final["history"],
                                 final["epoch_steps"])
         summary = outputs.training_summary(final["history"], final["epoch_steps"], counts,
                                            final["resumed_at_step"])
-        return {**summary, "text_encoder": text_encoder, "model": final["config"]}
+        train_config = params.train_config()
+        return {**summary, "text_encoder": text_encoder, "model": final["config"],
+                "backbone_lr": train_config.backbone_lr, "head_lr": train_config.head_lr,
+                "loss_weights": dict(zip([part.key for part in ALL_PARTITIONS], train_config.loss_weights)),
+                "candidates": train_config.candidates}
 
     def _training_set(self, ctx: StageContext[PaclParams]
                       ) -> tuple[list[str], PaclTrainingSet, dict[str, int]]:
@@ -177,7 +179,7 @@ class PaclStage(Stage[PaclParams]):
                 if sample_id in position:
                     paths[position[sample_id]] = path
         features: np.ndarray | None = None
-        for _, shard in ctx.input("emotional").iter_shards([SAMPLE_ID, TEXT_FEATURE],
+        for _, shard in ctx.input("teacher").iter_shards([SAMPLE_ID, TEXT_FEATURE],
                                                            table=TEXT_FEATURES):
             vectors = column_vectors(shard[TEXT_FEATURE])
             if features is None:
@@ -186,8 +188,8 @@ class PaclStage(Stage[PaclParams]):
                 if sample_id in position:
                     features[position[sample_id]] = vector
         if features is None:
-            raise UserError("the emotional stage has no text_features table",
-                            hint="rerun the emotional stage of this run")
+            raise UserError("the teacher stage has no text_features table",
+                            hint="rerun the teacher stage of this run")
         partition = [PARTITION_IDS[name] for name in rows[PARTITION].to_pylist()]
         training = PaclTrainingSet(torch.from_numpy(features), torch.tensor(partition),
                                    torch.tensor(rows[FACTUAL_CLUSTER].to_numpy()),
@@ -202,11 +204,11 @@ class PaclStage(Stage[PaclParams]):
         return [str(path) for path in paths], training, counts
 
 
-def _finite_features(emotional: StageArtifact, shard_id: int) -> dict[str, bool]:
+def _finite_features(teacher: StageArtifact, shard_id: int) -> dict[str, bool]:
     """Whether each sample's text feature is finite, for the samples that have one."""
-    if not emotional.shard_path(shard_id, TEXT_FEATURES).is_file():
+    if not teacher.shard_path(shard_id, TEXT_FEATURES).is_file():
         return {}
-    table = emotional.read_shard(shard_id, [SAMPLE_ID, TEXT_FEATURE], table=TEXT_FEATURES)
+    table = teacher.read_shard(shard_id, [SAMPLE_ID, TEXT_FEATURE], table=TEXT_FEATURES)
     finite = np.isfinite(column_vectors(table[TEXT_FEATURE])).all(axis=1)
     return dict(zip(table[SAMPLE_ID].to_pylist(), finite.tolist()))
 
@@ -225,7 +227,7 @@ def _missing_input(sample_id: str, partitions: dict[str, dict[str, Any]],
         return "no_cluster", f"no {factual}/{emotional} in the cluster stage"
     finite = features.get(sample_id)
     if finite is None:
-        return "no_text_feature", "no text feature in the emotional stage"
+        return "no_text_feature", "no text feature in the teacher stage"
     if not finite:
         return "bad_text_feature", "text feature has NaN or infinite values"
     return None

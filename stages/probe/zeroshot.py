@@ -2,7 +2,8 @@
 
 Class prompts (the paper: "A photo with [C] emotion." and "The photo makes me feel so [C]!")
 are embedded by the same frozen text encoder, with the same settings, that produced the
-training text features in the emotional stage; the PACL text projection maps them into the
+training text features (the teacher stage's, recorded in the PACL model's config); the PACL
+text projection maps them into the
 shared space, where prompt embeddings of one class are averaged (`PaclModel.encode_prompts`).
 An image's class is the prompt embedding closest to its projected image embedding.
 """
@@ -17,8 +18,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from affectflow.models.pacl.model import PaclModel
-from affectflow.models.specs import resolve_transformers_spec
-from affectflow.models.text_encoder import load_text_encoder
+from affectflow.stages.text_encoding import load_recorded_encoder
 
 PAPER_PROMPTS = ("A photo with {} emotion.", "The photo makes me feel so {}!")
 
@@ -30,11 +30,9 @@ def class_prompts(class_names: list[str], templates: list[str]) -> list[str]:
 
 def prompt_features(text_encoder: dict[str, Any], class_names: list[str], templates: list[str],
                     device: str | None) -> Tensor:
-    """(classes, templates, text_dim) features of the prompts from the emotional stage's encoder."""
-    encoder = load_text_encoder(resolve_transformers_spec(text_encoder["text_encoder"]),
-                                pooling=text_encoder.get("pooling") or "mean",
-                                normalize_tweets=text_encoder.get("normalize_tweets"),
-                                device=device, max_length=text_encoder.get("max_length"))
+    """(classes, templates, text_dim) features of the prompts from the teacher the PACL model
+    was trained against (`text_encoder`: its recorded settings)."""
+    encoder = load_recorded_encoder(text_encoder, device)
     features = encoder.encode(class_prompts(class_names, templates))
     return features.view(len(class_names), len(templates), -1)
 

@@ -53,30 +53,23 @@ def brute_sets(sim: list[list[float]], pool: list[int], factual: list[int], emot
             "m_e": m_e, "m_e_inv": m_e_inv}
 
 
-def brute_image_sets(part: Partition, sets: dict, pool: list[int], i: int) -> tuple[set[int], set[int]]:
-    """(P(v_i), N(v_i)): texts; every N is {j | j != i, ...}."""
+# Per direction: the set L2 excludes, the set L3 excludes, and the best match L4 takes as positive.
+# Image anchors v_i have text partners, text anchors t_i image partners (Eq. 4-14).
+DIRECTIONS = {"image": ("m_f_inv", "m_e", "best_text"), "text": ("m_f", "m_e_inv", "best_image")}
+
+
+def brute_anchor_sets(part: Partition, sets: dict, pool: list[int], i: int, direction: str
+                      ) -> tuple[set[int], set[int]]:
+    """(P, N) of anchor i in one direction; every N is {j | j != i, ...}."""
+    factual_set, emotional_set, best = DIRECTIONS[direction]
     others = {j for j in pool if j != i}
     if part is STRONG:
         return {i}, others
     if part is PARTIAL_EMOTIONAL:
-        return {i}, {j for j in others if j not in sets["m_f_inv"][i]}
+        return {i}, {j for j in others if j not in sets[factual_set][i]}
     if part is PARTIAL_FACTUAL:
-        return {i}, {j for j in others if j not in sets["m_e"][i]}
-    return ({sets["best_text"][i]},
-            {j for j in others if j not in sets["m_e"][i] and j not in sets["m_f_inv"][i]})
-
-
-def brute_text_sets(part: Partition, sets: dict, pool: list[int], i: int) -> tuple[set[int], set[int]]:
-    """(P(t_i), N(t_i)): images; every N is {j | j != i, ...}."""
-    others = {j for j in pool if j != i}
-    if part is STRONG:
-        return {i}, others
-    if part is PARTIAL_EMOTIONAL:
-        return {i}, {j for j in others if j not in sets["m_f"][i]}
-    if part is PARTIAL_FACTUAL:
-        return {i}, {j for j in others if j not in sets["m_e_inv"][i]}
-    return ({sets["best_image"][i]},
-            {j for j in others if j not in sets["m_f"][i] and j not in sets["m_e_inv"][i]})
+        return {i}, {j for j in others if j not in sets[emotional_set][i]}
+    return {sets[best][i]}, {j for j in others if j not in sets[factual_set][i] and j not in sets[emotional_set][i]}
 
 
 def eq3_term(scores: dict[int, torch.Tensor], positives: set[int], negatives: set[int]) -> torch.Tensor:
@@ -95,10 +88,10 @@ def brute_loss(logits: torch.Tensor, partition: list[int], factual: list[int], e
     sets = brute_sets(logits.detach().tolist(), pool, factual, emotional)
     image_terms, text_terms = [], []
     for i in anchors:
-        positives, negatives = brute_image_sets(part, sets, pool, i)
+        positives, negatives = brute_anchor_sets(part, sets, pool, i, "image")
         assert not positives & negatives
         image_terms.append(eq3_term({j: logits[i, j] for j in pool}, positives, negatives))
-        positives, negatives = brute_text_sets(part, sets, pool, i)
+        positives, negatives = brute_anchor_sets(part, sets, pool, i, "text")
         assert not positives & negatives
         text_terms.append(eq3_term({j: logits[j, i] for j in pool}, positives, negatives))
     return 0.5 * (sum(image_terms) / len(image_terms) + sum(text_terms) / len(text_terms))
@@ -187,9 +180,9 @@ def test_positive_and_negative_sets_match_brute_force(part: Partition, size: int
     sets = brute_sets(logits.tolist(), pool, factual.tolist(), emotional.tolist())
     for anchor in pool:
         assert (mask_to_sets(masks.image_positives)[anchor], mask_to_sets(masks.image_negatives)[anchor]) \
-            == brute_image_sets(part, sets, pool, anchor)
+            == brute_anchor_sets(part, sets, pool, anchor, "image")
         assert (mask_to_sets(masks.text_positives)[anchor], mask_to_sets(masks.text_negatives)[anchor]) \
-            == brute_text_sets(part, sets, pool, anchor)
+            == brute_anchor_sets(part, sets, pool, anchor, "text")
 
 
 # ---------------------------------------------------------------- loss values

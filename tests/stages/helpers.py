@@ -13,7 +13,8 @@ from affectflow.pipelines.config import load_config
 from affectflow.pipelines.execution import RunRef, make_job, open_run
 
 # The pretrain chain up to the pseudo-labels: what most stage tests need sections for.
-SCORING_CHAIN = ("ingest", "caption", "triplets", "factual", "emotional", "partition", "cluster")
+SCORING_CHAIN = ("ingest", "caption", "triplets", "factual", "emotional", "teacher", "partition",
+                 "cluster")
 
 
 def demo_config(demo_dir: Path, artifact_root: Path, **sections: dict[str, Any]) -> dict[str, Any]:
@@ -27,6 +28,7 @@ def demo_config(demo_dir: Path, artifact_root: Path, **sections: dict[str, Any])
         "emotional": {"clip": str(demo_dir / "models" / "clip"),
                       "anp_vocabulary": str(demo_dir / "anps.txt"),
                       "text_encoder": "packaged:all-MiniLM-L6-v2", "batch_size": 16},
+        "teacher": {"text_encoder": "packaged:all-MiniLM-L6-v2", "pooling": "mean", "batch_size": 16},
     }
     for name, values in sections.items():
         raw.setdefault(name, {}).update(values)

@@ -116,7 +116,7 @@ def test_align_shard_keeps_complete_samples_and_rejects_the_rest_with_reasons() 
 
 @dataclass(frozen=True)
 class ScoredRun:
-    """A demo run with ingest, factual, emotional and partition finished."""
+    """A demo run with ingest, factual, emotional, teacher and partition finished."""
 
     store: RunStore
     settings: RunSettings
@@ -128,7 +128,7 @@ class ScoredRun:
 def scored(demo_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> ScoredRun:
     root = tmp_path_factory.mktemp("cluster")
     raw = demo_config(demo_dir, root)
-    ref = run_stages(raw, ["ingest", "factual", "emotional"])
+    ref = run_stages(raw, ["ingest", "factual", "emotional", "teacher"])
     settings = load_config(None, raw=raw).run
     run_stage(StageJob(ref.store, PartitionStage(), PartitionParams(), settings))
     return ScoredRun(ref.store, settings, demo_dir / "models" / "clip",
@@ -232,13 +232,13 @@ def test_changing_k_reuses_the_cached_image_features(scored: ScoredRun, tmp_path
 def test_samples_missing_upstream_become_rejects_with_reasons(scored: ScoredRun,
                                                               tmp_path: Path) -> None:
     run = copy_run(scored, tmp_path)
-    ingest, emotional, partition = (run.store.stage(name)
-                                    for name in ("ingest", "emotional", "partition"))
+    ingest, teacher, partition = (run.store.stage(name)
+                                  for name in ("ingest", "teacher", "partition"))
     ids = ingest.read_shard(0, ["sample_id"])["sample_id"].to_pylist()
     no_text, no_partition, broken_image = ids[0], ids[1:3], ids[3]
 
-    text = emotional.read_shard(0, table="text_features")
-    rewrite_shard(emotional, 0, text.filter(pc.invert(
+    text = teacher.read_shard(0, table="text_features")
+    rewrite_shard(teacher, 0, text.filter(pc.invert(
         pc.is_in(text["sample_id"], pa.array([no_text])))), "text_features")
     kept = partition.read_shard(0)
     rewrite_shard(partition, 0, kept.filter(pc.invert(

@@ -126,11 +126,11 @@ def test_samples_missing_upstream_data_become_rejects(upstream: RunRef, tmp_path
         table = run.stage(stage).read_shard(0)
         keep = pa.array([sid != victim for sid in table["sample_id"].to_pylist()])
         _replace_shard(run.stage(stage), 0, table.filter(keep))
-    features = run.stage("emotional").read_shard(0, table="text_features")
+    features = run.stage("teacher").read_shard(0, table="text_features")
     vectors = column_vectors(features["text_feature"])
     vectors[features["sample_id"].to_pylist().index(victims[3])] = np.nan
     flat = pa.array(vectors.astype(np.float16).reshape(-1), pa.float16())
-    _replace_shard(run.stage("emotional"), 0, features.set_column(
+    _replace_shard(run.stage("teacher"), 0, features.set_column(
         1, "text_feature", pa.FixedSizeListArray.from_arrays(flat, vectors.shape[1])),
                    side="text_features")
 
@@ -231,7 +231,7 @@ def test_two_gloo_processes_match_one_process_on_the_same_global_batches(tmp_pat
     paths = write_training_images(tmp_path / "images", 20)
     # ConvNeXt has no BatchNorm, so ranks see exactly what one process sees.
     config = PaclTrainConfig("timm:test_convnext", pretrained=False, embed_dim=8, image_size=32,
-                             epochs=3, samples_per_partition=2, head_lr=1e-2)
+                             epochs=3, samples_per_partition=2, backbone_lr=1e-3, head_lr=1e-2)
     results = {}
     for processes in (1, 2):
         job = pacl_worker.write_job(tmp_path / f"job{processes}", config, paths, data, workers=1,

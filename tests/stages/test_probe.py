@@ -1,5 +1,5 @@
 """The `probe` stage: metrics against scikit-learn, selection that never sees test labels,
-zero-shot through the emotional stage's text encoder, and the before/after table."""
+zero-shot through the teacher the PACL model was trained against, and the before/after table."""
 
 from __future__ import annotations
 
@@ -74,7 +74,8 @@ PACL: dict[str, Any] = {"visual_encoder": "timm:test_resnet", "pretrained": Fals
 @pytest.fixture(scope="module")
 def probed(demo_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[RunRef, dict[str, Any]]:
     root = tmp_path_factory.mktemp("probe")
-    ref = run_upstream(demo_dir, root, labelled=write_labelled_folder(root / "fi"))
+    # The teacher pools CLS while the emotional scorer pools the mean: zero-shot must follow the teacher.
+    ref = run_upstream(demo_dir, root, labelled=write_labelled_folder(root / "fi"), teacher={"pooling": "cls"})
     run_stage(StageJob(ref.store, PaclStage(), PaclParams(**PACL), settings(ref)))
     params = ProbeParams(evaluations=["linear", "zero_shot", "finetune"], linear_epochs=5,
                          finetune_epochs=1, finetune_batch_size=16)
@@ -118,12 +119,14 @@ def test_before_after_table_in_summary_and_markdown(probed: tuple[RunRef, dict[s
     assert summary["details"]["linear"]["after"]["best_epoch"] in range(1, 6)
 
 
-def test_zero_shot_embeds_the_paper_prompts_with_the_emotional_text_encoder(
+def test_zero_shot_embeds_the_paper_prompts_with_the_teacher_text_encoder(
         probed: tuple[RunRef, dict[str, Any]]) -> None:
     ref, manifest = probed
     classes = manifest["summary"]["classes"]
-    model, _ = load_model(ref.store.stage("pacl").path / "model.pt")
-    encoder = load_text_encoder(MINILM)
+    model, config = load_model(ref.store.stage("pacl").path / "model.pt")
+    assert config["text_encoder"]["pooling"] == "cls"
+    assert ref.store.stage("emotional").manifest["params"]["pooling"] == "mean"
+    encoder = load_text_encoder(MINILM, pooling="cls")
     prompts = encoder.encode([t.format(name) for name in classes for t in PAPER_PROMPTS])
     class_embeddings = model.encode_prompts(prompts.view(len(classes), 2, -1))
     features = ref.store.stage("probe").read_all(table="features").to_pandas().set_index("sample_id")
