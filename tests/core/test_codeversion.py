@@ -114,3 +114,11 @@ def test_library_versions_are_part_of_the_code_version(monkeypatch: pytest.Monke
                         lambda name: "99.0" if name == "torch" else real_version(name))
     assert factual.code()["version"] != before["factual"]["version"]
     assert ingest.code()["version"] == before["ingest"]["version"]
+
+
+def test_the_preflight_lookups_are_outside_every_stage_closure() -> None:
+    """What is installed is checked by code no stage imports, so editing it reruns nothing."""
+    for stage_class in STAGES.values():
+        closure = import_closure(stage_class.__module__)
+        assert "affectflow.models.weights_cache" not in closure
+        assert "affectflow.stages.ingest.layout" not in closure
