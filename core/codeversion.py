@@ -18,6 +18,7 @@ import ast
 import importlib.metadata
 import importlib.util
 import sys
+import threading
 from functools import cache, lru_cache
 
 from affectflow.core.hashing import hash_bytes, hash_value
@@ -56,11 +57,19 @@ def _is_module(name: str) -> bool:
         return False
 
 
+# Stage tasks compute their code versions on concurrent threads; CPython 3.11 keeps the AST
+# constructor's recursion depth per interpreter, and parses racing in two threads fail with
+# "SystemError: AST constructor recursion depth mismatch" (CPython gh-106905).
+_PARSE_LOCK = threading.Lock()
+
+
 def _imported_names(module: str, source: str) -> set[str]:
     """Every module name an import statement of `source` refers to (absolute names)."""
     package = module if source_is_package(module) else module.rpartition(".")[0]
     names: set[str] = set()
-    for node in ast.walk(ast.parse(source)):
+    with _PARSE_LOCK:
+        tree = ast.parse(source)
+    for node in ast.walk(tree):
         if isinstance(node, ast.Import):
             names.update(alias.name for alias in node.names)
         elif isinstance(node, ast.ImportFrom):
