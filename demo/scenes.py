@@ -62,6 +62,31 @@ FI_PALETTE_SHIFT = {"amusement": (0, 0, 0), "excitement": (0, -60, 90), "anger":
                     "fear": (0, 0, 0), "sadness": (0, 0, 0)}
 
 
+# Valence, arousal, dominance of each post emotion on Emotic's 1-10 scale (after the usual
+# placement of these emotions in VAD space): the demo's Emotic-style set plants its targets here.
+EMOTION_VAD: dict[str, tuple[float, float, float]] = {
+    "Love": (7.5, 5.5, 6.0), "Happy": (8.0, 6.5, 6.5), "Calm": (7.0, 2.5, 6.0),
+    "Bored": (3.5, 2.0, 4.0), "Sad": (2.5, 3.0, 3.0), "Angry": (2.5, 8.0, 7.0),
+    "Fear": (2.0, 7.5, 2.5),
+}
+POSITIVE_EMOTIONS = ("Love", "Happy", "Calm")
+# The demo's WebEmo-style tree: polarity -> post emotion -> mood (the emotion's two mood
+# adjectives). The second mood of each emotion is drawn with MOOD_SHIFT on its palette.
+MOOD_SHIFT = (45, -35, 50)
+
+
+def demo_hierarchy() -> list[dict[str, object]]:
+    """The demo's label tree in the shape `ingest.hierarchy` takes, coarsest level first."""
+    emotions = sorted(EMOTION_PALETTES)
+    return [
+        {"name": "polarity", "groups": {
+            "positive": [e for e in emotions if e in POSITIVE_EMOTIONS],
+            "negative": [e for e in emotions if e not in POSITIVE_EMOTIONS]}},
+        {"name": "emotion", "groups": {e: list(EMOTION_MOODS[e]) for e in emotions}},
+        {"name": "mood"},
+    ]
+
+
 def _jitter(colour: RGB, rng: random.Random, amount: int) -> RGB:
     return tuple(max(0, min(255, c + rng.randint(-amount, amount))) for c in colour)  # type: ignore[return-value]
 

@@ -60,10 +60,6 @@ class RunSettings(BaseModel):
         unknown = [name for name in value if name not in STAGES]
         if unknown:
             raise ValueError(f"unknown stages {unknown}; known: {list(STAGES)}")
-        for index, name in enumerate(value):
-            missing = [dep for dep in STAGES[name].inputs if dep not in value[:index]]
-            if missing:
-                raise ValueError(f"stage {name!r} needs {missing} listed before it")
         return value
 
 
@@ -143,8 +139,22 @@ def load_config(path: Path | None, overrides: list[str] | None = None,
     if missing:
         raise UserError(f"invalid config {source}: stages {missing} have no section",
                         hint=f"add a '{missing[0]}:' section (see configs/demo.yaml)")
+    check_stage_order(config, source)
     check_across_stages(config, source)
     return config
+
+
+def check_stage_order(config: BaseModel, source: str) -> None:
+    """Every stage is listed after the inputs its configuration reads (`input_names`: the probe
+    of another run's PACL model reads no pacl stage of its own run)."""
+    stages = config.run.stages
+    for index, name in enumerate(stages):
+        needed = STAGES[name]().input_names(stage_params(config, name))
+        missing = [dep for dep in needed if dep not in stages[:index]]
+        if missing:
+            raise UserError(f"invalid config {source}: 'run.stages': stage {name!r} needs "
+                            f"{missing} listed before it",
+                            hint=f"list {missing} before {name!r} in run.stages")
 
 
 def check_across_stages(config: BaseModel, source: str) -> None:

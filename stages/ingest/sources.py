@@ -1,8 +1,9 @@
 """Listing the three source layouts (TumEmo raw, manifest file, image folder) into records.
 
-Listing is cheap (no image decoding): it reads ids, labels and texts, finds duplicate ids and
-unknown labels, and assigns splits. Problems found here travel with the record and become
-rejects in the ingest stage, so every listed row is accounted for.
+Listing is cheap (no image decoding): it reads ids, labels, label sets, numeric targets and
+texts, finds duplicate ids, unknown labels and bad annotation cells, and assigns splits.
+Problems found here travel with the record and become rejects in the ingest stage, so every
+listed row is accounted for.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ import pandas as pd
 
 from affectflow.core.errors import UserError
 from affectflow.core.files import FileProblem, read_dataset_file
+from affectflow.stages.ingest.annotations import out_of_range, parse_label_set, parse_targets
 
 TUMEMO_LABELS = ("Love", "Happy", "Calm", "Bored", "Sad", "Angry", "Fear")
 TUMEMO_LABEL_FILE = "all_data_id_and_label.txt"
@@ -42,6 +44,8 @@ class SourceRecord:
     detail: str | None = None
     # A text still to be read (TumEmo): the decode workers read it, in parallel, not the listing.
     text_file: str | None = None
+    label_set: list[str] | None = None  # multi-label categories (manifest `label_set` column)
+    targets: list[float] | None = None  # numeric targets in the order of `ingest.targets`
 
 
 # Longest first: the UTF-32 LE mark begins with the UTF-16 LE one.
@@ -162,13 +166,24 @@ def _read_manifest_frame(path: Path) -> pd.DataFrame:
                     hint="use a .csv, .jsonl or .parquet manifest")
 
 
-def list_manifest(path: Path, columns: dict[str, str]) -> list[SourceRecord]:
-    """Manifest with id, image path (relative to the manifest's folder), text, optional label/split."""
+MANIFEST_ROLES = ("id", "image", "text", "label", "split", "label_set")
+
+
+def list_manifest(path: Path, columns: dict[str, str], label_separator: str = ";",
+                  targets: tuple[str, ...] = (), needs_text: bool = True) -> list[SourceRecord]:
+    """Manifest with id, image path (relative to the manifest's folder), text (optional when no
+    text is required), and optional label, split, label set (`columns.label_set`) and numeric
+    target columns (`targets`)."""
     frame = _read_manifest_frame(path)
-    for role in ("id", "image", "text"):
-        if columns[role] not in frame.columns:
-            raise UserError(f"manifest {path} has no column '{columns[role]}' for the {role}",
-                            hint=f"set ingest.columns.{role} to one of {list(frame.columns)}")
+    needed = [(f"columns.{role}", columns[role])
+              for role in ("id", "image", "text") if role != "text" or needs_text]
+    if "label_set" in columns:
+        needed.append(("columns.label_set", columns["label_set"]))
+    needed += [("targets", name) for name in targets]
+    for key, name in needed:
+        if name not in frame.columns:
+            raise UserError(f"manifest {path} has no column '{name}' (ingest {key})",
+                            hint=f"set ingest {key} to one of {list(frame.columns)}")
 
     def cell(row: pd.Series, role: str) -> str | None:
         name = columns.get(role)
@@ -184,9 +199,18 @@ def list_manifest(path: Path, columns: dict[str, str]) -> list[SourceRecord]:
         split = cell(row, "split")
         source_id = cell(row, "id") or ""
         problem = id_problem(source_id)
-        records.append(SourceRecord(source_id, str(image_path), cell(row, "text"),
-                                    cell(row, "label") or None, split=split or None,
-                                    problem="invalid_id" if problem else None, detail=problem))
+        record = SourceRecord(source_id, str(image_path), cell(row, "text"),
+                              cell(row, "label") or None, split=split or None)
+        problems = [("invalid_id", problem)] if problem else []
+        if "label_set" in columns:
+            record.label_set, *parsed = parse_label_set(row[columns["label_set"]], label_separator)
+            problems.append(parsed)
+        if targets:
+            record.targets, *parsed = parse_targets([row[name] for name in targets], targets)
+            problems.append(parsed)
+        record.problem, record.detail = next(
+            ((problem, detail) for problem, detail in problems if problem), (None, None))
+        records.append(record)
     return records
 
 
@@ -220,16 +244,21 @@ def list_image_folder(root: Path, split_dir: Path | None) -> list[SourceRecord]:
     return records
 
 
+def _stratified(records: Iterable[SourceRecord]) -> list[list[SourceRecord]]:
+    """Records grouped by label (unlabelled ones in one group), each group sorted by id, in a
+    fixed group order: what seeded splits shuffle, so they do not depend on listing order."""
+    by_label: dict[str | None, list[SourceRecord]] = defaultdict(list)
+    for record in records:
+        by_label[record.label].append(record)
+    return [sorted(by_label[label], key=lambda record: record.source_id)
+            for label in sorted(by_label, key=lambda value: (value is None, str(value)))]
+
+
 def assign_splits(records: list[SourceRecord], ratios: tuple[float, float, float],
                   seed: int) -> None:
     """Seeded stratified train/val/test split for records without one (per label, in order)."""
-    by_label: dict[str | None, list[SourceRecord]] = defaultdict(list)
-    for record in records:
-        if record.split is None and record.problem is None:
-            by_label[record.label].append(record)
     rng = random.Random(seed)
-    for label in sorted(by_label, key=lambda value: (value is None, str(value))):
-        group = sorted(by_label[label], key=lambda record: record.source_id)
+    for group in _stratified(r for r in records if r.split is None and r.problem is None):
         rng.shuffle(group)
         n_train = round(len(group) * ratios[0])
         n_val = round(len(group) * ratios[1])
@@ -237,8 +266,26 @@ def assign_splits(records: list[SourceRecord], ratios: tuple[float, float, float
             record.split = "train" if index < n_train else "val" if index < n_train + n_val else "test"
 
 
-def mark_duplicates_and_labels(records: list[SourceRecord], allowed: set[str] | None) -> None:
-    """Reject repeated ids (the first occurrence is kept), unknown labels and unknown splits."""
+def carve_val_from_train(records: list[SourceRecord], share: float, seed: int) -> None:
+    """Move a seeded, stratified `share` of the train rows to val, for data sets whose split
+    gives only train and test (WebEmo): model selection then never looks at test."""
+    kept = [r for r in records if r.problem is None]
+    if any(r.split == "val" for r in kept):
+        raise UserError("ingest.val_from_train is set, but the data set already has val rows",
+                        hint="remove val_from_train (it is for splits with only train and test), "
+                             "or drop the val rows")
+    rng = random.Random(seed)
+    for group in _stratified(r for r in kept if r.split == "train"):
+        rng.shuffle(group)
+        for record in group[:round(len(group) * share)]:
+            record.split = "val"
+
+
+def mark_duplicates_and_labels(records: list[SourceRecord], allowed: set[str] | None,
+                               target_names: tuple[str, ...] = (),
+                               target_range: tuple[float, float] | None = None) -> None:
+    """Reject repeated ids (the first occurrence is kept), unknown labels and categories,
+    targets outside their range and unknown splits."""
     seen: set[str] = set()
     for record in records:
         if record.problem:
@@ -247,8 +294,15 @@ def mark_duplicates_and_labels(records: list[SourceRecord], allowed: set[str] | 
             record.problem, record.detail = "duplicate_id", f"id {record.source_id!r} seen before"
             continue
         seen.add(record.source_id)
+        unknown = sorted({c for c in record.label_set or [] if allowed is not None and c not in allowed})
         if allowed is not None and record.label is not None and record.label not in allowed:
             record.problem = "unknown_label"
             record.detail = f"label {record.label!r} not in {sorted(allowed)}"
+        elif unknown:
+            record.problem = "unknown_label"
+            record.detail = f"categories {unknown} not in {sorted(allowed or [])}"
+        elif record.targets is not None and target_range is not None \
+                and (detail := out_of_range(record.targets, target_names, target_range)):
+            record.problem, record.detail = "target_out_of_range", detail
         elif record.split is not None and record.split not in SPLITS:
             record.problem, record.detail = "unknown_split", f"split {record.split!r}"

@@ -21,12 +21,15 @@ from affectflow.core.files import real_roots
 from affectflow.core.hashing import files_fingerprint, fingerprint_mode, hash_value, tree_fingerprint
 from affectflow.core.stage import ShardOutput, Stage, StageContext, StageParams
 from affectflow.core.store import MAIN_TABLE, SAMPLE_ID, SOURCE_ID, StageArtifact, make_rejects
+from affectflow.stages.ingest.annotations import LabelLevel, check_hierarchy, hierarchy_classes
 from affectflow.stages.ingest.decode_pool import decode_pool, discard_pool
 from affectflow.stages.ingest.sources import (
+    MANIFEST_ROLES,
     SPLITS,
     TUMEMO_LABELS,
     SourceRecord,
     assign_splits,
+    carve_val_from_train,
     list_image_folder,
     list_manifest,
     list_tumemo,
@@ -41,6 +44,8 @@ TEXT = "text"
 LABEL = "label"
 LABEL_ID = "label_id"
 SPLIT = "split"
+LABEL_SET = "label_set"
+TARGETS = "targets"
 IMAGE_SHA256 = "image_sha256"
 TRAIN, VAL, TEST = SPLITS
 
@@ -53,6 +58,8 @@ SCHEMA = pa.schema([
     (TEXT, pa.string()),
     (LABEL, pa.string()),
     (LABEL_ID, pa.int32()),
+    (LABEL_SET, pa.list_(pa.string())),
+    (TARGETS, pa.list_(pa.float32())),
     (SPLIT, pa.string()),
     ("width", pa.int32()),
     ("height", pa.int32()),
@@ -67,7 +74,9 @@ LISTING_SCHEMA = pa.schema([
     ("source_id", pa.string()), ("image_path", pa.string()), ("text", pa.string()),
     ("label", pa.string()), ("split", pa.string()), ("problem", pa.string()),
     ("detail", pa.string()), ("text_file", pa.string()),
+    ("label_set", pa.list_(pa.string())), ("targets", pa.list_(pa.float64())),
 ])
+DEFAULT_COLUMNS = {"id": "id", "image": "image", "text": "text", "label": "label", "split": "split"}
 
 
 class IngestParams(StageParams):
@@ -80,9 +89,21 @@ class IngestParams(StageParams):
     text_dir: Path | None = Field(None, description="TumEmo texts folder (default: path)")
     split_dir: Path | None = Field(None, description="image_folder: train/val/test.txt folder")
     columns: dict[str, str] = Field(
-        default_factory=lambda: {"id": "id", "image": "image", "text": "text",
-                                 "label": "label", "split": "split"})
-    labels: list[str] | None = Field(None, description="allowed labels (default per source)")
+        default_factory=lambda: dict(DEFAULT_COLUMNS),
+        description="manifest column per role (id, image, text, label, split, label_set); "
+                    "roles not given keep their default name, label_set has none")
+    labels: list[str] | None = Field(None, description="allowed labels and categories (default "
+                                                       "per source)")
+    label_separator: str = Field(";", min_length=1,
+                                 description="manifest: separator of the categories in a "
+                                             "label_set cell")
+    targets: list[str] = Field(default_factory=list,
+                               description="manifest columns of numeric targets, e.g. valence, "
+                                           "arousal, dominance")
+    target_range: tuple[float, float] | None = Field(
+        None, description="valid [low, high] of every target; values outside are rejected")
+    hierarchy: list[LabelLevel] | None = Field(
+        None, description="class tree of the label, coarsest level first (WebEmo 2 -> 7 -> 25)")
     roots: list[Path] | None = Field(
         None, description="folders every image and text file must resolve inside (symlinks "
                           "resolved); default: the source's own folders (a manifest's: its folder)")
@@ -96,6 +117,9 @@ class IngestParams(StageParams):
     max_text_bytes: int = Field(1 << 20, ge=1, description="larger post texts are rejected")
     split_ratios: tuple[float, float, float] = (0.8, 0.1, 0.1)
     split_seed: int = 0
+    val_from_train: float = Field(0.0, ge=0, lt=1,
+                                  description="share of the train split moved to val, for data "
+                                              "sets whose split has no val (WebEmo)")
     shard_size: int = Field(256, ge=1)
 
     @field_validator("path")
@@ -103,7 +127,23 @@ class IngestParams(StageParams):
     def _path_exists(cls, value: Path) -> Path:
         if not value.exists():
             raise ValueError(f"path does not exist: {value} (create the dataset, e.g. "
-                             f"`affectflow demo-data DIR`, or point ingest.path at it)")
+                             f"`affectflow demo-data DIR`, or point the section's path at it)")
+        return value
+
+    @field_validator("columns")
+    @classmethod
+    def _known_roles(cls, value: dict[str, str]) -> dict[str, str]:
+        unknown = sorted(set(value) - set(MANIFEST_ROLES))
+        if unknown:
+            raise ValueError(f"unknown manifest column roles {unknown}; the roles are "
+                             f"{list(MANIFEST_ROLES)}")
+        return {**DEFAULT_COLUMNS, **value}
+
+    @field_validator("hierarchy")
+    @classmethod
+    def _a_tree(cls, value: list[LabelLevel] | None) -> list[LabelLevel] | None:
+        if value is not None:
+            check_hierarchy(value)
         return value
 
     @field_validator("text_encodings")
@@ -124,6 +164,23 @@ class IngestParams(StageParams):
             raise ValueError(f"split_ratios {self.split_ratios} must be >= 0 and sum to 1")
         return self
 
+    @model_validator(mode="after")
+    def _annotations_fit_the_source(self) -> IngestParams:
+        """Label sets and targets are manifest columns; a hierarchy's finest classes are the labels."""
+        if self.source != "manifest" and ("label_set" in self.columns or self.targets):
+            raise ValueError("columns.label_set and targets name manifest columns; use "
+                             "source: manifest for multi-label or numeric annotations")
+        if len(set(self.targets)) != len(self.targets):
+            raise ValueError(f"targets {self.targets} name a column twice")
+        if self.target_range is not None and not self.target_range[0] < self.target_range[1]:
+            raise ValueError(f"target_range {self.target_range} must be [low, high] with low < high")
+        if self.hierarchy is not None and self.labels is not None \
+                and set(self.labels) != set(self.fine_classes or []):
+            raise ValueError(f"labels {sorted(self.labels)} differ from the finest classes of the "
+                             f"hierarchy {sorted(self.fine_classes or [])}; omit labels, they "
+                             "default to those classes")
+        return self
+
     @property
     def name(self) -> str:
         return self.dataset_name or self.path.resolve().name
@@ -140,9 +197,16 @@ class IngestParams(StageParams):
     def needs_text(self) -> bool:
         return self.require_text if self.require_text is not None else self.source != "image_folder"
 
+    @property
+    def fine_classes(self) -> list[str] | None:
+        """The finest level's classes of the hierarchy, in declared order."""
+        return hierarchy_classes(self.hierarchy)[-1] if self.hierarchy else None
+
     def allowed_labels(self, records: list[SourceRecord]) -> list[str] | None:
         if self.labels is not None:
             return self.labels
+        if self.fine_classes is not None:
+            return self.fine_classes
         if self.source == "tumemo":
             return list(TUMEMO_LABELS)
         if self.source == "image_folder":
@@ -156,17 +220,26 @@ def _value_counts(column: pa.ChunkedArray) -> dict[str, int]:
     return {str(row["values"]): int(row["counts"]) for row in counts}
 
 
+def manifest_records(params: IngestParams) -> list[SourceRecord]:
+    """The manifest's rows as records, with its annotation columns parsed."""
+    return list_manifest(params.path, params.columns, params.label_separator,
+                         tuple(params.targets), params.needs_text)
+
+
 def list_source(params: IngestParams) -> list[SourceRecord]:
     if params.source == "tumemo":
         records = list_tumemo(params.path, params.image_dir or params.path,
                               params.text_dir or params.path)
     elif params.source == "manifest":
-        records = list_manifest(params.path, params.columns)
+        records = manifest_records(params)
     else:
         records = list_image_folder(params.path, params.split_dir)
     allowed = params.allowed_labels(records)
-    mark_duplicates_and_labels(records, set(allowed) if allowed is not None else None)
+    mark_duplicates_and_labels(records, set(allowed) if allowed is not None else None,
+                               tuple(params.targets), params.target_range)
     assign_splits(records, params.split_ratios, params.split_seed)
+    if params.val_from_train:
+        carve_val_from_train(records, params.val_from_train, params.split_seed)
     return records
 
 
@@ -185,7 +258,7 @@ class IngestStage(Stage[IngestParams]):
         roots = [params.path] + [p for p in (params.image_dir, params.text_dir, params.split_dir) if p]
         parts = [tree_fingerprint(root, content=content) for root in roots]
         if params.source == "manifest":
-            listed = [record.image_path for record in list_manifest(params.path, params.columns)]
+            listed = [record.image_path for record in manifest_records(params)]
             parts.append(files_fingerprint(listed, params.path.parent, content=content))
         return hash_value(parts)
 
@@ -235,7 +308,17 @@ class IngestStage(Stage[IngestParams]):
                            rejects=make_rejects(rejected))
 
     def finalize(self, ctx: StageContext[IngestParams]) -> dict[str, Any]:
-        """Counts per split and per label, for `inspect` and the run summary."""
-        table = StageArtifact(ctx.output_dir).read_all(columns=[SPLIT, LABEL])
-        return {"splits": _value_counts(table[SPLIT]),
-                "labels": _value_counts(pc.fill_null(table[LABEL], "<none>"))}
+        """Counts per split, label and category, and each target's range, for `inspect` and the
+        run summary."""
+        table = StageArtifact(ctx.output_dir).read_all(columns=[SPLIT, LABEL, LABEL_SET, TARGETS])
+        summary: dict[str, Any] = {"splits": _value_counts(table[SPLIT]),
+                                   "labels": _value_counts(pc.fill_null(table[LABEL], "<none>"))}
+        if "label_set" in ctx.params.columns:
+            summary["categories"] = _value_counts(pc.list_flatten(table[LABEL_SET]))
+        if ctx.params.targets:
+            values = pc.list_flatten(table[TARGETS]).to_numpy(zero_copy_only=False)
+            values = values.reshape(-1, len(ctx.params.targets))
+            summary["targets"] = {name: {"mean": float(column.mean()), "min": float(column.min()),
+                                         "max": float(column.max())} if len(column) else {}
+                                  for name, column in zip(ctx.params.targets, values.T)}
+        return summary

@@ -78,7 +78,8 @@ def validate_row(row: dict[str, Any], rules: RowRules) -> Validated:
         "sample_id": sample_id, "source_id": row["source_id"], "dataset": rules.dataset,
         "image_path": row["image_path"], "text_raw": raw, "text": cleaned,
         "label": row["label"], "label_id": rules.label_ids.get(row["label"]),
-        "split": row["split"], "width": facts.width, "height": facts.height,
+        "label_set": row["label_set"], "targets": row["targets"], "split": row["split"],
+        "width": facts.width, "height": facts.height,
         "image_format": facts.format, "image_sha256": facts.sha256,
     }, None
 

@@ -1,7 +1,8 @@
-"""The three downstream evaluations of one encoder on a labelled set with train/val/test splits.
+"""The downstream evaluations of one encoder on one task of a labelled set with train/val/test splits.
 
-Each evaluation fits on train (linear, fine-tuning), selects on val, and only then predicts
-test; test labels are used for nothing but the reported metrics.
+Linear evaluation and fine-tuning fit on train and select their epoch on val; zero-shot fits
+nothing and reports val beside test. Test rows reach none of the fitting functions: the kept
+model is applied to them once, and their truth feeds nothing but the reported test metrics.
 """
 
 from __future__ import annotations
@@ -16,78 +17,96 @@ from torch import Tensor
 from affectflow.models.pacl.augment import ViewConfig
 from affectflow.models.pacl.model import PaclModel
 from affectflow.stages.ingest.stage import TEST, TRAIN, VAL
-from affectflow.stages.metrics import classification_metrics
-from affectflow.stages.probe.finetune import LabelledImages, classifier_logits, fine_tune
+from affectflow.stages.probe.finetune import LabelledImages, classifier_outputs, fine_tune
 from affectflow.stages.probe.linear import HeadTraining, fit_linear_probe
-from affectflow.stages.probe.report import EvaluationResult
-from affectflow.stages.probe.zeroshot import zero_shot_logits
+from affectflow.stages.probe.tasks import ProbeTask, Scores
+from affectflow.stages.probe.zeroshot import PromptVariant, zero_shot_cosines
 
 
 @dataclass
 class ProbeSet:
-    """The labelled samples: split, class index, image path and frozen features per encoder."""
+    """The labelled samples: split, image path and frozen backbone features per encoder."""
 
     sample_ids: np.ndarray
     splits: np.ndarray
-    labels: np.ndarray
     paths: list[str]
     features: dict[str, np.ndarray]
-    class_names: list[str]
 
-    def mask(self, split: str) -> np.ndarray:
-        return self.splits == split
+    def rows(self, split: str) -> np.ndarray:
+        return np.flatnonzero(self.splits == split)
 
-    def images(self, split: str) -> LabelledImages:
-        chosen = np.flatnonzero(self.mask(split))
-        return LabelledImages([self.paths[i] for i in chosen], self.labels[chosen])
+    def images(self, split: str, task: ProbeTask) -> LabelledImages:
+        chosen = self.rows(split)
+        return LabelledImages([self.paths[i] for i in chosen], task.targets(chosen),
+                              task.truth[chosen])
 
-    @property
-    def num_classes(self) -> int:
-        return len(self.class_names)
+
+@dataclass
+class EvaluationResult:
+    """Test and val metrics of one evaluation of one encoder, and the epoch kept."""
+
+    test: Any
+    val: Any
+    best_epoch: int | None  # 0-based; None for zero-shot (nothing is trained)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain values for the manifest; epochs are counted from 1 there, as in results.md."""
+        epoch = None if self.best_epoch is None else self.best_epoch + 1
+        return {"test": self.test.as_dict(), "val": self.val.as_dict(), "best_epoch": epoch}
 
 
 @dataclass
 class Evaluated:
     result: EvaluationResult
-    test_predictions: np.ndarray
+    test_scores: Scores
+    calibrated: bool  # trained heads give probabilities; zero-shot gives cosines
 
 
-def _evaluated(data: ProbeSet, test_predictions: np.ndarray, val_accuracy: float,
-               best_epoch: int | None) -> Evaluated:
-    metrics = classification_metrics(data.labels[data.mask(TEST)], test_predictions,
-                                     data.class_names)
-    return Evaluated(EvaluationResult(metrics, val_accuracy, best_epoch), test_predictions)
+def _evaluated(data: ProbeSet, task: ProbeTask, val_scores: Scores, test_scores: Scores,
+               best_epoch: int | None, calibrated: bool = True) -> Evaluated:
+    val, test = data.rows(VAL), data.rows(TEST)
+    return Evaluated(EvaluationResult(task.metrics(test_scores, task.truth[test]),
+                                      task.metrics(val_scores, task.truth[val]), best_epoch),
+                     test_scores, calibrated)
 
 
-def linear_evaluation(data: ProbeSet, encoder: str, training: HeadTraining) -> Evaluated:
+def linear_evaluation(data: ProbeSet, task: ProbeTask, encoder: str,
+                      training: HeadTraining) -> Evaluated:
     features = data.features[encoder]
-    train, val, test = (data.mask(split) for split in (TRAIN, VAL, TEST))
-    probe = fit_linear_probe(features[train], data.labels[train], features[val], data.labels[val],
-                             data.num_classes, training)
-    best = probe.selection.best
-    return _evaluated(data, probe.predict(features[test]), probe.selection.accuracy[best], best)
+    train, val, test = (data.rows(split) for split in (TRAIN, VAL, TEST))
+    probe = fit_linear_probe(features[train], task.targets(train), features[val],
+                             task.targets(val), task.truth[val], task, training)
+    return _evaluated(data, task, task.scores(probe.outputs(features[val])),
+                      task.scores(probe.outputs(features[test])), probe.selection.best)
 
 
-def zero_shot_evaluation(data: ProbeSet, encoder: str, model: PaclModel,
-                         prompts: Tensor) -> Evaluated:
+def finetune_evaluation(data: ProbeSet, task: ProbeTask, model: PaclModel, view: ViewConfig,
+                        training: HeadTraining, backbone_lr: float, workers: int,
+                        device: torch.device) -> Evaluated:
+    val = data.images(VAL, task)
+    tuned = fine_tune(model, task, data.images(TRAIN, task), val, view, training, backbone_lr,
+                      workers, device)
+
+    def scores(paths: list[str]) -> Scores:
+        return task.scores(classifier_outputs(tuned.classifier, paths, view, training.batch_size,
+                                              workers, device))
+
+    test_paths = [data.paths[i] for i in data.rows(TEST)]
+    return _evaluated(data, task, scores(val.paths), scores(test_paths), tuned.selection.best)
+
+
+def zero_shot_evaluation(data: ProbeSet, task: ProbeTask, encoder: str, model: PaclModel,
+                         prompts: list[Tensor], variant: PromptVariant) -> Evaluated:
+    """`prompts`: one (classes, templates, text_dim) tensor per block of `task.prompt_classes`."""
     features = data.features[encoder]
-    val, test = data.mask(VAL), data.mask(TEST)
-    val_predictions = zero_shot_logits(model, features[val], prompts).argmax(dim=1).numpy()
-    val_accuracy = float((val_predictions == data.labels[val]).mean())
-    test_predictions = zero_shot_logits(model, features[test], prompts).argmax(dim=1).numpy()
-    return _evaluated(data, test_predictions, val_accuracy, None)
+
+    def scores(split: str) -> Scores:
+        chosen = features[data.rows(split)]
+        return task.zero_shot_scores([zero_shot_cosines(model, chosen, block, variant)
+                                      for block in prompts])
+
+    return _evaluated(data, task, scores(VAL), scores(TEST), None, calibrated=False)
 
 
-def finetune_evaluation(data: ProbeSet, model: PaclModel, view: ViewConfig, training: HeadTraining,
-                        backbone_lr: float, workers: int, device: torch.device) -> Evaluated:
-    tuned = fine_tune(model, data.num_classes, data.images(TRAIN), data.images(VAL), view,
-                      training, backbone_lr, workers, device)
-    test = data.images(TEST)
-    logits = classifier_logits(tuned.classifier, test.paths, view, training.batch_size, workers,
-                               device)
-    best = tuned.selection.best
-    return _evaluated(data, logits.argmax(dim=1).numpy(), tuned.selection.accuracy[best], best)
-
-
-def split_counts(data: ProbeSet) -> dict[str, Any]:
-    return {split: int(data.mask(split).sum()) for split in (TRAIN, VAL, TEST)}
+def split_counts(data: ProbeSet) -> dict[str, int]:
+    return {split: len(data.rows(split)) for split in (TRAIN, VAL, TEST)}

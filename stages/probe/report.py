@@ -1,79 +1,132 @@
-"""The before/after table (the shape of the PACL paper's Table 1) as markdown and as a dict."""
+"""The before/after tables (the shape of the PACL paper's Table 1) as markdown and as rows.
+
+One section per task with that task's metric columns (accuracy and weighted F1; mAP and AUC;
+mean MSE and R^2; accuracy and weighted F1 per level), one row per evaluation (linear probe,
+fine-tuning, each zero-shot prompt), then the task's detail table (per class, per category, per
+target).
+"""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from typing import Any
 
-from affectflow.stages.metrics import ClassificationMetrics
+from affectflow.stages.probe.evaluate import EvaluationResult
+from affectflow.stages.probe.tasks import Headline, ProbeTask
 
 ENCODERS = ("before", "after")
-EVALUATION_TITLES = {"linear": "Linear probe", "finetune": "Fine-tuning", "zero_shot": "Zero-shot"}
+EVALUATION_TITLES = {"linear": "Linear probe", "finetune": "Fine-tuning"}
 
 
 @dataclass
-class EvaluationResult:
-    """Test metrics of one evaluation of one encoder, and how its epoch was selected on val."""
+class TaskResults:
+    """One task's results: evaluation key -> its title and the result per encoder."""
 
-    metrics: ClassificationMetrics
-    val_accuracy: float
-    best_epoch: int | None  # 0-based; None for zero-shot (nothing is trained)
-
-    def to_dict(self) -> dict[str, Any]:
-        """Plain values for the manifest; epochs are counted from 1 there, as in results.md."""
-        epoch = None if self.best_epoch is None else self.best_epoch + 1
-        return {"test": self.metrics.as_dict(), "val_accuracy": self.val_accuracy,
-                "best_epoch": epoch}
+    task: ProbeTask
+    titles: dict[str, str]
+    results: dict[str, dict[str, EvaluationResult]]
+    note: str | None = None  # e.g. why zero-shot has no row
 
 
-def _percent(value: float) -> str:
-    return f"{100 * value:.2f}"
+def _value(headline: Headline) -> str:
+    return f"{100 * headline.value:.2f}" if headline.percent else f"{headline.value:.4f}"
 
 
-def _delta(after: float, before: float) -> str:
-    return f"{100 * (after - before):+.2f}"
+def _delta(after: Headline, before: Headline) -> str:
+    change = after.value - before.value
+    return f"{100 * change:+.2f}" if after.percent else f"{change:+.4f}"
 
 
-def results_markdown(results: dict[str, dict[str, EvaluationResult]], class_names: list[str],
-                     dataset: str, encoder_spec: str, test_size: int) -> str:
-    """Accuracy and weighted F1 before vs after PACL per evaluation, then per-class F1."""
+def _epochs(by_encoder: dict[str, EvaluationResult]) -> str:
+    return "/".join("-" if by_encoder[e].best_epoch is None else str(by_encoder[e].best_epoch + 1)
+                    for e in ENCODERS)
+
+
+def _headline_rows(item: TaskResults) -> list[tuple[str, str | None, list[Headline], list[Headline], str]]:
+    """(evaluation title, level, before metrics, after metrics, best epochs) per table row."""
+    rows = []
+    for key, by_encoder in item.results.items():
+        before = item.task.headline(by_encoder["before"].test)
+        after = item.task.headline(by_encoder["after"].test)
+        for (level, metrics_before), (_, metrics_after) in zip(before, after):
+            rows.append((item.titles[key], level, metrics_before, metrics_after, _epochs(by_encoder)))
+    return rows
+
+
+def _task_section(item: TaskResults) -> list[str]:
+    rows = _headline_rows(item)
+    names = [metric.name for metric in rows[0][2]]
+    arrows = {metric.name: "" if metric.higher_is_better else " (lower is better)" for metric in rows[0][2]}
+    has_level = rows[0][1] is not None
+    header = "| Evaluation |" + (" Level |" if has_level else "") + "".join(
+        f" {name} before | {name} after | Δ {name}{arrows[name]} |" for name in names) \
+        + " best epoch (before/after) |"
+    rule = "| --- |" + (" --- |" if has_level else "") + " ---: | ---: | ---: |" * len(names) + " :---: |"
+    lines = [f"## {item.task.heading}", "", header, rule]
+    for title, level, before, after, epochs in rows:
+        cells = "".join(f" {_value(b)} | {_value(a)} | {_delta(a, b)} |" for b, a in zip(before, after))
+        lines.append(f"| {title} |" + (f" {level} |" if has_level else "") + cells + f" {epochs} |")
+    if item.note:
+        lines += ["", item.note]
+    return [*lines, "", *_details(item), ""]
+
+
+def _number(value: float | None, percent: bool) -> str:
+    if value is None:
+        return "n/a"
+    return f"{100 * value:.2f}" if percent else f"{value:.4f}"
+
+
+def _details(item: TaskResults) -> list[str]:
+    """The task's detail table (per class, category or target), before → after per evaluation."""
+    details = {key: {e: item.task.detail(by_encoder[e].test) for e in ENCODERS}
+               for key, by_encoder in item.results.items()}
+    first = next(iter(details.values()))["before"]
+    if first is None:
+        return []
+    single = len(first.columns) == 1
+    columns = [(key, index) for key in details for index in range(len(first.columns))]
+    lines = [f"### {first.heading} (before → after)", "",
+             "| | " + " | ".join(item.titles[key] + ("" if single else f" {first.columns[index]}")
+                                 for key, index in columns) + " |",
+             "| --- |" + " :---: |" * len(columns)]
+    for row, (name, _) in enumerate(first.rows):
+        cells = []
+        for key, index in columns:
+            before, after = (details[key][e].rows[row][1][index] for e in ENCODERS)  # type: ignore[union-attr]
+            cells.append(f"{_number(before, first.percent)} → {_number(after, first.percent)}")
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    return [*lines, "", first.note] if first.note else lines
+
+
+def results_markdown(tasks: list[TaskResults], dataset: str, encoder_spec: str,
+                     splits: dict[str, int]) -> str:
+    """Every task's before/after table and its details."""
     lines = [
         f"# PACL downstream evaluation on {dataset}",
         "",
         f"Encoder `{encoder_spec}`: **before** = the weights PACL started from, **after** = the "
-        f"PACL-trained weights. Trained on train, epoch selected on val, reported on test "
-        f"({test_size} images, {len(class_names)} classes).",
+        f"PACL-trained weights. Trained on train ({splits['train']} images), epoch selected on "
+        f"val ({splits['val']}), reported on test ({splits['test']}). Δ = after − before; "
+        "accuracy, F1, mAP and AUC in %.",
         "",
-        "| Evaluation | Acc before | Acc after | Δ Acc | wF1 before | wF1 after | Δ wF1 | best epoch (before/after) |",
-        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | :---: |",
     ]
-    for evaluation, by_encoder in results.items():
-        before, after = by_encoder["before"], by_encoder["after"]
-        epochs = "/".join("-" if r.best_epoch is None else str(r.best_epoch + 1)
-                          for r in (before, after))
-        lines.append(
-            f"| {EVALUATION_TITLES[evaluation]} | {_percent(before.metrics.accuracy)} | "
-            f"{_percent(after.metrics.accuracy)} | {_delta(after.metrics.accuracy, before.metrics.accuracy)} | "
-            f"{_percent(before.metrics.weighted_f1)} | {_percent(after.metrics.weighted_f1)} | "
-            f"{_delta(after.metrics.weighted_f1, before.metrics.weighted_f1)} | {epochs} |")
-    lines += ["", "## Per-class F1 on test (before → after)", "",
-              "| Class | " + " | ".join(EVALUATION_TITLES[e] for e in results) + " |",
-              "| --- | " + " | ".join(":---:" for _ in results) + " |"]
-    for index, name in enumerate(class_names):
-        cells = [f"{_percent(r['before'].metrics.per_class[index].f1)} → "
-                 f"{_percent(r['after'].metrics.per_class[index].f1)}" for r in results.values()]
-        lines.append(f"| {name} | " + " | ".join(cells) + " |")
-    return "\n".join(lines) + "\n"
+    for item in tasks:
+        lines += _task_section(item)
+    return "\n".join(lines).rstrip() + "\n"
 
 
-def results_table(results: dict[str, dict[str, EvaluationResult]]) -> list[dict[str, Any]]:
-    """The main table as rows for the manifest summary."""
+def results_table(tasks: list[TaskResults]) -> list[dict[str, Any]]:
+    """The main tables as long rows for the manifest summary: one per task, evaluation, level and
+    metric."""
     rows = []
-    for evaluation, by_encoder in results.items():
-        before, after = by_encoder["before"].metrics, by_encoder["after"].metrics
-        rows.append({"evaluation": evaluation,
-                     "accuracy_before": before.accuracy, "accuracy_after": after.accuracy,
-                     "accuracy_delta": after.accuracy - before.accuracy,
-                     "weighted_f1_before": before.weighted_f1, "weighted_f1_after": after.weighted_f1,
-                     "weighted_f1_delta": after.weighted_f1 - before.weighted_f1})
+    for item in tasks:
+        for key, by_encoder in item.results.items():
+            before = item.task.headline(by_encoder["before"].test)
+            after = item.task.headline(by_encoder["after"].test)
+            for (level, metrics_before), (_, metrics_after) in zip(before, after):
+                for b, a in zip(metrics_before, metrics_after):
+                    rows.append({"task": item.task.kind, "evaluation": key, "level": level,
+                                 "metric": b.name, "before": b.value, "after": a.value,
+                                 "delta": a.value - b.value})
     return rows

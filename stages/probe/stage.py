@@ -1,12 +1,14 @@
 """`probe`: downstream evaluation of the encoder BEFORE and AFTER PACL on a labelled data set.
 
-Inputs: `pacl` (its `initial_model.pt` = the weights PACL started from, and `model.pt`) and
-`probe_ingest` (a labelled data set with train/val/test splits, e.g. FI). Shards extract the
-frozen backbone features of both encoders once (side table `features`); `finalize` runs the
-configured evaluations (linear probe, fine-tuning, zero-shot) for both encoders — train on
-train, select on val, report on test — and writes the before/after table (`results.md` and the
-summary), confusion matrices (`confusion/`) and the test predictions (side table
-`predictions`).
+Inputs: a finished pacl stage (this run's `pacl`, or another run's through `probe.pacl_from`, so
+one pretraining serves every downstream data set) with its `initial_model.pt` (the weights PACL
+started from) and `model.pt`, and `probe_ingest` (a labelled set with train/val/test splits).
+Shards extract the frozen backbone features of both encoders once (side table `features`);
+`finalize` runs, for every configured task (single-label, multi-label, regression,
+hierarchical), the configured evaluations (linear probe, fine-tuning, each zero-shot prompt)
+for both encoders — train on train, select on val, report on test — and writes the
+before/after tables (`results.md` and the summary), confusion matrices (`confusion/`) and the
+test predictions (side table `predictions`).
 """
 
 from __future__ import annotations
@@ -25,12 +27,23 @@ from affectflow.core.columns import column_vectors, vector_column
 from affectflow.core.errors import UserError
 from affectflow.core.stage import ShardOutput, Stage, StageContext, TableRef
 from affectflow.core.store import MAIN_TABLE, SAMPLE_ID, SOURCE_ID, StageArtifact, make_rejects, shard_name
-from affectflow.models.encoder_runtime import inference_context, resolve_device
+from affectflow.models.encoder_runtime import inference_context, intra_op_threads, resolve_device
 from affectflow.models.pacl.augment import ViewConfig, eval_views, load_size, load_square
 from affectflow.models.pacl.checkpoint import load_model
 from affectflow.models.pacl.model import PaclModel
 from affectflow.stages.batching import prefetched_image_batches
-from affectflow.stages.ingest.stage import IMAGE_PATH, LABEL, LABEL_ID, SPLIT, TEST, TRAIN, VAL, IngestParams
+from affectflow.stages.ingest.stage import (
+    IMAGE_PATH,
+    IMAGE_SHA256,
+    LABEL,
+    LABEL_ID,
+    LABEL_SET,
+    SPLIT,
+    TARGETS,
+    TEST,
+    TRAIN,
+    VAL,
+)
 from affectflow.stages.metrics import draw_confusions
 from affectflow.stages.pacl.outputs import INITIAL_MODEL_FILE, MODEL_FILE
 from affectflow.stages.probe.evaluate import (
@@ -41,9 +54,10 @@ from affectflow.stages.probe.evaluate import (
     split_counts,
     zero_shot_evaluation,
 )
-from affectflow.stages.probe.params import ProbeParams
-from affectflow.stages.probe.report import ENCODERS, results_markdown, results_table
-from affectflow.stages.probe.zeroshot import prompt_features
+from affectflow.stages.probe.params import ProbeParams, pacl_params
+from affectflow.stages.probe.report import ENCODERS, EVALUATION_TITLES, TaskResults, results_markdown, results_table
+from affectflow.stages.probe.tasks import Annotations, ProbeTask, TaskKind, make_task
+from affectflow.stages.probe.zeroshot import prompt_features, prompt_variants
 
 FEATURES = "features"
 PREDICTIONS = "predictions"
@@ -54,10 +68,24 @@ MODEL_FILES = {"before": INITIAL_MODEL_FILE, "after": MODEL_FILE}
 PREDICTED = "predicted"
 SCHEMA = pa.schema([(SAMPLE_ID, pa.string()), (SPLIT, pa.string()), (LABEL, pa.string()),
                     (LABEL_ID, pa.int32())])
-PREDICTIONS_SCHEMA = pa.schema([(SAMPLE_ID, pa.string()), ("evaluation", pa.string()),
-                                ("encoder", pa.string()), (LABEL, pa.string()),
-                                (PREDICTED, pa.string())])
-_INGEST_COLUMNS = [SAMPLE_ID, SOURCE_ID, IMAGE_PATH, LABEL, LABEL_ID, SPLIT]
+PREDICTIONS_SCHEMA = pa.schema([(SAMPLE_ID, pa.string()), ("task", pa.string()),
+                                ("evaluation", pa.string()), ("encoder", pa.string()),
+                                ("level", pa.string()), (LABEL, pa.string()),
+                                (PREDICTED, pa.string()), ("scores", pa.list_(pa.float32()))])
+_INGEST_COLUMNS = [SAMPLE_ID, SOURCE_ID, IMAGE_PATH, LABEL, LABEL_ID, LABEL_SET, TARGETS, SPLIT]
+# What each task needs a row to carry, and the reject reason when it does not.
+TASK_NEEDS: dict[TaskKind, tuple[str, str]] = {
+    "single_label": (LABEL_ID, "no_label"), "hierarchical": (LABEL_ID, "no_label"),
+    "multi_label": (LABEL_SET, "no_label_set"), "regression": (TARGETS, "no_targets")}
+# The probe_ingest setting each task reads its annotation through.
+TASK_SETTINGS: dict[TaskKind, tuple[Callable[[Any], bool], str]] = {
+    "multi_label": (lambda ingest: "label_set" in ingest.columns,
+                    "probe_ingest.columns.label_set (the manifest column of category sets)"),
+    "regression": (lambda ingest: bool(ingest.targets),
+                   "probe_ingest.targets (the manifest columns of numeric targets)"),
+    "hierarchical": (lambda ingest: ingest.hierarchy is not None,
+                     "probe_ingest.hierarchy (the label's class tree)"),
+}
 
 
 @dataclass
@@ -81,6 +109,11 @@ def load_encoders(pacl: StageArtifact, device: str | None) -> Encoders:
     return Encoders(models, config, view, resolved)
 
 
+def pacl_artifact(ctx: StageContext[ProbeParams]) -> StageArtifact:
+    """The pacl stage evaluated: another run's (`pacl_from`) or this run's."""
+    return StageArtifact(ctx.params.pacl_from) if ctx.params.pacl_from else ctx.input("pacl")
+
+
 class ProbeStage(Stage[ProbeParams]):
     name = "probe"
     inputs = ("pacl", "probe_ingest")
@@ -91,20 +124,54 @@ class ProbeStage(Stage[ProbeParams]):
                                          *[(encoder, pa.list_(pa.float32())) for encoder in ENCODERS]]),
                     PREDICTIONS: PREDICTIONS_SCHEMA}
 
+    def input_names(self, params: ProbeParams) -> tuple[str, ...]:
+        return ("probe_ingest",) if params.pacl_from else self.inputs
+
+    def source_fingerprint(self, params: ProbeParams, settings: Any) -> str | None:
+        """Another run's pacl stage is an external input: its fingerprint is this stage's."""
+        return StageArtifact(params.pacl_from).fingerprint if params.pacl_from else None
+
+    def check_config(self, params: ProbeParams, sections: dict[str, Any]) -> None:
+        if params.pacl_from and "pacl" in sections:
+            raise ValueError(f"probe.pacl_from ({params.pacl_from}) evaluates another run's PACL "
+                             "model, so this run's pacl stage would go unused; remove pacl from "
+                             "run.stages or remove probe.pacl_from")
+        ingest = sections.get("probe_ingest")
+        for task in params.tasks:
+            if ingest is not None and task in TASK_SETTINGS and not TASK_SETTINGS[task][0](ingest):
+                raise ValueError(f"probe.tasks lists {task}, which needs {TASK_SETTINGS[task][1]}")
+        if "finetune" in params.evaluations:
+            encoder = (sections["pacl"].visual_encoder if "pacl" in sections
+                       else pacl_params(params.pacl_from)["visual_encoder"] if params.pacl_from
+                       else None)
+            if encoder is not None:
+                try:
+                    params.backbone_lr(encoder)
+                except UserError as error:
+                    raise ValueError(f"{error.message}; {error.hint}") from None
+
     def prepare(self, ctx: StageContext[ProbeParams]) -> list[int]:
         return ctx.input("probe_ingest").shard_ids()
 
     def setup(self, ctx: StageContext[ProbeParams]) -> Encoders:
-        return load_encoders(ctx.input("pacl"), ctx.params.device)
+        return load_encoders(pacl_artifact(ctx), ctx.params.device)
 
     def process(self, ctx: StageContext[ProbeParams], state: Encoders,
                 shard_id: int) -> ShardOutput:
-        """Backbone features of every labelled image under both encoders (centre view)."""
+        """Backbone features of every labelled image under both encoders (centre view); rows
+        without what a task needs are rejected, so every task sees the same rows."""
         params = ctx.params
         rows = ctx.input("probe_ingest").read_shard(shard_id, _INGEST_COLUMNS).to_pylist()
-        rejected = [{**row, "reason": "no_label", "detail": "the labelled set has no label for it"}
-                    for row in rows if row[LABEL_ID] is None]
-        labelled = [row for row in rows if row[LABEL_ID] is not None]
+        rejected, labelled = [], []
+        for row in rows:
+            missing = next(((task, reason) for task in params.tasks
+                            for column, reason in [TASK_NEEDS[task]] if row[column] is None), None)
+            if missing is None:
+                labelled.append(row)
+            else:
+                rejected.append({**row, "reason": missing[1],
+                                 "detail": f"the labelled set has no {TASK_NEEDS[missing[0]][0]} "
+                                           f"for it, which the {missing[0]} task needs"})
         loaded: list[dict[str, Any]] = []
         features: dict[str, list[np.ndarray]] = {encoder: [] for encoder in ENCODERS}
         side = load_size(state.view.image_size)
@@ -117,7 +184,7 @@ class ProbeStage(Stage[ProbeParams]):
                 continue
             loaded += [labelled[index] for index in batch.indices]
             pixels = eval_views(batch.pixels, state.view).to(state.device)
-            with inference_context(state.device):
+            with inference_context(state.device), intra_op_threads(params.cpu_threads):
                 for encoder, model in state.models.items():
                     features[encoder].append(model.backbone_features(pixels).float().cpu().numpy())
         ids = pa.array([row[SAMPLE_ID] for row in loaded], pa.string())
@@ -135,25 +202,57 @@ class ProbeStage(Stage[ProbeParams]):
 
     def finalize(self, ctx: StageContext[ProbeParams]) -> dict[str, Any]:
         params = ctx.params
-        data = self._probe_set(ctx)
-        encoders = load_encoders(ctx.input("pacl"), params.device)
-        run: dict[str, Callable[[str], Evaluated]] = {
-            "linear": lambda encoder: linear_evaluation(data, encoder, params.linear_training()),
-            "finetune": lambda encoder: finetune_evaluation(
-                data, encoders.models[encoder], encoders.view, params.finetune_training(),
-                params.finetune_backbone_lr, ctx.settings.workers, encoders.device),
-        }
-        if "zero_shot" in params.evaluations:
-            prompts = prompt_features(encoders.config["text_encoder"], data.class_names,
-                                      params.prompts, params.device)
-            run["zero_shot"] = lambda encoder: zero_shot_evaluation(
-                data, encoder, encoders.models[encoder], prompts)
-        evaluated = {evaluation: {encoder: run[evaluation](encoder) for encoder in ENCODERS}
-                     for evaluation in params.evaluations}
-        return self._write_results(ctx, data, evaluated, encoders)
+        data, annotations, duplicates = self._probe_set(ctx)
+        ingest = ctx.input("probe_ingest").manifest["params"]
+        tasks = [make_task(kind, annotations, data.splits, ingest, params.hierarchy_head)
+                 for kind in params.tasks]
+        encoders = load_encoders(pacl_artifact(ctx), params.device)
+        with intra_op_threads(params.cpu_threads):
+            evaluated = [self._evaluate(ctx, data, task, encoders) for task in tasks]
+        return self._write_results(ctx, data, evaluated, encoders, ingest, duplicates)
 
-    def _probe_set(self, ctx: StageContext[ProbeParams]) -> ProbeSet:
-        """Kept rows with class indices, image paths and both encoders' features."""
+    def _evaluate(self, ctx: StageContext[ProbeParams], data: ProbeSet, task: ProbeTask,
+                  encoders: Encoders) -> tuple[TaskResults, dict[str, dict[str, Evaluated]]]:
+        """Every configured evaluation of one task, for both encoders."""
+        params = ctx.params
+        runs: dict[str, Callable[[str], Evaluated]] = {}
+        titles: dict[str, str] = {}
+        note = None
+        for evaluation in params.evaluations:
+            if evaluation in EVALUATION_TITLES:
+                titles[evaluation] = EVALUATION_TITLES[evaluation]
+            if evaluation == "linear":
+                runs["linear"] = partial(linear_evaluation, data, task,
+                                         training=params.linear_training())
+            elif evaluation == "finetune":
+                backbone_lr = params.backbone_lr(encoders.config["visual_encoder"])
+                runs["finetune"] = lambda encoder, lr=backbone_lr: finetune_evaluation(
+                    data, task, encoders.models[encoder], encoders.view, params.finetune_training(),
+                    lr, ctx.settings.workers, encoders.device)
+            elif task.prompt_classes is None:
+                note = f"Zero-shot: not defined for {task.kind} (there are no class names to prompt)."
+            else:
+                prompts = self._prompts(task.prompt_classes, params, encoders)
+                for variant in prompt_variants(params.prompts, params.zero_shot_ensemble):
+                    runs[variant.key] = lambda encoder, v=variant, p=prompts: zero_shot_evaluation(
+                        data, task, encoder, encoders.models[encoder], p, v)
+                    titles[variant.key] = variant.title
+        by_key = {key: {encoder: run(encoder) for encoder in ENCODERS} for key, run in runs.items()}
+        results = {key: {encoder: outcome.result for encoder, outcome in by_encoder.items()}
+                   for key, by_encoder in by_key.items()}
+        return TaskResults(task, titles, results, note), by_key
+
+    @staticmethod
+    def _prompts(blocks: list[list[str]], params: ProbeParams, encoders: Encoders) -> list[torch.Tensor]:
+        """(classes, templates, text_dim) prompt features per block, from one encoder load."""
+        names = [name for block in blocks for name in block]
+        features = prompt_features(encoders.config["text_encoder"], names, params.prompts,
+                                   params.device)
+        return list(features.split([len(block) for block in blocks]))
+
+    def _probe_set(self, ctx: StageContext[ProbeParams]) -> tuple[ProbeSet, Annotations, dict[str, int]]:
+        """Kept rows with image paths, both encoders' features and their annotations, and how
+        many val / test images are byte-identical to a train image (a leak the data set has)."""
         output = StageArtifact(ctx.output_dir)
         rows = output.read_all().sort_by(SAMPLE_ID)
         features = output.read_all(table=FEATURES).sort_by(SAMPLE_ID)
@@ -162,52 +261,77 @@ class ProbeStage(Stage[ProbeParams]):
             if not (splits == split).any():
                 raise UserError(f"the labelled set has no '{split}' rows; the probe trains on "
                                 "train, selects on val and reports on test",
-                                hint="give probe_ingest split files or split_ratios with all three > 0")
-        label_ids = rows[LABEL_ID].to_numpy()
-        classes = sorted(set(label_ids.tolist()))
-        names = dict(zip(label_ids.tolist(), rows[LABEL].to_pylist()))
-        index_of = {label_id: index for index, label_id in enumerate(classes)}
-        ingest = ctx.input("probe_ingest").read_all([SAMPLE_ID, IMAGE_PATH])
-        path_of = dict(zip(ingest[SAMPLE_ID].to_pylist(), ingest[IMAGE_PATH].to_pylist()))
+                                hint="give probe_ingest split files, split_ratios with all three "
+                                     "> 0, or val_from_train when the data set has no val split")
+        ingest = ctx.input("probe_ingest").read_all(
+            [SAMPLE_ID, IMAGE_PATH, IMAGE_SHA256, LABEL_SET, TARGETS]).to_pandas().set_index(SAMPLE_ID)
         ids = rows[SAMPLE_ID].to_pylist()
-        return ProbeSet(sample_ids=np.asarray(ids), splits=splits,
-                        labels=np.asarray([index_of[label_id] for label_id in label_ids.tolist()]),
-                        paths=[path_of[sample_id] for sample_id in ids],
-                        features={encoder: column_vectors(features[encoder]) for encoder in ENCODERS},
-                        class_names=[names[label_id] for label_id in classes])
+        chosen = ingest.loc[ids]
+        data = ProbeSet(sample_ids=np.asarray(ids), splits=splits,
+                        paths=chosen[IMAGE_PATH].tolist(),
+                        features={encoder: column_vectors(features[encoder]) for encoder in ENCODERS})
+        annotations = Annotations(
+            labels=rows[LABEL].to_pylist(), label_ids=rows[LABEL_ID].to_pylist(),
+            label_sets=[None if s is None else list(s) for s in chosen[LABEL_SET]],
+            targets=[None if t is None else [float(v) for v in t] for t in chosen[TARGETS]])
+        hashes = chosen[IMAGE_SHA256].to_numpy()
+        train_hashes = set(hashes[splits == TRAIN])
+        duplicates = {split: int(sum(h in train_hashes for h in hashes[splits == split]))
+                      for split in (VAL, TEST)}
+        return data, annotations, duplicates
 
     def _write_results(self, ctx: StageContext[ProbeParams], data: ProbeSet,
-                       evaluated: dict[str, dict[str, Evaluated]],
-                       encoders: Encoders) -> dict[str, Any]:
-        """Predictions table, one before/after confusion picture per evaluation, results.md and
-        the summary."""
-        test = data.mask(TEST)
-        prediction_tables, figures = [], []
-        for evaluation, by_encoder in evaluated.items():
-            for encoder, outcome in by_encoder.items():
-                prediction_tables.append(pa.table({
-                    SAMPLE_ID: data.sample_ids[test].tolist(),
-                    "evaluation": [evaluation] * int(test.sum()),
-                    "encoder": [encoder] * int(test.sum()),
-                    LABEL: [data.class_names[i] for i in data.labels[test]],
-                    PREDICTED: [data.class_names[i] for i in outcome.test_predictions]},
-                    schema=PREDICTIONS_SCHEMA))
-            figure = f"{CONFUSION_DIR}/{evaluation}.png"
-            draw_confusions(ctx.output_dir / figure, [
-                (f"{evaluation}, {encoder} PACL: accuracy "
-                 f"{100 * outcome.result.metrics.accuracy:.1f}%", outcome.result.metrics.confusion)
-                for encoder, outcome in by_encoder.items()], data.class_names)
-            figures.append(figure)
-        write_parquet(ctx.output_dir / PREDICTIONS / shard_name(0), pa.concat_tables(prediction_tables))
-        results = {evaluation: {encoder: outcome.result for encoder, outcome in by_encoder.items()}
-                   for evaluation, by_encoder in evaluated.items()}
-        labelled = IngestParams.model_construct(**ctx.input("probe_ingest").manifest["params"])
-        dataset = labelled.dataset_name or "probe_ingest"
-        write_text(ctx.output_dir / RESULTS_FILE, results_markdown(
-            results, data.class_names, dataset, encoders.config["visual_encoder"], int(test.sum())))
-        return {"table": results_table(results),
-                "details": {evaluation: {encoder: result.to_dict()
-                                         for encoder, result in by_encoder.items()}
-                            for evaluation, by_encoder in results.items()},
-                "classes": data.class_names, "splits": split_counts(data),
+                       evaluated: list[tuple[TaskResults, dict[str, dict[str, Evaluated]]]],
+                       encoders: Encoders, ingest: dict[str, Any],
+                       duplicates: dict[str, int]) -> dict[str, Any]:
+        """Predictions table, before/after confusion pictures, results.md and the summary."""
+        test = data.rows(TEST)
+        prediction_rows, figures = [], []
+        for item, by_key in evaluated:
+            task = item.task
+            for key, by_encoder in by_key.items():
+                for encoder, outcome in by_encoder.items():
+                    shown = task.prediction_rows(outcome.test_scores, task.truth[test],
+                                                 outcome.calibrated)
+                    prediction_rows += [
+                        {SAMPLE_ID: data.sample_ids[index], "task": task.kind, "evaluation": key,
+                         "encoder": encoder, "level": row.level, LABEL: row.label,
+                         PREDICTED: row.predicted, "scores": row.scores}
+                        for index, sample_rows in zip(test, shown) for row in sample_rows]
+                figures += self._draw_confusions(ctx, item, key, by_encoder)
+        write_parquet(ctx.output_dir / PREDICTIONS / shard_name(0),
+                      pa.Table.from_pylist(prediction_rows, schema=PREDICTIONS_SCHEMA))
+        task_results = [item for item, _ in evaluated]
+        splits = split_counts(data)
+        markdown = results_markdown(task_results, ingest.get("dataset_name") or "probe_ingest",
+                                    encoders.config["visual_encoder"], splits)
+        if any(duplicates.values()):
+            markdown += (f"\nWarning: {duplicates[VAL]} val and {duplicates[TEST]} test images are "
+                         "byte-identical to a train image (the data set repeats them).\n")
+        write_text(ctx.output_dir / RESULTS_FILE, markdown)
+        return {"table": results_table(task_results),
+                "details": {item.task.kind: {key: {encoder: result.to_dict()
+                                                   for encoder, result in by_encoder.items()}
+                                             for key, by_encoder in item.results.items()}
+                            for item in task_results},
+                "tasks": {item.task.kind: item.task.describe() for item in task_results},
+                "evaluations": {item.task.kind: item.titles for item in task_results},
+                "splits": splits, "duplicates_of_train": duplicates,
                 "files": [RESULTS_FILE, *figures]}
+
+    @staticmethod
+    def _draw_confusions(ctx: StageContext[ProbeParams], item: TaskResults, key: str,
+                         by_encoder: dict[str, Evaluated]) -> list[str]:
+        """One before/after picture per confusion matrix the task has (one per level)."""
+        figures = []
+        panels = {encoder: item.task.confusions(outcome.result.test)
+                  for encoder, outcome in by_encoder.items()}
+        for index, (level, classes, _) in enumerate(panels["before"]):
+            name = key.replace("/", "-") + (f"-{level}" if level else "")
+            figure = f"{CONFUSION_DIR}/{item.task.kind}/{name}.png"
+            draw_confusions(ctx.output_dir / figure, [
+                (f"{item.titles[key]}{f', {level}' if level else ''}, {encoder} PACL: accuracy "
+                 f"{100 * np.trace(matrix) / max(1, np.sum(matrix)):.1f}%", matrix)
+                for encoder in ENCODERS for _, _, matrix in [panels[encoder][index]]], classes)
+            figures.append(figure)
+        return figures

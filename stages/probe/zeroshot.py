@@ -3,13 +3,15 @@
 Class prompts (the paper: "A photo with [C] emotion." and "The photo makes me feel so [C]!")
 are embedded by the same frozen text encoder, with the same settings, that produced the
 training text features (the teacher stage's, recorded in the PACL model's config); the PACL
-text projection maps them into the
-shared space, where prompt embeddings of one class are averaged (`PaclModel.encode_prompts`).
-An image's class is the prompt embedding closest to its projected image embedding.
+text projection maps them into the shared space. Each prompt is scored on its own, as the
+paper's Table 3 reports them; the ensemble (a class's prompt embeddings averaged,
+`PaclModel.encode_prompts`) is an option. An image's score for a class is the cosine of its
+projected image embedding and the class embedding.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -21,6 +23,27 @@ from affectflow.models.pacl.model import PaclModel
 from affectflow.stages.text_encoding import load_recorded_encoder
 
 PAPER_PROMPTS = ("A photo with {} emotion.", "The photo makes me feel so {}!")
+ENSEMBLE = "ensemble"
+
+
+@dataclass(frozen=True)
+class PromptVariant:
+    """One zero-shot row: a single template (its index) or the ensemble of all (None)."""
+
+    key: str  # evaluation name in tables: zero_shot/p1, zero_shot/p2, ..., zero_shot/ensemble
+    title: str
+    template: int | None
+
+
+def prompt_variants(templates: list[str], ensemble: bool) -> list[PromptVariant]:
+    """Every template on its own, then the ensemble when asked for."""
+    variants = [PromptVariant(f"zero_shot/p{index + 1}",
+                              f'Zero-shot "{template.replace("{}", "[C]")}"', index)
+                for index, template in enumerate(templates)]
+    if ensemble:
+        variants.append(PromptVariant(f"zero_shot/{ENSEMBLE}",
+                                      f"Zero-shot, ensemble of {len(templates)} prompts", None))
+    return variants
 
 
 def class_prompts(class_names: list[str], templates: list[str]) -> list[str]:
@@ -37,10 +60,13 @@ def prompt_features(text_encoder: dict[str, Any], class_names: list[str], templa
     return features.view(len(class_names), len(templates), -1)
 
 
-def zero_shot_logits(model: PaclModel, backbone_features: np.ndarray, prompts: Tensor) -> Tensor:
-    """Cosine similarities (images x classes) of projected image features and class embeddings."""
+def zero_shot_cosines(model: PaclModel, backbone_features: np.ndarray, prompts: Tensor,
+                      variant: PromptVariant) -> np.ndarray:
+    """Cosine similarities (images x classes) of projected image features and the class
+    embeddings of one variant; `prompts` is (classes, templates, text_dim)."""
+    chosen = prompts if variant.template is None else prompts[:, variant.template]
     with torch.no_grad():
         weight = model.image_projection.weight
         images = F.normalize(torch.from_numpy(backbone_features).to(weight) @ weight.T, dim=-1)
-        classes = model.encode_prompts(prompts.to(weight))
-        return (images @ classes.T).cpu()
+        classes = model.encode_prompts(chosen.to(weight))
+        return (images @ classes.T).cpu().numpy()

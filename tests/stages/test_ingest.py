@@ -116,6 +116,133 @@ def test_manifest_with_missing_column_is_a_user_error(tmp_path: Path) -> None:
         ingest(tmp_path, source="manifest", path=path)
 
 
+def test_a_partial_column_mapping_keeps_the_default_names_and_unknown_roles_fail(
+        tmp_path: Path) -> None:
+    write_image(tmp_path / "a.jpg")
+    path = tmp_path / "m.csv"
+    pd.DataFrame([{"id": "a", "image": "a.jpg", "body": "hello", "label": "joy"}]).to_csv(path, index=False)
+    _, rows, _ = ingest(tmp_path, source="manifest", path=path, columns={"text": "body"})
+    assert rows["text"].tolist() == ["hello"] and rows["label"].tolist() == ["joy"]
+    with pytest.raises(ValidationError, match="unknown manifest column roles"):
+        IngestParams(source="manifest", path=path, columns={"caption": "body"})
+
+
+def annotated_manifest(tmp_path: Path, fmt: str = "csv") -> Path:
+    """Emotic-style rows: a category set and valence / arousal / dominance, one bad cell each."""
+    write_image(tmp_path / "img.jpg")
+    cells = [  # id, categories, valence, arousal, dominance
+        ("good", "Peace;Happiness", "6", "3.5", "7"),
+        ("one", "Fear", "2", "8", "3"),
+        ("unlabelled", "", "", "", ""),
+        ("unknown", "Peace;Boredom", "5", "5", "5"),
+        ("repeat", "Peace;Peace", "5", "5", "5"),
+        ("hole", "Peace;;Fear", "5", "5", "5"),
+        ("partial", "Fear", "4", "", "5"),
+        ("word", "Fear", "4", "high", "5"),
+        ("nan", "Fear", "nan", "5", "5"),
+        ("range", "Fear", "11", "5", "5"),
+    ]
+    records = [{"id": i, "image": "img.jpg", "text": "", "cats": c, "valence": v, "arousal": a,
+                "dominance": d} for i, c, v, a, d in cells]
+    path = tmp_path / f"emotic.{fmt}"
+    if fmt == "csv":
+        pd.DataFrame(records).to_csv(path, index=False)
+    else:  # JSONL with real lists and numbers, as a converted Emotic annotation would be
+        for record in records:
+            record["cats"] = [c for c in record["cats"].split(";")] if record["cats"] else None
+            for key in ("valence", "arousal", "dominance"):
+                record[key] = None if record[key] == "" else record[key]
+        path.write_text("\n".join(json.dumps(r) for r in records))
+    return path
+
+
+@pytest.mark.parametrize("fmt", ["csv", "jsonl"])
+def test_label_sets_and_targets_are_validated_cell_by_cell(tmp_path: Path, fmt: str) -> None:
+    path = annotated_manifest(tmp_path, fmt)
+    manifest, rows, rejects = ingest(
+        tmp_path, source="manifest", path=path, require_text=False,
+        columns={"label_set": "cats"}, labels=["Peace", "Happiness", "Fear"],
+        targets=["valence", "arousal", "dominance"], target_range=(1, 10))
+    assert reasons(rejects) == {"unknown": "unknown_label", "repeat": "bad_label_set",
+                                "hole": "bad_label_set", "partial": "missing_target",
+                                "word": "bad_target", "nan": "bad_target",
+                                "range": "target_out_of_range"}
+    assert "Boredom" in rejects.set_index("source_id").loc["unknown", "detail"]
+    assert "valence = 11 outside [1, 10]" in rejects.set_index("source_id").loc["range", "detail"]
+    rows = rows.set_index("source_id")
+    assert list(rows.loc["good", "label_set"]) == ["Peace", "Happiness"]
+    assert list(rows.loc["good", "targets"]) == pytest.approx([6, 3.5, 7])
+    assert rows.loc["unlabelled", "label_set"] is None and rows.loc["unlabelled", "targets"] is None
+    assert manifest["summary"]["categories"] == {"Peace": 1, "Happiness": 1, "Fear": 1}
+    assert manifest["summary"]["targets"]["arousal"] == {"mean": 5.75, "min": 3.5, "max": 8.0}
+
+
+def test_annotation_columns_must_exist_and_belong_to_a_manifest(tmp_path: Path) -> None:
+    from affectflow.core.errors import UserError
+    path = annotated_manifest(tmp_path)
+    with pytest.raises(UserError, match=r"no column 'pleasure' \(ingest targets\)"):
+        ingest(tmp_path, source="manifest", path=path, targets=["valence", "pleasure"])
+    with pytest.raises(UserError, match=r"no column 'categories' \(ingest columns\.label_set\)"):
+        ingest(tmp_path, source="manifest", path=path, columns={"label_set": "categories"})
+    with pytest.raises(ValidationError, match="use source: manifest"):
+        IngestParams(source="image_folder", path=tmp_path, targets=["valence"])
+    with pytest.raises(ValidationError, match="low < high"):
+        IngestParams(source="manifest", path=path, targets=["valence"], target_range=(9, 1))
+
+
+TREE = [{"name": "polarity", "groups": {"positive": ["joy", "love"], "negative": ["anger"]}},
+        {"name": "emotion", "groups": {"joy": ["cheer", "zest"], "love": ["lust"],
+                                       "anger": ["rage", "envy"]}},
+        {"name": "fine"}]
+
+
+def test_a_hierarchy_must_be_a_tree_whose_leaves_are_the_labels(tmp_path: Path) -> None:
+    params = IngestParams(source="image_folder", path=tmp_path, hierarchy=TREE)
+    assert params.allowed_labels([]) == ["cheer", "zest", "lust", "rage", "envy"]
+    broken = {
+        "at least two levels": TREE[:1],
+        "must not list groups": [TREE[0], TREE[1], {"name": "fine", "groups": {"x": ["y"]}}],
+        "more than one group": [{"name": "p", "groups": {"a": ["x"], "b": ["x"]}}, {"name": "f"}],
+        "gives it the classes": [TREE[0], {"name": "emotion", "groups": {"joy": ["cheer"]}},
+                                 {"name": "fine"}],
+        "repeat a name": [TREE[0], {**TREE[1], "name": "polarity"}, TREE[2]],
+        "hold no class": [{"name": "p", "groups": {"a": []}}, {"name": "f"}],
+    }
+    for message, hierarchy in broken.items():
+        with pytest.raises(ValidationError, match=message):
+            IngestParams(source="image_folder", path=tmp_path, hierarchy=hierarchy)
+    with pytest.raises(ValidationError, match="differ from the finest classes"):
+        IngestParams(source="image_folder", path=tmp_path, hierarchy=TREE, labels=["cheer"])
+
+
+def test_hierarchical_labels_outside_the_tree_are_rejected(tmp_path: Path) -> None:
+    for label in ("cheer", "rage", "anger"):  # "anger" is a middle-level class, not a leaf
+        write_image(tmp_path / "webemo" / label / "0.jpg")
+    _, rows, rejects = ingest(tmp_path, source="image_folder", path=tmp_path / "webemo",
+                              hierarchy=TREE)
+    assert sorted(rows["label"]) == ["cheer", "rage"]
+    assert reasons(rejects) == {"anger/0.jpg": "unknown_label"}
+    assert dict(zip(rows["label"], rows["label_id"])) == {"cheer": 0, "rage": 3}
+
+
+def test_val_is_carved_from_train_when_the_split_has_none(tmp_path: Path) -> None:
+    records = [{"id": f"{label}{i}", "image": "img.jpg", "text": "x", "label": label,
+                "split": "test" if i < 2 else "train"} for label in ("a", "b") for i in range(12)]
+    write_image(tmp_path / "img.jpg")
+    path = tmp_path / "m.csv"
+    pd.DataFrame(records).to_csv(path, index=False)
+    _, rows, _ = ingest(tmp_path, source="manifest", path=path, val_from_train=0.1)
+    counts = rows.groupby(["label", "split"]).size().to_dict()
+    assert counts == {("a", "test"): 2, ("a", "train"): 9, ("a", "val"): 1,
+                      ("b", "test"): 2, ("b", "train"): 9, ("b", "val"): 1}
+    assert set(rows[rows["split"] == "test"]["source_id"]) == {"a0", "a1", "b0", "b1"}
+    from affectflow.core.errors import UserError
+    records[2]["split"] = "val"
+    pd.DataFrame(records).to_csv(path, index=False)
+    with pytest.raises(UserError, match="already has val rows"):
+        ingest(tmp_path / "again", source="manifest", path=path, val_from_train=0.1)
+
+
 def test_image_folder_with_stratified_split(tmp_path: Path) -> None:
     for label in ("anger", "awe"):
         for index in range(10):
