@@ -19,7 +19,8 @@ venv: $(STAMP)
 demo: $(STAMP)
 	$(AFFECTFLOW) demo-data $(DEMO_DATA)
 	$(AFFECTFLOW) demo-models $(DEMO_DATA)
-	$(AFFECTFLOW) run pretrain --config configs/demo.yaml
+	$(AFFECTFLOW) run pretrain --config configs/demo.yaml --run-id demo
+	$(AFFECTFLOW) run pretrain --config configs/demo_emotic.yaml --run-id demo-emotic
 	$(AFFECTFLOW) run cternet --config configs/cternet_demo.yaml
 
 test: $(STAMP)

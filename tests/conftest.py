@@ -39,7 +39,8 @@ def prefect_harness(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
 def demo_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A 60-post demo dataset with its demo models (a briefly trained tiny CLIP), built once."""
     out = tmp_path_factory.mktemp("demo")
-    generate_demo(out, posts=60, seed=7, per_class=10, caption_pairs=640, lighting=False)
+    generate_demo(out, posts=60, seed=7, per_class=10, caption_pairs=640, lighting=False,
+                  emotic_images=70, webemo_per_class=8)
     build_demo_models(out, epochs=8, seed=0, captioner_epochs=3)
     return out
 

@@ -77,7 +77,7 @@ class ProbeParams(StageParams):
             return value
         if not value.exists():
             raise ValueError(f"path does not exist: {value} (a finished pacl stage folder, "
-                             "artifacts/runs/<run id>/pacl; run the pretraining config first)")
+                             "artifacts/runs/<run id>/pacl: run the pretraining config first)")
         if not (value / MANIFEST).is_file():
             raise ValueError(f"{value} holds no finished stage ({MANIFEST} is missing); finish "
                              "the pacl stage of that run first")

@@ -65,3 +65,36 @@ def test_lighting_varies_post_and_fi_photos_but_not_the_caption_pairs(tmp_path: 
         lit = _colour_spread(tmp_path / "lit" / "fi" / fi_class)
         flat = _colour_spread(tmp_path / "flat" / "fi" / fi_class)
         assert lit > 2 * flat, (fi_class, lit, flat)
+
+
+def test_emotic_style_set_plants_categories_and_vad_from_the_palettes(demo_dir: Path) -> None:
+    from affectflow.demo.generate import VAD_NOISE
+    from affectflow.demo.scenes import EMOTION_VAD
+    rows = pd.read_csv(demo_dir / "emotic" / "manifest.csv", dtype=str, keep_default_na=False)
+    assert len(rows) == 70 and "split" not in rows  # no split given: the config asks for 8:1:1
+    assert rows.loc[0, "categories"].endswith(";Boredom") and rows.loc[1, "valence"] == "11.5"
+    assert rows.loc[2, "arousal"] == ""
+    sizes = []
+    for row in rows.iloc[3:].itertuples():
+        emotions = row.categories.split(";")
+        sizes.append(len(emotions))
+        assert set(emotions) <= set(EMOTION_VAD)
+        for axis, value in enumerate((row.valence, row.arousal, row.dominance)):
+            planted = sum(EMOTION_VAD[e][axis] for e in emotions) / len(emotions)
+            assert abs(float(value) - planted) < 5 * VAD_NOISE and 1 <= float(value) <= 10
+    assert set(sizes) == {1, 2}
+    with Image.open(demo_dir / "emotic" / "00004.jpg") as two:  # index 4: two emotions
+        pixels = np.asarray(two, dtype=np.float32)
+    half = pixels.shape[1] // 2
+    left, right = pixels[:, :half].mean(axis=(0, 1)), pixels[:, half:].mean(axis=(0, 1))
+    assert np.abs(left - right).max() > 20  # two palettes side by side
+
+
+def test_webemo_style_set_labels_moods_of_the_tree_with_train_and_test_only(demo_dir: Path) -> None:
+    from affectflow.demo.scenes import demo_hierarchy
+    rows = pd.read_csv(demo_dir / "webemo" / "manifest.csv", dtype=str)
+    moods = [mood for group in demo_hierarchy()[1]["groups"].values() for mood in group]
+    assert sorted(set(rows["label"])) == sorted(moods)
+    assert set(rows["split"]) == {"train", "test"}
+    counts = rows.groupby(["label", "split"]).size()
+    assert all(counts[(mood, "train")] == 7 and counts[(mood, "test")] == 1 for mood in moods)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import re
 from pathlib import Path
 
 import pytest
@@ -74,3 +76,61 @@ def test_stage_order_must_respect_inputs(tmp_path: Path) -> None:
     text = f"run: {{stages: [{downstream[0]}, ingest]}}\ningest: {{source: tumemo, path: .}}"
     with pytest.raises(UserError, match="listed before it"):
         load_config(write(tmp_path, text))
+
+
+DOWNSTREAM_CONFIGS = ["probe_fi", "probe_emotion6", "probe_unbiasedemo", "probe_webemo",
+                      "probe_emotic", "probe_iaps"]
+
+
+def _finished_pacl(folder: Path, visual_encoder: str = "timm:resnet50") -> Path:
+    folder.mkdir(parents=True)
+    (folder / "_manifest.json").write_text(json.dumps(
+        {"stage": "pacl", "fingerprint": "x", "params": {"visual_encoder": visual_encoder}}))
+    return folder
+
+
+@pytest.mark.parametrize("name", DOWNSTREAM_CONFIGS)
+def test_downstream_configs_fail_only_on_their_missing_paths(name: str, tmp_path: Path) -> None:
+    path = REPO / "configs" / f"{name}.yaml"
+    with pytest.raises(UserError) as failure:
+        load_config(path)
+    message = failure.value.message
+    assert re.findall(r"'([\w.]+)': ", message) == ["probe_ingest.path", "probe.pacl_from"]
+    assert message.count("Value error, path does not exist") == 2
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / "manifest.csv").touch()
+    layout = data if "source: image_folder" in path.read_text() else data / "manifest.csv"
+    config = load_config(path, [f"probe_ingest.path={layout}",
+                                f"probe.pacl_from={_finished_pacl(tmp_path / 'pacl')}"])
+    assert config.run.stages == ["probe_ingest", "probe"]
+    assert set(config.probe.evaluations) >= {"linear", "finetune"}
+
+
+def test_demo_downstream_configs_are_valid_after_the_demo_run(
+        demo_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from affectflow.demo.scenes import demo_hierarchy
+    (tmp_path / "artifacts").mkdir()
+    (tmp_path / "artifacts" / "demo-data").symlink_to(demo_dir)
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(UserError, match="path does not exist: artifacts/runs/demo/pacl"):
+        load_config(REPO / "configs" / "demo_emotic.yaml")
+    _finished_pacl(tmp_path / "artifacts" / "runs" / "demo" / "pacl", "timm:test_resnet")
+    emotic = load_config(REPO / "configs" / "demo_emotic.yaml")
+    assert emotic.probe.tasks == ["multi_label", "regression"]
+    webemo = load_config(REPO / "configs" / "demo_webemo.yaml")
+    assert [level.model_dump(exclude_defaults=True) for level in webemo.probe_ingest.hierarchy] \
+        == demo_hierarchy()
+
+
+def test_a_probe_of_another_runs_pacl_needs_no_pacl_stage_but_a_task_needs_its_annotation(
+        tmp_path: Path) -> None:
+    pacl = _finished_pacl(tmp_path / "pacl")
+    text = (f"run: {{stages: [probe_ingest, probe]}}\n"
+            f"probe_ingest: {{source: image_folder, path: {tmp_path}}}\n"
+            f"probe: {{pacl_from: {pacl}, tasks: [multi_label]}}\n")
+    with pytest.raises(UserError, match=r"needs probe_ingest\.columns\.label_set"):
+        load_config(write(tmp_path, text))
+    load_config(write(tmp_path, text.replace("multi_label", "single_label")))
+    with pytest.raises(UserError, match="stage 'probe' needs \\['pacl'\\] listed before it"):
+        load_config(write(tmp_path, text.replace(f"pacl_from: {pacl}, ", "")))
