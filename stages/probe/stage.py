@@ -109,6 +109,16 @@ def load_encoders(pacl: StageArtifact, device: str | None) -> Encoders:
     return Encoders(models, config, view, resolved)
 
 
+def _missing_annotation(row: dict[str, Any], tasks: list[TaskKind]) -> dict[str, str] | None:
+    """The reject reason and detail of a row lacking what one of the tasks needs, or None."""
+    for task in tasks:
+        column, reason = TASK_NEEDS[task]
+        if row[column] is None:
+            return {"reason": reason,
+                    "detail": f"the labelled set has no {column} for it, which {task} needs"}
+    return None
+
+
 def pacl_artifact(ctx: StageContext[ProbeParams]) -> StageArtifact:
     """The pacl stage evaluated: another run's (`pacl_from`) or this run's."""
     return StageArtifact(ctx.params.pacl_from) if ctx.params.pacl_from else ctx.input("pacl")
@@ -164,14 +174,11 @@ class ProbeStage(Stage[ProbeParams]):
         rows = ctx.input("probe_ingest").read_shard(shard_id, _INGEST_COLUMNS).to_pylist()
         rejected, labelled = [], []
         for row in rows:
-            missing = next(((task, reason) for task in params.tasks
-                            for column, reason in [TASK_NEEDS[task]] if row[column] is None), None)
+            missing = _missing_annotation(row, params.tasks)
             if missing is None:
                 labelled.append(row)
             else:
-                rejected.append({**row, "reason": missing[1],
-                                 "detail": f"the labelled set has no {TASK_NEEDS[missing[0]][0]} "
-                                           f"for it, which the {missing[0]} task needs"})
+                rejected.append({**row, **missing})
         loaded: list[dict[str, Any]] = []
         features: dict[str, list[np.ndarray]] = {encoder: [] for encoder in ENCODERS}
         side = load_size(state.view.image_size)
@@ -324,14 +331,14 @@ class ProbeStage(Stage[ProbeParams]):
                          by_encoder: dict[str, Evaluated]) -> list[str]:
         """One before/after picture per confusion matrix the task has (one per level)."""
         figures = []
-        panels = {encoder: item.task.confusions(outcome.result.test)
-                  for encoder, outcome in by_encoder.items()}
-        for index, (level, classes, _) in enumerate(panels["before"]):
+        before, after = (item.task.confusions(by_encoder[e].result.test) for e in ENCODERS)
+        for (level, classes, matrix_before), (_, _, matrix_after) in zip(before, after):
             name = key.replace("/", "-") + (f"-{level}" if level else "")
             figure = f"{CONFUSION_DIR}/{item.task.kind}/{name}.png"
+            where = f"{item.titles[key]}{f', {level}' if level else ''}"
             draw_confusions(ctx.output_dir / figure, [
-                (f"{item.titles[key]}{f', {level}' if level else ''}, {encoder} PACL: accuracy "
+                (f"{where}, {encoder} PACL: accuracy "
                  f"{100 * np.trace(matrix) / max(1, np.sum(matrix)):.1f}%", matrix)
-                for encoder in ENCODERS for _, _, matrix in [panels[encoder][index]]], classes)
+                for encoder, matrix in zip(ENCODERS, (matrix_before, matrix_after))], classes)
             figures.append(figure)
         return figures
