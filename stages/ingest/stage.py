@@ -318,7 +318,7 @@ class IngestStage(Stage[IngestParams]):
         if ctx.params.targets:
             values = pc.list_flatten(table[TARGETS]).to_numpy(zero_copy_only=False)
             values = values.reshape(-1, len(ctx.params.targets))
-            summary["targets"] = {name: {"mean": float(column.mean()), "min": float(column.min()),
-                                         "max": float(column.max())} if len(column) else {}
+            summary["targets"] = {name: {stat: round(float(getattr(column, stat)()), 4)
+                                         for stat in ("mean", "min", "max")} if len(column) else {}
                                   for name, column in zip(ctx.params.targets, values.T)}
         return summary

@@ -97,23 +97,25 @@ class ProbeTask(ABC):
     kind: ClassVar[TaskKind]
     title: ClassVar[str]
     selection_name: ClassVar[str]  # what `selection` returns, for logs
+    unit: ClassVar[str]  # what `names` are: classes, categories, targets
 
-    def __init__(self, truth: np.ndarray) -> None:
+    def __init__(self, truth: np.ndarray, names: list[str]) -> None:
         self.truth = truth
+        self.names = names  # what each output of a flat head predicts (a hierarchy: its leaves)
 
     @property
-    @abstractmethod
     def width(self) -> int:
         """Outputs of the head."""
+        return len(self.names)
 
     @property
-    @abstractmethod
     def heading(self) -> str:
         """Section title in results.md: the kind and what is predicted."""
+        return f"{self.title} ({len(self.names)} {self.unit})"
 
-    @abstractmethod
     def describe(self) -> dict[str, Any]:
         """Class names / categories / targets / levels, for the manifest summary."""
+        return {self.unit: self.names}
 
     @abstractmethod
     def targets(self, rows: np.ndarray) -> Tensor:
@@ -152,7 +154,7 @@ class ProbeTask(ABC):
     @property
     def prompt_classes(self) -> list[list[str]] | None:
         """Class names to prompt zero-shot, one list per score block; None: no zero-shot."""
-        return None
+        return [self.names]
 
     def zero_shot_scores(self, blocks: list[np.ndarray]) -> Scores:
         """Cosines to each block's class prompts -> scores the metrics read."""
@@ -181,21 +183,7 @@ class SingleLabel(ProbeTask):
     kind = "single_label"
     title = "Single-label classification"
     selection_name = "accuracy"
-
-    def __init__(self, truth: np.ndarray, classes: list[str]) -> None:
-        super().__init__(truth)
-        self.classes = classes
-
-    @property
-    def width(self) -> int:
-        return len(self.classes)
-
-    def describe(self) -> dict[str, Any]:
-        return {"classes": self.classes}
-
-    @property
-    def heading(self) -> str:
-        return f"{self.title} ({len(self.classes)} classes)"
+    unit = "classes"
 
     def targets(self, rows: np.ndarray) -> Tensor:
         return torch.from_numpy(self.truth[rows]).long()
@@ -207,7 +195,7 @@ class SingleLabel(ProbeTask):
         return torch.softmax(outputs.float(), dim=1).numpy()
 
     def metrics(self, scores: np.ndarray, truth: np.ndarray) -> ClassificationMetrics:
-        return classification_metrics(truth, np.asarray(scores).argmax(axis=1), self.classes)
+        return classification_metrics(truth, np.asarray(scores).argmax(axis=1), self.names)
 
     def selection(self, metrics: ClassificationMetrics) -> float:
         return metrics.accuracy
@@ -220,37 +208,23 @@ class SingleLabel(ProbeTask):
 
     def prediction_rows(self, scores: np.ndarray, truth: np.ndarray,
                         calibrated: bool) -> list[list[PredictionRow]]:
-        return [[PredictionRow(None, self.classes[t], self.classes[int(s.argmax())], s.tolist())]
+        return [[PredictionRow(None, self.names[t], self.names[int(s.argmax())], s.tolist())]
                 for s, t in zip(np.asarray(scores), truth)]
 
-    @property
-    def prompt_classes(self) -> list[list[str]]:
-        return [self.classes]
 
     def confusions(self, metrics: ClassificationMetrics) -> list[tuple[str | None, list[str], list[list[int]]]]:
-        return [(None, self.classes, metrics.confusion)]
+        return [(None, self.names, metrics.confusion)]
 
 
 class MultiLabel(ProbeTask):
     kind = "multi_label"
     title = "Multi-label classification"
     selection_name = "mAP"
+    unit = "categories"
 
     def __init__(self, truth: np.ndarray, categories: list[str], splits: np.ndarray) -> None:
-        super().__init__(truth)
-        self.categories = categories
+        super().__init__(truth, categories)
         _check_split_coverage(truth, splits, "category")
-
-    @property
-    def width(self) -> int:
-        return len(self.categories)
-
-    def describe(self) -> dict[str, Any]:
-        return {"categories": self.categories}
-
-    @property
-    def heading(self) -> str:
-        return f"{self.title} ({len(self.categories)} categories)"
 
     def targets(self, rows: np.ndarray) -> Tensor:
         return torch.from_numpy(self.truth[rows]).float()
@@ -262,7 +236,7 @@ class MultiLabel(ProbeTask):
         return torch.sigmoid(outputs.float()).numpy()
 
     def metrics(self, scores: np.ndarray, truth: np.ndarray) -> MultiLabelMetrics:
-        return multilabel_metrics(truth, scores, self.categories)
+        return multilabel_metrics(truth, scores, self.names)
 
     def selection(self, metrics: MultiLabelMetrics) -> float:
         return metrics.mean_average_precision
@@ -283,34 +257,32 @@ class MultiLabel(ProbeTask):
         rows = []
         for score, positive in zip(np.asarray(scores), truth):
             chosen = np.flatnonzero(score >= 0.5) if calibrated else [int(score.argmax())]
-            rows.append([PredictionRow(None, _joined([self.categories[i] for i in np.flatnonzero(positive)]),
-                                       _joined([self.categories[i] for i in chosen]), score.tolist())])
+            rows.append([PredictionRow(None, _joined([self.names[i] for i in np.flatnonzero(positive)]),
+                                       _joined([self.names[i] for i in chosen]), score.tolist())])
         return rows
 
-    @property
-    def prompt_classes(self) -> list[list[str]]:
-        return [self.categories]
 
 
 class Regression(ProbeTask):
     kind = "regression"
     title = "Regression"
     selection_name = "-mean MSE"
+    unit = "targets"
 
     def __init__(self, truth: np.ndarray, names: list[str], train: np.ndarray) -> None:
-        super().__init__(truth)
-        self.names = names
+        super().__init__(truth, names)
         fitted = truth[train]
         self.mean = fitted.mean(axis=0)
         self.std = np.maximum(fitted.std(axis=0), 1e-6)
 
-    @property
-    def width(self) -> int:
-        return len(self.names)
-
     def describe(self) -> dict[str, Any]:
-        return {"targets": self.names, "train_mean": self.mean.tolist(),
+        return {**super().describe(), "train_mean": self.mean.tolist(),
                 "train_std": self.std.tolist()}
+
+    @property
+    def prompt_classes(self) -> None:
+        """Targets are numbers, not classes: nothing to prompt."""
+        return None
 
     @property
     def heading(self) -> str:
@@ -350,11 +322,13 @@ class Hierarchical(ProbeTask):
     kind = "hierarchical"
     title = "Hierarchical classification"
     selection_name = "mean level accuracy"
+    unit = "finest classes"
 
     def __init__(self, truth: np.ndarray, levels: list[LabelLevel], head: HierarchyHead) -> None:
-        super().__init__(truth)
+        classes = hierarchy_classes(levels)
+        super().__init__(truth, classes[-1])
         self.level_names = [level.name for level in levels]
-        self.level_classes = hierarchy_classes(levels)
+        self.level_classes = classes
         self.head = head
         # membership[l][f, c] = 1 when finest class f lies under class c of level l
         paths = class_paths(levels)
