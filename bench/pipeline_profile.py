@@ -37,7 +37,8 @@ def demo_workdir(tmp: Path, quick: bool) -> Iterator[Path]:
     work = tmp / "work"
     data = work / "artifacts" / "demo-data"
     if quick:
-        generate_demo(data, posts=140, seed=0, per_class=10, caption_pairs=640)
+        generate_demo(data, posts=140, seed=0, per_class=10, caption_pairs=640, emotic_images=30,
+                      webemo_per_class=4)
     else:
         generate_demo(data, seed=0)
     build_demo_models(data, epochs=4 if quick else 8)

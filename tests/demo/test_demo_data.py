@@ -21,9 +21,12 @@ def tree_digest(root: Path) -> str:
 
 
 def test_same_seed_same_bytes_other_seed_other_bytes(tmp_path: Path) -> None:
-    generate_demo(tmp_path / "a", posts=24, seed=3, per_class=2, caption_pairs=14)
-    generate_demo(tmp_path / "b", posts=24, seed=3, per_class=2, caption_pairs=14)
-    generate_demo(tmp_path / "c", posts=24, seed=4, per_class=2, caption_pairs=14)
+    generate_demo(tmp_path / "a", posts=24, seed=3, per_class=2, caption_pairs=14,
+                  emotic_images=30, webemo_per_class=4)
+    generate_demo(tmp_path / "b", posts=24, seed=3, per_class=2, caption_pairs=14,
+                  emotic_images=30, webemo_per_class=4)
+    generate_demo(tmp_path / "c", posts=24, seed=4, per_class=2, caption_pairs=14,
+                  emotic_images=30, webemo_per_class=4)
     assert tree_digest(tmp_path / "a") == tree_digest(tmp_path / "b")
     assert tree_digest(tmp_path / "a") != tree_digest(tmp_path / "c")
 
@@ -55,7 +58,8 @@ def _colour_spread(folder: Path) -> float:
 
 
 def test_lighting_varies_post_and_fi_photos_but_not_the_caption_pairs(tmp_path: Path) -> None:
-    settings = {"posts": 24, "seed": 3, "per_class": 12, "caption_pairs": 14}
+    settings = {"posts": 24, "seed": 3, "per_class": 12, "caption_pairs": 14, "emotic_images": 30,
+                "webemo_per_class": 4}
     generate_demo(tmp_path / "lit", **settings)
     generate_demo(tmp_path / "flat", **settings, lighting=False)
     assert tree_digest(tmp_path / "lit" / "captions") == tree_digest(tmp_path / "flat" / "captions")
