@@ -10,8 +10,8 @@
 - `hierarchical` (WebEmo 2 -> 7 -> 25): one model predicts every level; accuracy and weighted F1
   per level. Two readings of "one model" (the paper does not say which): `per_level` (default,
   the public code's) gives the shared features one linear head per level and sums the levels'
-  cross-entropies; `finest` trains one head on the finest level and predicts a coarser class by
-  summing the probabilities of its finest classes, so the levels always agree.
+  cross-entropies; `finest` trains one head on the finest level and gives a coarser class the
+  summed probability of its finest classes, so the levels are one distribution.
 
 A task holds the truth of every row of the probe set (`truth`, aligned with `ProbeSet`) and turns
 head outputs into scores (probabilities, predicted values, per-level probabilities) and scores
@@ -32,6 +32,7 @@ from torch import Tensor
 
 from affectflow.core.errors import UserError
 from affectflow.stages.ingest.annotations import LabelLevel, class_paths, hierarchy_classes
+from affectflow.stages.ingest.stage import TEST, TRAIN, VAL
 from affectflow.stages.metrics import (
     ClassificationMetrics,
     MultiLabelMetrics,
@@ -171,7 +172,7 @@ class ProbeTask(ABC):
 def _check_split_coverage(positives: np.ndarray, splits: np.ndarray, what: str) -> None:
     """Val selects and test reports by ranking, which needs a positive and a negative of some
     category in each."""
-    for split in ("val", "test"):
+    for split in (VAL, TEST):
         chosen = positives[splits == split]
         if not len(chosen) or not ((chosen.sum(axis=0) > 0) & (chosen.sum(axis=0) < len(chosen))).any():
             raise UserError(f"the '{split}' split has no {what} with both positive and negative "
@@ -433,7 +434,7 @@ def make_task(kind: TaskKind, rows: Annotations, splits: np.ndarray, ingest: dic
         return MultiLabel(truth, list(categories), splits)
     if kind == "regression":
         return Regression(np.array(rows.targets, dtype=np.float64), list(ingest["targets"]),
-                          splits == "train")
+                          splits == TRAIN)
     levels = [LabelLevel(**level) for level in ingest["hierarchy"]]
     paths, classes = class_paths(levels), hierarchy_classes(levels)
     truth = np.array([[classes[level].index(name) for level, name in enumerate(paths[str(label)])]
