@@ -283,3 +283,48 @@ def test_another_runs_pacl_excludes_this_runs_and_its_encoder_picks_the_lr(tmp_p
         stage.check_config(ProbeParams(pacl_from=tmp_path, evaluations=["finetune"]), {})
     stage.check_config(ProbeParams(pacl_from=tmp_path, evaluations=["finetune"],
                                    finetune_backbone_lr=1e-5), {})
+
+
+def test_fine_tuning_reads_train_and_val_images_only_and_test_once_after(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every image file loaded while fine-tuning is recorded: none is a test image; test images
+    are loaded only afterwards, for the kept model's predictions."""
+    import affectflow.stages.pacl.images as pacl_images
+    import affectflow.stages.probe.evaluate as evaluate
+    import affectflow.stages.probe.finetune as finetune
+    from affectflow.models.pacl.augment import ViewConfig
+    from affectflow.models.pacl.model import build_pacl_model
+    from tests.conftest import write_image
+
+    splits = np.array(["train"] * 8 + ["val"] * 4 + ["test"] * 4)
+    classes = np.arange(16) % 2
+    paths = [str(write_image(tmp_path / f"{i}.jpg", size=(40, 40),
+                             colour=(200, 40, 40) if c else (40, 40, 200)))
+             for i, c in enumerate(classes)]
+    data = ProbeSet(sample_ids=np.array([f"s{i}" for i in range(16)]), splits=splits, paths=paths,
+                    features={})
+    loaded: list[str] = []
+    for module in (pacl_images, finetune):
+        real = module.prefetched_image_batches
+
+        def spy(batch_paths, *args, _real=real, **kwargs):  # type: ignore[no-untyped-def]
+            loaded.extend(batch_paths)
+            return _real(batch_paths, *args, **kwargs)
+        monkeypatch.setattr(module, "prefetched_image_batches", spy)
+    during: list[str] = []
+    real_fine_tune = evaluate.fine_tune
+
+    def recording_fine_tune(*args, **kwargs):  # type: ignore[no-untyped-def]
+        tuned = real_fine_tune(*args, **kwargs)
+        during.extend(loaded)
+        return tuned
+    monkeypatch.setattr(evaluate, "fine_tune", recording_fine_tune)
+    model, backbone = build_pacl_model("timm:test_resnet", text_dim=8, embed_dim=4, pretrained=False)
+    view = ViewConfig(32, backbone.mean, backbone.std)
+    training = HeadTraining(epochs=2, lr=1e-2, batch_size=4, weight_decay=0.0, seed=0)
+    outcome = evaluate.finetune_evaluation(data, SingleLabel(classes, ["blue", "red"]), model, view,
+                                           training, 1e-4, 1, torch.device("cpu"))
+    train, val, test = ({paths[i] for i in data.rows(split)} for split in ("train", "val", "test"))
+    assert set(during) == train | val  # the epochs read train and val, never test
+    assert set(loaded[len(during):]) == test | val  # afterwards: the kept model on val and test
+    assert outcome.result.best_epoch in (0, 1) and outcome.result.test.samples == 4
