@@ -25,6 +25,7 @@ import torch
 from affectflow.core.atomic import write_parquet, write_text
 from affectflow.core.columns import column_vectors, vector_column
 from affectflow.core.errors import UserError
+from affectflow.core.hashing import hash_value
 from affectflow.core.stage import ShardOutput, Stage, StageContext, TableRef
 from affectflow.core.store import MAIN_TABLE, SAMPLE_ID, SOURCE_ID, StageArtifact, make_rejects, shard_name
 from affectflow.models.encoder_runtime import inference_context, intra_op_threads, resolve_device
@@ -120,8 +121,14 @@ def _missing_annotation(row: dict[str, Any], tasks: list[TaskKind]) -> dict[str,
 
 
 def pacl_artifact(ctx: StageContext[ProbeParams]) -> StageArtifact:
-    """The pacl stage evaluated: another run's (`pacl_from`) or this run's."""
-    return StageArtifact(ctx.params.pacl_from) if ctx.params.pacl_from else ctx.input("pacl")
+    """The pacl stage evaluated: this run's (checked by the runner, as every input is) or another
+    run's (`pacl_from`), whose files are checked against their records here."""
+    if ctx.params.pacl_from is None:
+        return ctx.input("pacl")
+    pacl = StageArtifact(ctx.params.pacl_from)
+    pacl.check_intact(f"probe.pacl_from names {pacl.path}, which must be repaired first: "
+                      f"{pacl.repair_hint()}")
+    return pacl
 
 
 class ProbeStage(Stage[ProbeParams]):
@@ -138,8 +145,12 @@ class ProbeStage(Stage[ProbeParams]):
         return ("probe_ingest",) if params.pacl_from else self.inputs
 
     def source_fingerprint(self, params: ProbeParams, settings: Any) -> str | None:
-        """Another run's pacl stage is an external input: its fingerprint is this stage's."""
-        return StageArtifact(params.pacl_from).fingerprint if params.pacl_from else None
+        """Another run's pacl stage is an external input: what it computed and what its files
+        hold (its fingerprint and digest, as the runner takes them of an input)."""
+        if params.pacl_from is None:
+            return None
+        pacl = StageArtifact(params.pacl_from)
+        return hash_value([pacl.fingerprint, pacl.digest])
 
     def check_config(self, params: ProbeParams, sections: dict[str, Any]) -> None:
         if params.pacl_from and "pacl" in sections:

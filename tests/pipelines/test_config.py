@@ -85,7 +85,7 @@ DOWNSTREAM_CONFIGS = ["probe_fi", "probe_emotion6", "probe_unbiasedemo", "probe_
 def _finished_pacl(folder: Path, visual_encoder: str = "timm:resnet50") -> Path:
     folder.mkdir(parents=True)
     (folder / "_manifest.json").write_text(json.dumps(
-        {"stage": "pacl", "fingerprint": "x", "params": {"visual_encoder": visual_encoder}}))
+        {"stage": "pacl", "fingerprint": "x", "digest": "y", "params": {"visual_encoder": visual_encoder}}))
     return folder
 
 

@@ -14,6 +14,7 @@ import pandas as pd
 import pytest
 import torch
 
+from affectflow.core.hashing import hash_value
 from affectflow.core.runner import StageJob, run_stage
 from affectflow.demo.scenes import demo_hierarchy
 from affectflow.models.pacl.checkpoint import load_model
@@ -174,7 +175,7 @@ def test_emotic_style_bad_cells_are_rejects_and_accounting_closes(emotic: RunRef
     # another run's PACL model: not an input of this run, its fingerprint is the source's
     assert list(manifest["inputs"]) == ["probe_ingest"]
     pacl = probed[0].store.stage("pacl")
-    assert manifest["source_fingerprint"] == pacl.fingerprint
+    assert manifest["source_fingerprint"] == hash_value([pacl.fingerprint, pacl.digest])
 
 
 def test_multi_label_table_is_the_map_and_auc_of_the_test_predictions(emotic: RunRef) -> None:

@@ -14,6 +14,7 @@ from pydantic import ValidationError
 from torch import nn
 
 from affectflow.core.errors import UserError
+from affectflow.core.hashing import hash_value
 from affectflow.models.pacl.model import PaclModel
 from affectflow.stages.ingest.annotations import LabelLevel
 from affectflow.stages.ingest.stage import IngestParams
@@ -270,13 +271,13 @@ def test_tasks_need_their_annotations_configured_in_probe_ingest(tmp_path: Path)
 
 
 def test_another_runs_pacl_excludes_this_runs_and_its_encoder_picks_the_lr(tmp_path: Path) -> None:
-    (tmp_path / "_manifest.json").write_text(
-        '{"stage": "pacl", "fingerprint": "f", "params": {"visual_encoder": "open_clip:local-dir:/m"}}')
+    (tmp_path / "_manifest.json").write_text('{"stage": "pacl", "fingerprint": "f", "digest": "d", '
+                                             '"params": {"visual_encoder": "open_clip:local-dir:/m"}}')
     stage = ProbeStage()
     params = ProbeParams(pacl_from=tmp_path)
     assert stage.input_names(params) == ("probe_ingest",)
     assert stage.input_names(ProbeParams()) == ("pacl", "probe_ingest")
-    assert stage.source_fingerprint(params, None) == "f"
+    assert stage.source_fingerprint(params, None) == hash_value(["f", "d"])
     with pytest.raises(ValueError, match="would go unused"):
         stage.check_config(params, {"pacl": object()})
     with pytest.raises(ValueError, match=r"set probe\.finetune_backbone_lr"):
