@@ -88,11 +88,13 @@ def fit_linear_probe(train_x: np.ndarray, train_targets: Tensor, val_x: np.ndarr
     if not len(train_targets) or not len(val_targets):
         raise ValueError("the linear probe needs train and val samples")
     with intra_op_threads(1):
-        return _fit(train_x, train_targets, val_x, val_targets, val_truth, task, training)
+        return train_linear_head(train_x, train_targets, val_x, val_targets, val_truth, task, training)
 
 
-def _fit(train_x: np.ndarray, train_targets: Tensor, val_x: np.ndarray, val_targets: Tensor,
-         val_truth: np.ndarray, task: ProbeTask, training: HeadTraining) -> LinearProbe:
+def train_linear_head(train_x: np.ndarray, train_targets: Tensor, val_x: np.ndarray,
+                      val_targets: Tensor, val_truth: np.ndarray, task: ProbeTask,
+                      training: HeadTraining) -> LinearProbe:
+    """`fit_linear_probe` on the caller's torch threads (bench/probe_linear.py compares them)."""
     train = torch.from_numpy(train_x).float()
     mean, std = train.mean(dim=0), train.std(dim=0).clamp(min=1e-6)
     train = (train - mean) / std
