@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import importlib.resources
 import os
-import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -96,27 +95,6 @@ def parse_visual_spec(spec: str) -> VisualSpec:
     if not name or name in SCHEMAS:
         raise ValueError(f"visual encoder spec {spec!r} has no model name; {_VISUAL_USAGE}")
     return VisualSpec(family=family, name=name, weights=weights)
-
-
-VisualArchitecture = Literal["resnet", "vit", "swin"]
-_ARCHITECTURE_PATTERNS: tuple[tuple[VisualArchitecture, re.Pattern[str]], ...] = (
-    ("swin", re.compile(r"swin")),
-    ("vit", re.compile(r"(^|[^a-z])(vit|deit|eva)")),
-    ("resnet", re.compile(r"resne(t|xt)|^rn\d")),
-)
-
-
-def visual_architecture(spec: str) -> VisualArchitecture | None:
-    """The architecture family a visual spec's model name shows (`timm:resnet50`,
-    `timm:hf-hub:timm/vit_base_patch16_224.augreg_in21k`, `open_clip:RN50:openai`,
-    `open_clip:ViT-B-32:openai`, `timm:swin_base_patch4_window7_224`); None when the name does
-    not say (a `local-dir:` folder, an architecture outside these families)."""
-    parsed = parse_visual_spec(spec)
-    if parsed.name.startswith(LOCAL_DIR):
-        return None
-    name = parsed.name.removeprefix(HF_HUB).rsplit("/", 1)[-1].lower()
-    return next((family for family, pattern in _ARCHITECTURE_PATTERNS if pattern.search(name)),
-                None)
 
 
 @dataclass(frozen=True)

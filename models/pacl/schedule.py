@@ -43,10 +43,14 @@ def architecture_name(spec: str) -> tuple[str, str]:
     return parsed.family, name.split(".", 1)[0] if parsed.family == "timm" else name
 
 
-def paper_backbone_lr(spec: str) -> tuple[str, float] | None:
-    """(the paper's model, its backbone lr) for the architecture a visual spec names, if any."""
+PaperLrs = tuple[tuple[str, str, str, float], ...]
+
+
+def paper_backbone_lr(spec: str, table: PaperLrs = PAPER_BACKBONE_LRS) -> tuple[str, float] | None:
+    """(the paper's model, its backbone lr) for the architecture a visual spec names, if any;
+    `table` is pretraining's by default (the probe passes its fine-tuning table)."""
     family, name = architecture_name(spec)
-    for table_family, prefix, model, lr in PAPER_BACKBONE_LRS:
+    for table_family, prefix, model, lr in table:
         if family == table_family and name.startswith(prefix):
             return model, lr
     return None

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 
-from affectflow.stages.ingest.sources import IMAGE_SUFFIXES, SPLITS, TUMEMO_LABEL_FILE
+from affectflow.stages.ingest.sources import IMAGE_SUFFIXES, SPLITS, TUMEMO_LABEL_FILE, required_columns
 from affectflow.stages.ingest.stage import IngestParams
 
 SAMPLED_POSTS = 5
@@ -97,7 +97,7 @@ def _manifest(params: IngestParams, section: str) -> tuple[str, list[str]]:
         columns = _manifest_columns(params.path)
     except (OSError, ValueError, UnicodeDecodeError) as error:
         return "", [f"{section}.path = {params.path}: the manifest's header cannot be read ({error})"]
-    named = {role: params.columns.get(role, role) for role in ("id", "image", "text")}
-    problems = [f"{section}.columns.{role} = {name!r} is not a column of {params.path}; "
-                f"set it to one of {columns}" for role, name in named.items() if name not in columns]
+    needed = required_columns(params.columns, tuple(params.targets), params.needs_text)
+    problems = [f"{section}.{key} = {name!r} is not a column of {params.path}; set it to one of "
+                f"{columns}" for key, name in needed if name not in columns]
     return f"manifest with columns {columns}", problems

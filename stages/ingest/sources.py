@@ -169,18 +169,24 @@ def _read_manifest_frame(path: Path) -> pd.DataFrame:
 MANIFEST_ROLES = ("id", "image", "text", "label", "split", "label_set")
 
 
+def required_columns(columns: dict[str, str], targets: tuple[str, ...] = (),
+                     needs_text: bool = True) -> list[tuple[str, str]]:
+    """(config key, column name) of every column a manifest must have: id, image, text (when
+    text is required), the label set column when one is named, and each numeric target."""
+    needed = [(f"columns.{role}", columns[role])
+              for role in ("id", "image", "text") if role != "text" or needs_text]
+    if "label_set" in columns:
+        needed.append(("columns.label_set", columns["label_set"]))
+    return needed + [("targets", name) for name in targets]
+
+
 def list_manifest(path: Path, columns: dict[str, str], label_separator: str = ";",
                   targets: tuple[str, ...] = (), needs_text: bool = True) -> list[SourceRecord]:
     """Manifest with id, image path (relative to the manifest's folder), text (optional when no
     text is required), and optional label, split, label set (`columns.label_set`) and numeric
     target columns (`targets`)."""
     frame = _read_manifest_frame(path)
-    needed = [(f"columns.{role}", columns[role])
-              for role in ("id", "image", "text") if role != "text" or needs_text]
-    if "label_set" in columns:
-        needed.append(("columns.label_set", columns["label_set"]))
-    needed += [("targets", name) for name in targets]
-    for key, name in needed:
+    for key, name in required_columns(columns, targets, needs_text):
         if name not in frame.columns:
             raise UserError(f"manifest {path} has no column '{name}' (ingest {key})",
                             hint=f"set ingest {key} to one of {list(frame.columns)}")

@@ -11,7 +11,7 @@ from pydantic import Field, field_validator, model_validator
 from affectflow.core.errors import UserError
 from affectflow.core.stage import StageParams
 from affectflow.core.store import MANIFEST
-from affectflow.models.specs import VisualArchitecture, visual_architecture
+from affectflow.models.pacl.schedule import PaperLrs, paper_backbone_lr
 from affectflow.stages.param_types import Device
 from affectflow.stages.probe.linear import HeadTraining, Schedule
 from affectflow.stages.probe.tasks import HierarchyHead, TaskKind
@@ -19,9 +19,15 @@ from affectflow.stages.probe.zeroshot import PAPER_PROMPTS
 
 Evaluation = Literal["linear", "finetune", "zero_shot"]
 
-PAPER_BACKBONE_LR: dict[VisualArchitecture, float] = {"resnet": 1e-4, "vit": 1e-5, "swin": 1e-5}
-"""Fine-tuning backbone lr by architecture: the paper's 1e-4 for ResNet-50 and 1e-5 for ViTs
-(Swin, a vision transformer, counted with the ViTs)."""
+PAPER_FINETUNE_LRS: PaperLrs = (
+    ("timm", "resnet", "ResNet-50", 1e-4),
+    ("timm", "vit_", "ViT-base", 1e-5),
+    ("timm", "swin", "Swin-base", 1e-5),
+    ("open_clip", "ViT-", "ViT-clip", 1e-5),
+)
+"""Fine-tuning backbone lr by architecture, in the shape of pretraining's table
+(`models/pacl/schedule.py`): the paper's 1e-4 for ResNet-50 and 1e-5 for ViTs (Swin, a vision
+transformer, counted with the ViTs); other architectures set `finetune_backbone_lr`."""
 
 
 class ProbeParams(StageParams):
@@ -106,13 +112,13 @@ class ProbeParams(StageParams):
         """The fine-tuning backbone lr: the configured one, else the paper's for the encoder."""
         if self.finetune_backbone_lr is not None:
             return self.finetune_backbone_lr
-        architecture = visual_architecture(visual_encoder)
-        if architecture is None:
-            raise UserError(f"cannot tell the architecture of the visual encoder "
-                            f"{visual_encoder!r}, so the paper's fine-tuning backbone lr is unknown",
-                            hint="set probe.finetune_backbone_lr (the paper: 1e-4 for ResNet-50, "
-                                 "1e-5 for ViTs)")
-        return PAPER_BACKBONE_LR[architecture]
+        paper = paper_backbone_lr(visual_encoder, PAPER_FINETUNE_LRS)
+        if paper is None:
+            known = ", ".join(f"{model} {lr:g}" for _, _, model, lr in PAPER_FINETUNE_LRS)
+            raise UserError(f"the paper gives no fine-tuning backbone lr for the visual encoder "
+                            f"{visual_encoder!r} (it has {known})",
+                            hint="set probe.finetune_backbone_lr")
+        return paper[1]
 
 
 def pacl_params(pacl_from: Path) -> dict[str, Any]:

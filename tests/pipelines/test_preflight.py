@@ -193,3 +193,22 @@ def test_offline_run_with_missing_weights_exits_2_before_any_run_folder(demo_dir
             assert fix in problems[0]
         assert "Traceback" not in done.stderr and "teacher.text_encoder" not in done.stderr
         assert not (artifacts / "runs").exists()
+
+
+def test_layout_of_an_annotated_manifest_checks_its_annotation_columns(tmp_path: Path) -> None:
+    """A labelled manifest needs no text column when no text is required, but every column its
+    label set and targets name (the listing's own column list, `required_columns`)."""
+    pd.DataFrame({"id": ["1"], "image": ["1.jpg"], "cats": ["Fear"], "valence": ["3"]}).to_csv(
+        tmp_path / "emotic.csv", index=False)
+    params = {"source": "manifest", "path": tmp_path / "emotic.csv", "require_text": False}
+    _, problems = describe_layout(IngestParams(**params, columns={"label_set": "cats"},
+                                               targets=["valence"]), "probe_ingest")
+    assert problems == []
+    _, problems = describe_layout(IngestParams(**params, columns={"label_set": "categories"},
+                                               targets=["valence", "arousal"]), "probe_ingest")
+    columns = "['id', 'image', 'cats', 'valence']"
+    assert problems == [
+        f"probe_ingest.columns.label_set = 'categories' is not a column of {tmp_path / 'emotic.csv'}; "
+        f"set it to one of {columns}",
+        f"probe_ingest.targets = 'arousal' is not a column of {tmp_path / 'emotic.csv'}; "
+        f"set it to one of {columns}"]

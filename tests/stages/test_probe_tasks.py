@@ -232,13 +232,14 @@ def test_paper_defaults_and_backbone_lr_by_architecture() -> None:
     assert params.lr_schedule == "cosine" and params.prompts == list(PAPER_PROMPTS)
     assert not params.zero_shot_ensemble
     assert params.backbone_lr("timm:resnet50") == 1e-4
-    assert params.backbone_lr("open_clip:RN50:openai") == 1e-4
+    assert params.backbone_lr("timm:hf-hub:timm/resnet50.a1_in1k") == 1e-4
     assert params.backbone_lr("open_clip:ViT-B-32:openai") == 1e-5
-    assert params.backbone_lr("timm:vit_base_patch16_224") == 1e-5
+    assert params.backbone_lr("timm:vit_base_patch16_224.augreg2_in21k_ft_in1k") == 1e-5
     assert params.backbone_lr("timm:swin_base_patch4_window7_224") == 1e-5
     assert ProbeParams(finetune_backbone_lr=3e-5).backbone_lr("timm:resnet50") == 3e-5
-    with pytest.raises(UserError, match="cannot tell the architecture"):
-        params.backbone_lr("open_clip:local-dir:/models/clip")
+    for unknown in ("open_clip:local-dir:/models/clip", "timm:convnext_base", "timm:test_resnet"):
+        with pytest.raises(UserError, match="gives no fine-tuning backbone lr"):
+            params.backbone_lr(unknown)
 
 
 def test_probe_params_are_checked(tmp_path: Path) -> None:
