@@ -16,6 +16,9 @@ from pathlib import Path
 from affectflow.models.triplets import Triplet
 
 GOLD_FILE = Path(__file__).parent / "data" / "triplets_gold.txt"
+"""The captions the parser's clause rules were written against."""
+HELDOUT_FILE = Path(__file__).parent / "data" / "triplets_heldout.txt"
+"""Captions labelled after those rules were written, before the parser was run on them."""
 NONE_MARK = "none"
 
 
