@@ -15,18 +15,26 @@ import pyarrow.parquet as pq
 
 def vector_column(vectors: np.ndarray, dtype: type[np.floating] = np.float16,
                   missing: np.ndarray | None = None) -> pa.FixedSizeListArray:
-    """(n, d) array -> fixed-size-list column of `dtype`; rows where `missing` is True are null."""
+    """(n, d) array -> fixed-size-list column of `dtype`; rows where `missing` is True are null.
+
+    An (n, d1, d2, ...) array (a matrix per row, e.g. token-level text features) nests one
+    fixed-size list per extra axis, so the shape travels with the column."""
     arrow_type = pa.from_numpy_dtype(np.dtype(dtype))
-    flat = pa.array(np.ascontiguousarray(vectors, dtype=dtype).reshape(-1), type=arrow_type)
+    column: pa.Array = pa.array(np.ascontiguousarray(vectors, dtype=dtype).reshape(-1), type=arrow_type)
+    for size in reversed(vectors.shape[2:]):
+        column = pa.FixedSizeListArray.from_arrays(column, size)
     mask = None if missing is None else pa.array(missing, pa.bool_())
-    return pa.FixedSizeListArray.from_arrays(flat, vectors.shape[1], mask=mask)
+    return pa.FixedSizeListArray.from_arrays(column, vectors.shape[1], mask=mask)
 
 
 def column_vectors(column: pa.ChunkedArray | pa.Array) -> np.ndarray:
-    """Inverse of `vector_column`, as float32 (n, d)."""
+    """Inverse of `vector_column`, as float32 (n, d) or (n, d1, d2, ...)."""
     array = column.combine_chunks() if isinstance(column, pa.ChunkedArray) else column
-    width = array.type.list_size
-    return array.flatten().to_numpy(zero_copy_only=False).astype(np.float32).reshape(-1, width)
+    shape = []
+    while pa.types.is_fixed_size_list(array.type):
+        shape.append(array.type.list_size)
+        array = array.flatten()
+    return array.to_numpy(zero_copy_only=False).astype(np.float32).reshape(-1, *shape)
 
 
 def read_columns(path: Path, columns: list[str]) -> pa.Table:

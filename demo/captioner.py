@@ -14,13 +14,20 @@ import contextlib
 import logging
 import shutil
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 
 import torch
 from tokenizers.normalizers import BertNormalizer
 from tokenizers.pre_tokenizers import BertPreTokenizer
-from transformers import BertTokenizer, BlipConfig, BlipForConditionalGeneration, BlipImageProcessor, BlipProcessor
+from transformers import (
+    BertTokenizer,
+    BlipConfig,
+    BlipForConditionalGeneration,
+    BlipImageProcessor,
+    BlipProcessor,
+    PreTrainedModel,
+)
 
 from affectflow.core.images import load_rgb
 from affectflow.demo.models import read_caption_pairs
@@ -89,12 +96,12 @@ def caption_targets(processor: BlipProcessor, texts: Sequence[str]) -> tuple[tor
     return input_ids, encoded["attention_mask"]
 
 
-def train_captioner(model: BlipForConditionalGeneration, pixels: torch.Tensor,
-                    input_ids: torch.Tensor, attention_mask: torch.Tensor, epochs: int,
-                    seed: int) -> list[float]:
-    """AdamW with a one-cycle schedule on BLIP's captioning loss; mean loss per epoch."""
-    labels = input_ids.masked_fill(attention_mask == 0, -100)
-    steps_per_epoch = max(1, len(pixels) // BATCH_SIZE)
+def train_captioner(model: PreTrainedModel, inputs: Mapping[str, torch.Tensor],
+                    labels: torch.Tensor, epochs: int, seed: int) -> list[float]:
+    """AdamW with a one-cycle schedule on a captioner's own loss (`forward(**inputs,
+    labels=...)`: BLIP's and InstructBLIP's next-token loss); mean loss per epoch. `inputs` and
+    `labels` hold one row per training pair."""
+    steps_per_epoch = max(1, len(labels) // BATCH_SIZE)
     optimizer = torch.optim.AdamW(model.parameters(), lr=LEARNING_RATE, weight_decay=0.01)
     schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=LEARNING_RATE,
                                                    total_steps=epochs * steps_per_epoch,
@@ -103,19 +110,19 @@ def train_captioner(model: BlipForConditionalGeneration, pixels: torch.Tensor,
     history = []
     model.train()
     for epoch in range(epochs):
-        permutation = torch.randperm(len(pixels), generator=order)
+        permutation = torch.randperm(len(labels), generator=order)
         losses = []
         for step in range(steps_per_epoch):
             rows = permutation[step * BATCH_SIZE:(step + 1) * BATCH_SIZE]
-            loss = model(pixel_values=pixels[rows], input_ids=input_ids[rows],
-                         attention_mask=attention_mask[rows], labels=labels[rows]).loss
+            loss = model(**{name: value[rows] for name, value in inputs.items()},
+                         labels=labels[rows]).loss
             optimizer.zero_grad()
             loss.backward()
             optimizer.step()
             schedule.step()
             losses.append(loss.item())
         history.append(sum(losses) / len(losses))
-        logger.info("demo captioner epoch %d/%d: loss %.3f", epoch + 1, epochs, history[-1])
+        logger.info("captioner training epoch %d/%d: loss %.3f", epoch + 1, epochs, history[-1])
     model.eval()
     return history
 
@@ -141,9 +148,11 @@ def build_demo_captioner(data_dir: Path, out_dir: Path, seed: int = 0, epochs: i
     pixels = processor.image_processor(images=[load_rgb(path) for path in paths],
                                        return_tensors="pt")["pixel_values"]
     input_ids, attention_mask = caption_targets(processor, texts)
+    inputs = {"pixel_values": pixels, "input_ids": input_ids, "attention_mask": attention_mask}
     with single_thread(), torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        history = train_captioner(model, pixels, input_ids, attention_mask, epochs, seed)
+        history = train_captioner(model, inputs, input_ids.masked_fill(attention_mask == 0, -100),
+                                  epochs, seed)
     staging = out_dir.with_name(out_dir.name + ".partial")
     shutil.rmtree(staging, ignore_errors=True)
     model.save_pretrained(staging)

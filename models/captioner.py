@@ -236,8 +236,11 @@ TINY_WORDS = (
     "calm", "standing", "sitting", "walking", "holding", "looking", "beach", "street", "park",
     "room", "table", "flowers", "sky", "water", "red", "blue", "green", "dark", "bright", "old",
     "young", "small", "large", "expression", "emotion", "joy", "fear", "surprise", ".", ",", "?",
+    "what", "information", "subject", "facial", "body", "movement", "emotional", "meaning", "image",
+    "please", "answer", "these", "question", "descriptive", "sentence",
 )
-"""Real English words for the tiny models' vocabularies, so their (random) captions stay readable."""
+"""Real English words for the tiny models' vocabularies, so their (random) captions stay readable;
+the KCDP prompt's words are among them, so the prompt tokenizes to its own words."""
 
 
 @contextlib.contextmanager

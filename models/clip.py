@@ -236,6 +236,34 @@ def encode_texts(bundle: ClipBundle, texts: Sequence[str], batch_size: int = 256
     return torch.cat(embeddings), torch.cat(truncated)
 
 
+def encode_text_tokens(bundle: ClipBundle, texts: Sequence[str],
+                       batch_size: int = 256) -> tuple[Tensor, Tensor, Tensor]:
+    """`encode_texts`' pooled embeddings and truncation mask, plus every token's output of the
+    text tower's final layer norm, before pooling and projection (float32, on CPU, (n, context
+    length, width)): what Hugging Face's CLIPTextModel calls `last_hidden_state`, the token-level
+    text features KCDP's public code feeds on. One forward pass gives both."""
+    final_norm = _text_final_norm(bundle)
+    captured: list[Tensor] = []
+    handle = final_norm.register_forward_hook(
+        lambda _module, _inputs, output: captured.append(output.detach().float().cpu()))
+    try:
+        pooled, truncated = encode_texts(bundle, texts, batch_size)
+    finally:
+        handle.remove()
+    return pooled, torch.cat(captured), truncated
+
+
+def _text_final_norm(bundle: ClipBundle) -> nn.Module:
+    """The text tower's last layer norm (open_clip's CLIP keeps it on the model, CustomTextCLIP
+    on its `text` tower); towers without one (HF text encoders) have no token outputs to offer."""
+    for owner in (bundle.model, getattr(bundle.model, "text", None)):
+        module = getattr(owner, "ln_final", None)
+        if isinstance(module, nn.Module):
+            return module
+    raise ValueError(f"CLIP {bundle.spec!r} has no open_clip text transformer (no ln_final), so it "
+                     "has no token-level text outputs; use representation: pooled")
+
+
 def tokenize_reporting_truncation(bundle: ClipBundle, texts: list[str]) -> tuple[Tensor, Tensor]:
     """Token ids at the context length, plus which texts did not fit.
 

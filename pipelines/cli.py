@@ -40,6 +40,8 @@ def _print_stage_lines(stages: dict[str, dict[str, Any]]) -> None:
         print(f"  {name:<12} {summary['status']:<8} {summary['rows_in']} in = {summary['rows_out']} out + "
               f"{summary['rows_rejected']} rejected{f' ({reasons})' if reasons else ''}"
               f"  [{summary['timings']['seconds']:.1f}s]")
+        for line in summary.get("headline", []):
+            print(f"               {line}")
 
 
 def _cmd_check(args: argparse.Namespace) -> int:
@@ -131,9 +133,9 @@ def _cmd_inspect(args: argparse.Namespace) -> int:
             path = write_gallery(store, Path(args.html), per_partition=args.per_partition)
             print(f"gallery written to {path}")
         return 0
-    if args.stage in ("caption", "triplets"):
-        from affectflow.stages.knowledge.view import knowledge_report
+    from affectflow.stages.knowledge.view import KNOWLEDGE_STAGES, knowledge_report
 
+    if args.stage in KNOWLEDGE_STAGES:
         print(knowledge_report(store, args.stage, args.samples))
         return 0
     print(stage_report(store.stage(args.stage), args.samples))

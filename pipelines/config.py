@@ -146,7 +146,8 @@ def load_config(path: Path | None, overrides: list[str] | None = None,
 
 def check_stage_order(config: BaseModel, source: str) -> None:
     """Every stage is listed after the inputs its configuration reads (`input_names`: the probe
-    of another run's PACL model reads no pacl stage of its own run)."""
+    of another run's PACL model reads no pacl stage of its own run; `emotional` reads captions
+    only when it describes images by them)."""
     stages = config.run.stages
     for index, name in enumerate(stages):
         needed = STAGES[name]().input_names(stage_params(config, name))

@@ -72,7 +72,7 @@ def stale_downstream(ref: RunRef, config: BaseModel, stage_name: str) -> list[st
             stale.append(name)
             continue
         recorded = artifact.manifest.get("inputs", {})
-        for dep in STAGES[name].inputs:
+        for dep in STAGES[name]().input_names(stage_params(config, name)):
             dep_artifact = ref.store.stage(dep)
             if not dep_artifact.complete or recorded.get(dep) != dep_artifact.fingerprint:
                 stale.append(name)
@@ -84,9 +84,10 @@ def stale_downstream(ref: RunRef, config: BaseModel, stage_name: str) -> list[st
 
 
 def stage_summary(ref: RunRef, stage_name: str) -> dict[str, Any]:
-    """Counts and timings of a finished stage, plus whether this call computed or skipped it."""
+    """Counts and timings of a finished stage, whether this call computed or skipped it, and the
+    result lines its summary offers for the console (`headline`: e.g. an accuracy or AUC)."""
     manifest = ref.store.stage(stage_name).manifest
     status = ref.store.read().get("stages", {}).get(stage_name, {}).get("status", "done")
-    return {"status": status, **{key: manifest[key] for key in (
-        "stage", "fingerprint", "rows_in", "rows_out", "rows_rejected", "rejects_by_reason",
-        "timings")}}
+    return {"status": status, "headline": manifest["summary"].get("headline", []),
+            **{key: manifest[key] for key in ("stage", "fingerprint", "rows_in", "rows_out",
+                                              "rows_rejected", "rejects_by_reason", "timings")}}

@@ -1,5 +1,7 @@
 """Evaluation metrics and confusion-matrix pictures, one home for every evaluating stage (the
-probe's before/after table for every task kind of the PACL paper's Table 1, CTERNet's test report).
+probe's before/after table for every task kind of the PACL paper's Table 1, CTERNet's test report,
+the knowledge labels), and the ROC AUC of a score against planted truth (the emotional score's
+image texts).
 
 Definitions are scikit-learn's:
 
@@ -36,6 +38,7 @@ from sklearn.metrics import (
     precision_recall_fscore_support,
     r2_score,
     roc_auc_score,
+    roc_curve,
 )
 
 from affectflow.stages.pictures import new_figure, save_png
@@ -125,7 +128,7 @@ def multilabel_metrics(true: np.ndarray, scores: np.ndarray,
         column, score = true[:, index], scores[:, index]
         positives = int(column.sum())
         ap = float(average_precision_score(column, score)) if positives else None
-        auc = float(roc_auc_score(column, score)) if 0 < positives < len(column) else None
+        auc = roc_auc(score, column == 1)
         rows.append(CategoryMetrics(name, ap, auc, positives))
     aps = [row.average_precision for row in rows if row.average_precision is not None]
     aucs = [row.roc_auc for row in rows if row.roc_auc is not None]
@@ -201,4 +204,31 @@ def draw_confusions(path: Path, panels: Sequence[tuple[str, Sequence[Sequence[in
         image = display.im_
     assert image is not None, "draw_confusions needs at least one panel"
     figure.colorbar(image, ax=list(axes), label="share of the true class", shrink=0.8)
+    save_png(figure, path, dpi=100, tight=True)
+
+
+def roc_auc(scores: np.ndarray, positives: np.ndarray) -> float | None:
+    """Area under the ROC curve of `scores` for the boolean `positives` (the chance that a
+    positive scores above a negative, ties counting half); None unless both classes occur."""
+    positives = np.asarray(positives, dtype=bool)
+    if positives.all() or not positives.any():
+        return None
+    return float(roc_auc_score(positives, np.asarray(scores, dtype=np.float64)))
+
+
+def draw_roc_curves(path: Path, curves: Sequence[tuple[str, np.ndarray, np.ndarray]],
+                    title: str) -> None:
+    """One PNG with the ROC curve of each (label, scores, positives), its AUC in the legend, and
+    the chance diagonal."""
+    figure = new_figure(figsize=(5.2, 4.6))
+    axis = figure.subplots()
+    for label, scores, positives in curves:
+        false_positive, true_positive, _ = roc_curve(np.asarray(positives, dtype=bool), scores)
+        axis.plot(false_positive, true_positive,
+                  label=f"{label} (AUC {roc_auc(scores, positives):.3f}, n={len(scores)})")
+    axis.plot([0, 1], [0, 1], linestyle="--", color="grey", linewidth=0.8, label="chance")
+    axis.set_xlabel("false positive rate")
+    axis.set_ylabel("true positive rate")
+    axis.set_title(title, fontsize=9)
+    axis.legend(fontsize=8, loc="lower right")
     save_png(figure, path, dpi=100, tight=True)

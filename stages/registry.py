@@ -13,6 +13,7 @@ from affectflow.stages.emotional import EmotionalStage
 from affectflow.stages.factual import FactualStage
 from affectflow.stages.ingest.stage import IngestStage
 from affectflow.stages.knowledge.caption import CaptionStage
+from affectflow.stages.knowledge.knowledge import KnowledgeStage
 from affectflow.stages.knowledge.triplets import TripletsStage
 from affectflow.stages.pacl.stage import PaclStage
 from affectflow.stages.partition.stage import PartitionStage
@@ -21,12 +22,13 @@ from affectflow.stages.probe.stage import ProbeStage
 from affectflow.stages.teacher import TeacherStage
 
 STAGES: dict[str, type[Stage[Any]]] = {cls.name: cls for cls in (
-    IngestStage, CaptionStage, TripletsStage, FactualStage, EmotionalStage, TeacherStage,
-    PartitionStage, ClusterStage, PaclStage, ProbeIngestStage, ProbeStage, CTERNetTrainStage, CTERNetEvalStage)}
+    IngestStage, CaptionStage, TripletsStage, KnowledgeStage, FactualStage, EmotionalStage,
+    TeacherStage, PartitionStage, ClusterStage, PaclStage, ProbeIngestStage, ProbeStage,
+    CTERNetTrainStage, CTERNetEvalStage)}
 
-PRETRAIN_CHAIN: tuple[str, ...] = ("ingest", "caption", "triplets", "factual", "emotional",
-                                   "teacher", "partition", "cluster", "pacl", "probe_ingest",
-                                   "probe")
+PRETRAIN_CHAIN: tuple[str, ...] = ("ingest", "caption", "triplets", "knowledge", "factual",
+                                   "emotional", "teacher", "partition", "cluster", "pacl",
+                                   "probe_ingest", "probe")
 
 
 def get_stage(name: str) -> Stage[Any]:

@@ -45,6 +45,15 @@ def demo_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return out
 
 
+@pytest.fixture(scope="session")
+def colour_captioners(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """Tiny BLIP and InstructBLIP trained to name a picture's colour, saved once per session."""
+    from tests.models.colour_captioners import train_colour_captioner
+
+    return {kind: train_colour_captioner(kind, tmp_path_factory.mktemp(kind) / "trained")
+            for kind in ("blip", "instructblip")}
+
+
 def write_image(path: Path, size: tuple[int, int] = (64, 64), colour: tuple[int, int, int] = (200, 40, 40),
                 fmt: str = "JPEG") -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)

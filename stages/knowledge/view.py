@@ -1,4 +1,5 @@
-"""`affectflow inspect RUN caption|triplets`: post text, caption and triplets side by side.
+"""`affectflow inspect RUN caption|triplets|knowledge`: post text, caption, triplets and the
+knowledge-based label side by side.
 
 Samples are the first rows of the inspected stage in shard order; the other stages' values are
 joined by sample_id from the same shard number (shard i of every stage derives from shard i of
@@ -18,11 +19,13 @@ from affectflow.core.runs import RunStore
 from affectflow.core.store import SAMPLE_ID, SOURCE_ID, StageArtifact
 from affectflow.stages.ingest.stage import LABEL, TEXT
 from affectflow.stages.knowledge.caption import CAPTION
+from affectflow.stages.knowledge.knowledge import KNOWLEDGE_LABEL, KNOWLEDGE_LABEL_PROBABILITY
 from affectflow.stages.knowledge.triplets import KNOWLEDGE_TEXT, TRIPLETS
 
-KNOWLEDGE_STAGES = ("caption", "triplets")
+KNOWLEDGE_STAGES = ("caption", "triplets", "knowledge")
 DETAIL_COLUMNS = {"ingest": [SOURCE_ID, LABEL, TEXT], "caption": [CAPTION],
-                  "triplets": [TRIPLETS, KNOWLEDGE_TEXT]}
+                  "triplets": [TRIPLETS, KNOWLEDGE_TEXT],
+                  "knowledge": [KNOWLEDGE_LABEL, KNOWLEDGE_LABEL_PROBABILITY]}
 LABEL_WIDTH = 10
 VALUE_WIDTH = 400
 
@@ -38,6 +41,8 @@ class KnowledgeSample:
     caption: str | None = None
     triplets: list[dict[str, str]] | None = None
     knowledge_text: str | None = None
+    knowledge_label: str | None = None
+    knowledge_label_probability: float | None = None
 
 
 def _rows_for(artifact: StageArtifact, shard_id: int, columns: list[str],
@@ -69,6 +74,11 @@ def knowledge_samples(run: RunStore, stage: str, limit: int) -> list[KnowledgeSa
     return samples
 
 
+def format_knowledge_label(label: str, probability: float | None) -> str:
+    """'Sad (p 0.83)': the zero-shot label and its softmax probability."""
+    return label if probability is None else f"{label} (p {probability:.2f})"
+
+
 def format_triplets(triplets: list[dict[str, str]]) -> str:
     if not triplets:
         return "(none)"
@@ -84,6 +94,9 @@ def sample_lines(index: int, sample: KnowledgeSample) -> list[str]:
     if sample.triplets is not None:
         values += [("triplets", format_triplets(sample.triplets)),
                    ("knowledge", sample.knowledge_text)]
+    if sample.knowledge_label is not None:
+        values.append(("k label", format_knowledge_label(sample.knowledge_label,
+                                                         sample.knowledge_label_probability)))
     for name, value in values:
         shown = "(missing)" if value is None else printable(value, VALUE_WIDTH)
         lines.append(f"    {name + ':':<{LABEL_WIDTH}} {shown}")
@@ -110,6 +123,15 @@ def _summary_lines(stage: str, summary: dict[str, Any]) -> list[str]:
                 f"({summary['triplets_per_caption']:.2f} per caption), "
                 f"{summary['share_without_triplets']:.0%} without any",
                 f"top verbs: {verbs or '(none)'}"]
+    if stage == "knowledge" and summary.get("samples"):
+        counts = ", ".join(f"{printable(label, 30)} {count}"
+                           for label, count in summary["label_counts"].items())
+        return [f"k: {summary['representation']} {'x'.join(map(str, summary['knowledge_shape']))} "
+                f"per sample from {printable(summary['clip'], 120)}; "
+                f"{summary['share_without_triplets']:.0%} without triplets (caption in both halves)"
+                + (f", {summary['truncated']} cut at the CLIP context" if summary["truncated"] else ""),
+                f"zero-shot labels from prompts {summary['prompts']}: {counts}",
+                *summary["headline"]]
     return []
 
 

@@ -1,9 +1,10 @@
 """`affectflow export RUN partition [--partition NAME] --out FILE.parquet|csv`.
 
-Rows of one or all partitions joined with the post's source id, label, text and image path,
-for tools outside affectflow. Streams shard by shard into one writer, so memory stays flat,
-and writes atomically (a half-written export never appears under the requested name). Post text
-is untrusted: in CSV, a cell a spreadsheet would run as a formula (`=`, `+`, `-`, `@`, tab or
+Rows of one or all partitions joined with the post's source id, label, text and image path and,
+when the run has a knowledge stage, the knowledge-based zero-shot label and its probability, for
+tools outside affectflow. Streams shard by shard into one writer, so memory stays flat, and writes
+atomically (a half-written export never appears under the requested name). Post text is
+untrusted: in CSV, a cell a spreadsheet would run as a formula (`=`, `+`, `-`, `@`, tab or
 carriage return first) is written with a leading `'`, as OWASP recommends.
 """
 
@@ -23,10 +24,17 @@ from affectflow.core.runs import RunStore
 from affectflow.core.store import SAMPLE_ID, SOURCE_ID
 from affectflow.stages.ingest.stage import IMAGE_PATH, LABEL, SPLIT, TEXT
 from affectflow.stages.ingest.stage import SCHEMA as INGEST_SCHEMA
+from affectflow.stages.knowledge.knowledge import KNOWLEDGE_LABEL, KNOWLEDGE_LABEL_PROBABILITY
+from affectflow.stages.knowledge.knowledge import SCHEMA as KNOWLEDGE_SCHEMA
 from affectflow.stages.partition.stage import PARTITION, PARTITIONS, SCHEMA
 
-INGEST_COLUMNS = [INGEST_SCHEMA.field(name) for name in (SOURCE_ID, LABEL, SPLIT, TEXT, IMAGE_PATH)]
-EXPORT_SCHEMA = pa.schema([*SCHEMA, *INGEST_COLUMNS])
+JOINED_COLUMNS = {
+    "ingest": [INGEST_SCHEMA.field(name) for name in (SOURCE_ID, LABEL, SPLIT, TEXT, IMAGE_PATH)],
+    "knowledge": [KNOWLEDGE_SCHEMA.field(name)
+                  for name in (KNOWLEDGE_LABEL, KNOWLEDGE_LABEL_PROBABILITY)],
+}
+"""Columns of other stages added to each exported row by sample_id (null where absent)."""
+EXPORT_SCHEMA = pa.schema([*SCHEMA, *(field for fields in JOINED_COLUMNS.values() for field in fields)])
 FORMATS = (".parquet", ".csv")
 FORMULA_START = r"^[=+\-@\t\r]"
 
@@ -42,17 +50,27 @@ def neutralise_formulas(rows: pa.Table) -> pa.Table:
     return rows
 
 
-def _with_post_fields(rows: pa.Table, ingest: pa.Table | None) -> pa.Table:
-    """Add ingest's columns by sample_id (nulls when the ingest shard lacks a sample)."""
-    position = (pc.index_in(rows[SAMPLE_ID], value_set=ingest[SAMPLE_ID].combine_chunks())
-                if ingest is not None else None)
-    for name, dtype in ((field.name, field.type) for field in INGEST_COLUMNS):
-        if ingest is not None and name in ingest.column_names:
-            column = ingest[name].combine_chunks().take(position).cast(dtype)
+def _joined(rows: pa.Table, other: pa.Table | None, fields: list[pa.Field]) -> pa.Table:
+    """Add `fields` of `other` by sample_id (nulls when it lacks a sample or the column)."""
+    position = (pc.index_in(rows[SAMPLE_ID], value_set=other[SAMPLE_ID].combine_chunks())
+                if other is not None else None)
+    for name, dtype in ((field.name, field.type) for field in fields):
+        if other is not None and name in other.column_names:
+            column = other[name].combine_chunks().take(position).cast(dtype)
         else:
             column = pa.nulls(rows.num_rows, dtype)
         rows = rows.append_column(name, column)
     return rows
+
+
+def _shard_columns(run: RunStore, stage: str, shard_id: int, fields: list[pa.Field]) -> pa.Table | None:
+    """The wanted columns of one shard of a finished stage; None when it has no such shard."""
+    artifact = run.stage(stage)
+    path = artifact.shard_path(shard_id)
+    if not artifact.complete or not path.is_file():
+        return None
+    names = pq.read_schema(path).names
+    return read_columns(path, [SAMPLE_ID, *(field.name for field in fields if field.name in names)])
 
 
 def export_partition(run: RunStore, out: Path, partition: str | None = None) -> int:
@@ -65,7 +83,6 @@ def export_partition(run: RunStore, out: Path, partition: str | None = None) -> 
                         hint="name the output file *.parquet or *.csv")
     artifact = run.stage("partition")
     shard_ids = artifact.manifest["shard_ids"]
-    ingest = run.stage("ingest")
     written = 0
     csv = out.suffix.lower() == ".csv"
     with atomic_path(out) as tmp:
@@ -79,12 +96,9 @@ def export_partition(run: RunStore, out: Path, partition: str | None = None) -> 
                     rows = rows.filter(pc.equal(rows[PARTITION], partition))
                 if rows.num_rows == 0:
                     continue
-                post_file = ingest.shard_path(shard_id)
-                present = ingest.complete and post_file.is_file()
-                names = pq.read_schema(post_file).names if present else []
-                wanted = [SAMPLE_ID, *(f.name for f in INGEST_COLUMNS if f.name in names)]
-                posts = read_columns(post_file, wanted) if present else None
-                rows = _with_post_fields(rows, posts).cast(EXPORT_SCHEMA)
+                for stage, fields in JOINED_COLUMNS.items():
+                    rows = _joined(rows, _shard_columns(run, stage, shard_id, fields), fields)
+                rows = rows.cast(EXPORT_SCHEMA)
                 writer.write_table(neutralise_formulas(rows) if csv else rows)
                 written += rows.num_rows
     return written

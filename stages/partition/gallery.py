@@ -21,6 +21,7 @@ from PIL import Image
 from affectflow.core.atomic import write_text
 from affectflow.core.images import load_rgb
 from affectflow.core.runs import RunStore
+from affectflow.stages.knowledge.view import format_knowledge_label
 from affectflow.stages.partition.samples import PartitionSample, partition_summary, select_samples, share_rows
 from affectflow.stages.partition.stage import PARTITIONS, SCORES
 
@@ -168,6 +169,9 @@ def _card(sample: PartitionSample, order: int, thumb_px: int) -> str:
                                             for t in sample.triplets)))
     if sample.knowledge_text:
         facts.append(("knowledge", sample.knowledge_text))
+    if sample.knowledge_label is not None:
+        facts.append(("knowledge label", format_knowledge_label(
+            sample.knowledge_label, sample.knowledge_label_probability)))
     if sample.clusters:
         facts.append(("clusters", " ".join(f"{k}={v}" for k, v in sample.clusters.items())))
     origin = [value for value in (sample.source_id, sample.label) if value]

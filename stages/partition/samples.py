@@ -1,5 +1,6 @@
 """Data access for partition views: the share table and a few samples per partition, with the
-details other stages hold about them (post text, ANPs, caption, triplets, cluster ids).
+details other stages hold about them (post text, ANPs, caption, triplets, knowledge label,
+cluster ids).
 
 Samples are the ones with the smallest sample_ids in each partition. Sample ids are hashes, so
 this is a uniform random sample that is the same every time, found in one streaming pass with
@@ -23,6 +24,7 @@ from affectflow.stages.emotional import ANP_SCORES, ANPS, EMOTIONAL_SCORE
 from affectflow.stages.factual import FACTUAL_SCORE
 from affectflow.stages.ingest.stage import IMAGE_PATH, LABEL, TEXT
 from affectflow.stages.knowledge.caption import CAPTION
+from affectflow.stages.knowledge.knowledge import KNOWLEDGE_LABEL, KNOWLEDGE_LABEL_PROBABILITY
 from affectflow.stages.knowledge.triplets import KNOWLEDGE_TEXT, TRIPLETS
 from affectflow.stages.partition.stage import EMOTIONAL_NORM, FACTUAL_NORM, PARTITION, PARTITIONS
 
@@ -32,6 +34,7 @@ DETAIL_COLUMNS = {
     "emotional": [ANPS, ANP_SCORES],
     "caption": [CAPTION],
     "triplets": [TRIPLETS, KNOWLEDGE_TEXT],
+    "knowledge": [KNOWLEDGE_LABEL, KNOWLEDGE_LABEL_PROBABILITY],
 }
 CLUSTER_STAGE = "cluster"
 _SCORE_COLUMNS = [SAMPLE_ID, PARTITION, FACTUAL_SCORE, EMOTIONAL_SCORE, FACTUAL_NORM,
@@ -67,6 +70,8 @@ class PartitionSample:
     caption: str | None = None
     triplets: list[dict[str, str]] = field(default_factory=list)
     knowledge_text: str | None = None
+    knowledge_label: str | None = None
+    knowledge_label_probability: float | None = None
     clusters: dict[str, int] = field(default_factory=dict)
 
 

@@ -10,6 +10,7 @@ from typing import Any
 
 from affectflow.core.display import printable
 from affectflow.core.runs import RunStore
+from affectflow.stages.knowledge.view import format_knowledge_label
 from affectflow.stages.partition.samples import PartitionSample, partition_summary, select_samples, share_rows
 from affectflow.stages.partition.stage import SCORES
 
@@ -100,6 +101,9 @@ def sample_lines(sample: PartitionSample) -> list[str]:
         triplets = "; ".join(f"{t['subject']} / {t['verb']} / {t['object']}"
                              for t in sample.triplets)
         lines.append(f"    triplets: {printable(triplets)}")
+    if sample.knowledge_label is not None:
+        label = format_knowledge_label(sample.knowledge_label, sample.knowledge_label_probability)
+        lines.append(f"    knowledge label: {printable(label)}")
     if sample.clusters:
         lines.append("    clusters: " + " ".join(f"{k}={v}" for k, v in sample.clusters.items()))
     return lines

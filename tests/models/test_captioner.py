@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pickle
+import random
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -14,6 +15,7 @@ from PIL import Image
 
 from affectflow.models.captioner import (
     BLIP_GENERATION,
+    GENERATION_KEYS,
     KCDP_GENERATION,
     KCDP_PROMPT,
     CaptionBatch,
@@ -22,6 +24,7 @@ from affectflow.models.captioner import (
     load_captioner,
     validate_generation,
 )
+from tests.models.colour_captioners import COLOURS, colour_image, colour_of
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -225,3 +228,69 @@ def test_bad_seed_is_rejected(tmp_path: Path) -> None:
 def test_cuda_request_without_gpu_is_rejected(blip_dir: Path) -> None:
     with pytest.raises(ValueError, match="no GPU is visible"):
         load_captioner("blip", str(blip_dir), device="cuda")
+
+
+# --- trained tiny captioners: captions that depend on the image -----------------------------
+
+
+@pytest.fixture(params=["blip", "instructblip"])
+def trained(request: pytest.FixtureRequest, colour_captioners: dict[str, Path]) -> tuple[str, Path]:
+    return request.param, colour_captioners[request.param]
+
+
+def colour_batch(seed: int, repeats: int = 3) -> tuple[list[str], list[Image.Image]]:
+    rng = random.Random(seed)
+    names = [name for _ in range(repeats) for name in COLOURS]
+    rng.shuffle(names)
+    return names, [colour_image(name, rng) for name in names]
+
+
+def test_trained_captioners_name_the_colour_of_each_unseen_image(trained: tuple[str, Path]) -> None:
+    kind, folder = trained
+    names, images = colour_batch(seed=5)
+    captions = load_captioner(kind, str(folder), **FAST).caption(images)
+    assert [colour_of(caption) for caption in captions] == names, captions
+
+
+def test_batching_keeps_each_caption_with_its_image(trained: tuple[str, Path]) -> None:
+    """Uneven batches prepared on a worker thread while the previous one generates, in shuffled
+    and reversed order: every caption still names its own image's colour."""
+    kind, folder = trained
+    captioner = load_captioner(kind, str(folder), **FAST)
+    names, images = colour_batch(seed=9)
+    for order in (list(range(len(images))), list(reversed(range(len(images))))):
+        chunks = [order[:5], order[5:6], order[6:]]
+        captions: list[str] = []
+        with ThreadPoolExecutor(max_workers=1) as pool:
+            pending = [pool.submit(captioner.preprocess, [images[i] for i in chunk]) for chunk in chunks]
+            for future in pending:
+                captions += captioner.generate(future.result())
+        assert [colour_of(caption) for caption in captions] == [names[i] for i in order]
+
+
+def test_kcdp_prompt_and_generation_settings_reach_generate(colour_captioners: dict[str, Path],
+                                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    """InstructBLIP's defaults as `generate` receives them: num_beams 5, repetition_penalty 5.0,
+    max_new_tokens 50, min_new_tokens 30, and the KCDP prompt's tokens for every image."""
+    captioner = load_captioner("instructblip", str(colour_captioners["instructblip"]))
+    calls: list[dict] = []
+    original = captioner.model.generate
+
+    def recording(**kwargs: object) -> torch.Tensor:
+        calls.append(kwargs)
+        return original(**kwargs)
+
+    monkeypatch.setattr(captioner.model, "generate", recording)
+    names, images = colour_batch(seed=2, repeats=1)
+    captions = captioner.caption(images)
+    assert len(calls) == 1
+    assert {key: calls[0][key] for key in GENERATION_KEYS} == {
+        "num_beams": 5, "repetition_penalty": 5.0, "max_new_tokens": 50, "min_new_tokens": 30}
+    processor = captioner.preprocessor.processor
+    expected = processor(images=images, text=[KCDP_PROMPT] * len(images), return_tensors="pt")
+    for name in ("input_ids", "qformer_input_ids"):
+        assert torch.equal(calls[0][name], expected[name])
+    assert processor.qformer_tokenizer.decode(calls[0]["qformer_input_ids"][0],
+                                              skip_special_tokens=True) == KCDP_PROMPT.lower()
+    assert [colour_of(caption) for caption in captions] == names
+    assert all(len(processor.tokenizer(caption)["input_ids"]) >= 30 for caption in captions)

@@ -18,10 +18,19 @@ from affectflow.core.images import load_rgb
 from affectflow.core.runner import StageJob, run_stage
 from affectflow.core.runs import RunStore
 from affectflow.demo.scenes import COLOURS, EMOTION_PALETTES, OBJECTS, draw_scene
-from affectflow.models.captioner import KCDP_PROMPT, build_tiny_blip, build_tiny_instructblip, load_captioner
+from affectflow.models.captioner import (
+    GENERATION_KEYS,
+    KCDP_GENERATION,
+    KCDP_PROMPT,
+    build_tiny_blip,
+    build_tiny_instructblip,
+    load_captioner,
+)
 from affectflow.stages.ingest.stage import IngestParams, IngestStage
 from affectflow.stages.knowledge.caption import SCHEMA, CaptionParams, CaptionStage
 from tests.conftest import write_tumemo
+from tests.models.colour_captioners import COLOURS as CAPTION_COLOURS
+from tests.models.colour_captioners import colour_image, colour_of
 
 FAST = {"num_beams": 2, "max_new_tokens": 8, "min_new_tokens": 2}
 
@@ -168,3 +177,61 @@ def test_bad_params_fail_with_a_message_naming_the_fix(params: dict[str, Any], m
 def test_a_folder_of_the_other_kind_is_refused(blip_dir: Path) -> None:
     with pytest.raises(ValidationError, match="holds a 'blip' model but kind is 'instructblip'"):
         CaptionParams(kind="instructblip", model=str(blip_dir))
+
+
+def colour_posts(root: Path, count: int = 22) -> tuple[RunStore, dict[str, str]]:
+    """Ingested posts whose pictures are each one colour (source id -> colour), in shards of 8."""
+    rng = random.Random(4)
+    colours = {str(200 + index): rng.choice(sorted(CAPTION_COLOURS)) for index in range(count)}
+    data = write_tumemo(root / "posts", {post_id: ("Happy", "post") for post_id in colours})
+    for post_id, colour in colours.items():
+        image = colour_image(colour, rng)
+        image.resize((48, 48)).save(data / f"{post_id}.jpg", quality=95)
+    return ingested(root, data), colours
+
+
+def captions_by_source(store: RunStore) -> dict[str, str]:
+    posts = store.stage("ingest").read_all(columns=["sample_id", "source_id"]).to_pylist()
+    source_of = {row["sample_id"]: row["source_id"] for row in posts}
+    return {source_of[row["sample_id"]]: row["caption"]
+            for row in store.stage("caption").read_all(columns=["sample_id", "caption"]).to_pylist()}
+
+
+@pytest.mark.parametrize("kind", ["blip", "instructblip"])
+def test_each_post_gets_the_caption_of_its_own_picture(kind: str, colour_captioners: dict[str, Path],
+                                                       tmp_path: Path) -> None:
+    """Captions that name the picture's colour: a mix-up between prefetch threads, batches of 3
+    and shards of 8 would put a wrong colour on some post."""
+    store, colours = colour_posts(tmp_path)
+    caption(store, kind=kind, model=str(colour_captioners[kind]), batch_size=3, **FAST)
+    found = {source: colour_of(text) for source, text in captions_by_source(store).items()}
+    assert found == colours
+
+
+def test_the_stage_gives_generate_the_kcdp_prompt_and_settings(colour_captioners: dict[str, Path],
+                                                               tmp_path: Path,
+                                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    """A default InstructBLIP caption stage: every `generate` call gets KCDP's settings and, for
+    every image of the batch, the tokens the processor makes of the KCDP prompt."""
+    from transformers import InstructBlipForConditionalGeneration
+
+    calls: list[dict[str, Any]] = []
+    original = InstructBlipForConditionalGeneration.generate
+
+    def recording(self: Any, **kwargs: Any) -> torch.Tensor:
+        calls.append(kwargs)
+        return original(self, **kwargs)
+
+    monkeypatch.setattr(InstructBlipForConditionalGeneration, "generate", recording)
+    store, colours = colour_posts(tmp_path, count=10)
+    folder = colour_captioners["instructblip"]
+    manifest = caption(store, kind="instructblip", model=str(folder), batch_size=4)
+    assert len(calls) == 3 and manifest["rows_out"] == 10
+    processor = load_captioner("instructblip", str(folder)).preprocessor.processor
+    prompt = processor(images=[colour_image("red", random.Random(0))], text=[KCDP_PROMPT],
+                       return_tensors="pt")
+    for call in calls:
+        assert {key: call[key] for key in GENERATION_KEYS} == KCDP_GENERATION
+        for name in ("input_ids", "qformer_input_ids"):
+            assert (call[name] == prompt[name]).all()
+    assert {source: colour_of(text) for source, text in captions_by_source(store).items()} == colours
