@@ -102,3 +102,15 @@ def test_webemo_style_set_labels_moods_of_the_tree_with_train_and_test_only(demo
     assert set(rows["split"]) == {"train", "test"}
     counts = rows.groupby(["label", "split"]).size()
     assert all(counts[(mood, "train")] == 7 and counts[(mood, "test")] == 1 for mood in moods)
+
+
+def test_demo_config_prompts_each_label_with_the_moods_its_captions_use() -> None:
+    """The demo CLIP knows the mood adjectives of the demo captions, not the emotion names, so
+    configs/demo.yaml's knowledge prompts use them; this keeps the two from drifting apart."""
+    import yaml
+
+    from affectflow.demo.scenes import EMOTION_MOODS
+
+    config = yaml.safe_load((Path(__file__).resolve().parents[2] / "configs" / "demo.yaml").read_text())
+    assert config["knowledge"]["label_words"] == {emotion: " and ".join(moods)
+                                                  for emotion, moods in EMOTION_MOODS.items()}

@@ -78,6 +78,9 @@ def run(tmp_path_factory: pytest.TempPathFactory) -> RunStore:
         s: pa.table({"sample_id": ids[s * SHARD:(s + 1) * SHARD],
                      "triplets": triplets[s * SHARD:(s + 1) * SHARD],
                      "knowledge_text": ["a person walks in a park"] * SHARD}) for s in range(3)})
+    write_artifact(store, "knowledge", shards({
+        "sample_id": ids, "knowledge_label": ["<i>Sad</i>"] + ["Happy"] * 11,
+        "knowledge_label_probability": pa.array([0.83] * 12, pa.float32())}))
     write_artifact(store, "cluster", shards({
         "sample_id": ids, "factual_k2": pa.array([i % 2 for i in range(12)], pa.int32()),
         "emotional_k2": pa.array([1] * 12, pa.int32())}), params={"ks": [2]})
@@ -140,6 +143,7 @@ def test_text_report_shows_shares_samples_and_details(run: RunStore) -> None:
     assert "caption: </dd></dl><script>alert(1)</script> a car" in report
     assert "triplets: <svg onload=alert(1)> / walks / park" in report
     assert "clusters: factual_k2=0 emotional_k2=1" in report
+    assert "knowledge label: <i>Sad</i> (p 0.83)" in report
     assert "source src0, label Happy" in report
     assert "\x1b" not in report and "\\x1b[31mred alert" in report
 
@@ -152,7 +156,8 @@ def test_gallery_escapes_every_untrusted_value(run: RunStore) -> None:
     page = render_gallery(run, per_partition=3)
     tags = parse(page)
     assert len(tags.find("script")) == 1
-    assert not tags.find("svg") and not tags.find("b")
+    assert not tags.find("svg") and not tags.find("b") and not tags.find("i")
+    assert "<dt>knowledge label</dt><dd>&lt;i&gt;Sad&lt;/i&gt; (p 0.83)</dd>" in page
     assert all(not name.startswith("on") for _, attrs in tags.tags for name in attrs)
     images = tags.find("img")
     assert images and all((attrs["src"] or "").startswith("data:image/") for attrs in images)
@@ -220,6 +225,8 @@ def test_export_one_partition_with_post_fields(run: RunStore, tmp_path: Path, su
     assert frame["text"].iloc[0] == SCRIPT_POST
     assert frame["source_id"].tolist() == ["src0", "src1", "src2"]
     assert frame["image_path"].iloc[0].endswith("0.jpg")
+    assert frame["knowledge_label"].tolist() == ["<i>Sad</i>", "Happy", "Happy"]
+    assert frame["knowledge_label_probability"].tolist() == pytest.approx([0.83] * 3)
 
 
 def test_export_all_partitions_and_bad_requests(run: RunStore, tmp_path: Path) -> None:
@@ -243,7 +250,8 @@ def test_views_work_without_optional_stages(tmp_path: Path) -> None:
     assert "text:" not in partition_report(store, samples=3)
     assert parse(render_gallery(store)).find("article")
     assert export_partition(store, tmp_path / "all.csv") == 4
-    assert pd.read_csv(tmp_path / "all.csv")["text"].isna().all()
+    exported = pd.read_csv(tmp_path / "all.csv")
+    assert exported["text"].isna().all() and exported["knowledge_label"].isna().all()
 
 
 def test_publishing_outside_a_flow_is_a_logged_no_op(run: RunStore,

@@ -262,3 +262,22 @@ def test_token_outputs_need_an_open_clip_text_transformer() -> None:
                         device=torch.device("cpu"))
     with pytest.raises(ValueError, match="use representation: pooled"):
         encode_text_tokens(bundle, ["a"])
+
+
+def test_knowledge_view_shows_the_labels_and_their_accuracy(run: RunStore, clip_dir: Path,
+                                                            ground_truth: Path) -> None:
+    from affectflow.stages.knowledge.view import knowledge_report, knowledge_samples
+
+    knowledge(run, clip_dir, ground_truth=str(ground_truth))
+    report = knowledge_report(run, "knowledge", samples=7)
+    assert "knowledge of run run: 6 in = 5 out + 1 rejected (empty_caption: 1)" in report
+    assert "k: pooled 96 per sample from " in report and "20% without triplets" in report
+    assert "'A joyful photo of'" in report
+    assert "zero-shot knowledge labels vs planted image emotion: accuracy" in report
+    samples = {sample.source_id: sample for sample in knowledge_samples(run, "knowledge", 7)}
+    labelled = rows_by_source(run)["4"]
+    assert samples["4"].knowledge_label == labelled["knowledge_label"]
+    assert f"k label:   {labelled['knowledge_label']} (p " in report
+    assert "empty_caption: the captioner wrote no words" in report
+    # The caption view shows the label too, once the knowledge stage has run.
+    assert "k label:" in knowledge_report(run, "caption", samples=2)
