@@ -7,10 +7,13 @@ cosines survive), one row per sample, so a side table is plain Parquet any tool 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
+
+from affectflow.core.store import SAMPLE_ID
 
 
 def vector_column(vectors: np.ndarray, dtype: type[np.floating] = np.float16,
@@ -35,6 +38,11 @@ def column_vectors(column: pa.ChunkedArray | pa.Array) -> np.ndarray:
         shape.append(array.type.list_size)
         array = array.flatten()
     return array.to_numpy(zero_copy_only=False).astype(np.float32).reshape(-1, *shape)
+
+
+def keyed_column(table: pa.Table, column: str, key: str = SAMPLE_ID) -> dict[Any, Any]:
+    """`key` -> `column` of a table (e.g. one shard's captions by sample_id)."""
+    return dict(zip(table[key].to_pylist(), table[column].to_pylist()))
 
 
 def read_columns(path: Path, columns: list[str]) -> pa.Table:

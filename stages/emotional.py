@@ -26,7 +26,7 @@ import pyarrow as pa
 import torch
 from pydantic import Field, field_validator, model_validator
 
-from affectflow.core.columns import column_vectors
+from affectflow.core.columns import column_vectors, keyed_column
 from affectflow.core.errors import UserError
 from affectflow.core.hashing import hash_file
 from affectflow.core.stage import ShardOutput, Stage, StageContext, TableRef
@@ -37,7 +37,7 @@ from affectflow.models.specs import models_fingerprint
 from affectflow.models.text_encoder import TextEncoder
 from affectflow.stages.batching import prefetched_image_batches
 from affectflow.stages.factual import EMBEDDINGS, IMAGE_EMBEDDING
-from affectflow.stages.ground_truth import MATCH_COLUMNS, read_ground_truth, truth_flag
+from affectflow.stages.ground_truth import match_truth
 from affectflow.stages.ingest.stage import IMAGE_PATH, TEXT, TEXT_RAW
 from affectflow.stages.knowledge.caption import CAPTION
 from affectflow.stages.metrics import draw_roc_curves, roc_auc
@@ -200,8 +200,7 @@ class EmotionalStage(Stage[EmotionalParams]):
         """sample_id -> caption of this shard, when an image text needs captions."""
         if not ctx.params.reads_captions:
             return {}
-        table = ctx.input("caption").read_shard(shard_id, columns=[SAMPLE_ID, CAPTION])
-        return dict(zip(table[SAMPLE_ID].to_pylist(), table[CAPTION].to_pylist()))
+        return keyed_column(ctx.input("caption").read_shard(shard_id, [SAMPLE_ID, CAPTION]), CAPTION)
 
     def process(self, ctx: StageContext[EmotionalParams], state: EmotionalState,
                 shard_id: int) -> ShardOutput:
@@ -281,10 +280,8 @@ class EmotionalStage(Stage[EmotionalParams]):
         assert params.ground_truth is not None
         posts = ctx.input("ingest").read_all(columns=[SAMPLE_ID, SOURCE_ID])
         source_of = dict(zip(posts[SAMPLE_ID].to_pylist(), posts[SOURCE_ID].to_pylist()))
-        column = MATCH_COLUMNS[1]
-        planted = read_ground_truth(params.ground_truth, (column,))
-        matched = {source: truth_flag(row[column], column, source, params.ground_truth)
-                   for source, row in planted.items()}
+        matched = {source: emotional for source, (_, emotional) in
+                   match_truth(params.ground_truth).items()}
         scored = (artifact.read_all(table=IMAGE_TEXT_SCORES).to_pylist() if params.compare_image_texts
                   else [{SAMPLE_ID: sample_id, IMAGE_TEXT_KIND: params.image_text, EMOTIONAL_SCORE: score}
                         for sample_id, score in zip(table[SAMPLE_ID].to_pylist(),

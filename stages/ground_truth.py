@@ -1,5 +1,6 @@
 """Planted ground truth (e.g. the demo's `ground_truth.csv`), read one way by every stage that
-checks its output against it (partition: planted mismatches; cluster: planted emotions).
+checks its output against it (partition and emotional: planted mismatches; cluster and knowledge:
+planted emotions).
 
 The CSV has a header; rows are keyed by the post's `source_id`. It is a small evaluation file
 (one row per labelled post), so it is held in memory.
@@ -39,3 +40,11 @@ def truth_flag(value: str, column: str, source_id: str, path: Path) -> bool:
     except KeyError:
         raise UserError(f"{path}: {column} of {source_id!r} must be true/false, got {value!r}",
                         hint="write True/False, 1/0 or yes/no") from None
+
+
+def match_truth(path: Path) -> dict[str, tuple[bool, bool]]:
+    """source_id -> (factual_match, emotional_match), the planted mismatches of a ground truth."""
+    factual, emotional = MATCH_COLUMNS
+    return {source_id: (truth_flag(row[factual], factual, source_id, path),
+                        truth_flag(row[emotional], emotional, source_id, path))
+            for source_id, row in read_ground_truth(path, MATCH_COLUMNS).items()}

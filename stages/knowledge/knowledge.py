@@ -24,7 +24,7 @@ import pyarrow.compute as pc
 import torch
 from pydantic import Field, field_validator, model_validator
 
-from affectflow.core.columns import vector_column
+from affectflow.core.columns import keyed_column, vector_column
 from affectflow.core.errors import UserError
 from affectflow.core.stage import ShardOutput, Stage, StageContext, StageParams, TableRef
 from affectflow.core.store import MAIN_TABLE, SAMPLE_ID, SOURCE_ID, StageArtifact, make_rejects
@@ -186,10 +186,9 @@ class KnowledgeStage(Stage[KnowledgeParams]):
                 shard_id: int) -> ShardOutput:
         params = ctx.params
         rows = ctx.input("triplets").read_shard(shard_id, columns=[SAMPLE_ID, TRIPLETS])
-        captions = dict(zip(*ctx.input("caption").read_shard(
-            shard_id, columns=[SAMPLE_ID, CAPTION]).to_pydict().values()))
-        sources = dict(zip(*ctx.input("ingest").read_shard(
-            shard_id, columns=[SAMPLE_ID, SOURCE_ID]).to_pydict().values()))
+        captions = keyed_column(ctx.input("caption").read_shard(shard_id, [SAMPLE_ID, CAPTION]), CAPTION)
+        sources = keyed_column(ctx.input("ingest").read_shard(shard_id, [SAMPLE_ID, SOURCE_ID]),
+                               SOURCE_ID)
         kept: list[tuple[str, str, list[dict[str, str]]]] = []
         rejects = []
         for sample_id, triplets in zip(rows[SAMPLE_ID].to_pylist(), rows[TRIPLETS].to_pylist()):

@@ -24,12 +24,12 @@ from affectflow.core.stage import ShardOutput, Stage, StageContext, StageParams,
 from affectflow.core.store import MAIN_TABLE, SAMPLE_ID, SOURCE_ID, StageArtifact
 from affectflow.stages.emotional import EMOTIONAL_SCORE
 from affectflow.stages.factual import FACTUAL_SCORE
-from affectflow.stages.ground_truth import MATCH_COLUMNS, read_ground_truth
+from affectflow.stages.ground_truth import match_truth
 from affectflow.stages.param_types import GroundTruthCsv
 from affectflow.stages.partition.align import AlignedShard, align_scores, read_scores
 from affectflow.stages.partition.figures import ScoreHistograms, draw_density, draw_histogram
 from affectflow.stages.partition.stats import Mode, ScoreScale, ScoreStatistics, load_scales, save_scales
-from affectflow.stages.partition.truth import TruthCheck, match_truth
+from affectflow.stages.partition.truth import TruthCheck
 
 PARTITIONS = ("strong", "partial_emotional", "partial_factual", "weak")
 # Reported by the PACL paper on TumEmo at sigma 0.7; "partial" is both partial kinds together.
@@ -170,8 +170,7 @@ class PartitionStage(Stage[PartitionParams]):
         output = StageArtifact(ctx.output_dir)
         histograms = ScoreHistograms.for_scales(scales["factual"], scales["emotional"])
         counts = dict.fromkeys(PARTITIONS, 0)
-        truth = (TruthCheck(match_truth(read_ground_truth(params.ground_truth, MATCH_COLUMNS),
-                                        params.ground_truth)) if params.ground_truth else None)
+        truth = TruthCheck(match_truth(params.ground_truth)) if params.ground_truth else None
         for shard_id in output.shard_ids():
             table = read_columns(output.shard_path(shard_id), _SUMMARY_COLUMNS)
             histograms.add(table[FACTUAL_SCORE].to_numpy(), table[EMOTIONAL_SCORE].to_numpy())

@@ -9,20 +9,9 @@ it lands in `partial_factual` or `weak`.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import numpy as np
-
-from affectflow.stages.ground_truth import MATCH_COLUMNS, truth_flag
-
-
-def match_truth(rows: dict[str, dict[str, str]], path: Path) -> dict[str, tuple[bool, bool]]:
-    """source_id -> (factual_match, emotional_match) from the ground-truth rows."""
-    factual, emotional = MATCH_COLUMNS
-    return {source_id: (truth_flag(row[factual], factual, source_id, path),
-                        truth_flag(row[emotional], emotional, source_id, path))
-            for source_id, row in rows.items()}
 
 
 @dataclass
