@@ -253,11 +253,15 @@ class EmotionalStage(Stage[EmotionalParams]):
     @staticmethod
     def _scores(state: EmotionalState, image_texts: list[str | None], post_features: np.ndarray,
                 batch_size: int) -> np.ndarray:
-        """cos(B(image text), B(post)) per row; NaN where the row has no such image text."""
+        """cos(B(image text), B(post)) per row; NaN where the row has no such image text. Each
+        distinct text is encoded once (images share ANP triples and captions often)."""
         present = [j for j, text in enumerate(image_texts) if text is not None]
-        features = state.text_encoder.encode([image_texts[j] for j in present], batch_size).numpy()
+        distinct = list(dict.fromkeys(image_texts[j] for j in present))
+        position = {text: index for index, text in enumerate(distinct)}
+        features = state.text_encoder.encode(distinct, batch_size).numpy()
+        rows = features[np.array([position[image_texts[j]] for j in present], dtype=np.int64)]
         scores = np.full(len(image_texts), np.nan, np.float32)
-        scores[present] = (features * post_features[present]).sum(axis=1)
+        scores[present] = (rows * post_features[present]).sum(axis=1)
         return scores
 
     def finalize(self, ctx: StageContext[EmotionalParams]) -> dict[str, Any]:

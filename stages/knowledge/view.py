@@ -128,7 +128,7 @@ def _summary_lines(stage: str, summary: dict[str, Any]) -> list[str]:
                            for label, count in summary["label_counts"].items())
         return [f"k: {summary['representation']} {'x'.join(map(str, summary['knowledge_shape']))} "
                 f"per sample from {printable(summary['clip'], 120)}; "
-                f"{summary['share_without_triplets']:.0%} without triplets (caption in both halves)"
+                f"{summary['share_without_triplets']:.1%} without triplets (caption in both halves)"
                 + (f", {summary['truncated']} cut at the CLIP context" if summary["truncated"] else ""),
                 f"zero-shot labels from prompts {summary['prompts']}: {counts}",
                 *summary["headline"]]

@@ -271,7 +271,7 @@ def test_knowledge_view_shows_the_labels_and_their_accuracy(run: RunStore, clip_
     knowledge(run, clip_dir, ground_truth=str(ground_truth))
     report = knowledge_report(run, "knowledge", samples=7)
     assert "knowledge of run run: 6 in = 5 out + 1 rejected (empty_caption: 1)" in report
-    assert "k: pooled 96 per sample from " in report and "20% without triplets" in report
+    assert "k: pooled 96 per sample from " in report and "20.0% without triplets" in report
     assert "'A joyful photo of'" in report
     assert "zero-shot knowledge labels vs planted image emotion: accuracy" in report
     samples = {sample.source_id: sample for sample in knowledge_samples(run, "knowledge", 7)}
