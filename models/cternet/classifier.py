@@ -65,7 +65,11 @@ def load_classifier(folder: Path, device: torch.device | str | None = None) -> T
                                 "run the cternet_train stage first")
     record = json.loads(config_file.read_text(encoding="utf-8"))
     values = {**record["cternet"], "pretrained": False, "backbone_checkpoint": None}
-    config = CTERNetConfig.from_mapping(values)
+    try:
+        config = CTERNetConfig.from_mapping(values, complete=True)
+    except ValueError as error:
+        raise ValueError(f"{config_file}: {error}; it was written by another affectflow version, "
+                         "rerun the cternet_train stage") from None
     model = build_cternet(config, device=device)
     model.load_state_dict(load_torch(folder / MODEL_FILE))
     model.eval()
@@ -73,7 +77,7 @@ def load_classifier(folder: Path, device: torch.device | str | None = None) -> T
 
 
 def sentiment_maps(classifier: TrainedClassifier, crops: Sequence[Image.Image]) -> np.ndarray:
-    """Sentiment maps (N, S, S) in [0, 1] for centre crops of the model's input size S
+    """Sentiment maps (N, S, S) in [0, 1] for the evaluation crops of the model's input size S
     (`eval_geometry`), so each map lies exactly over its crop.
 
     The map is the factual S, bilinearly upsampled from the feature grid and min-max scaled per

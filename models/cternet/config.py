@@ -12,8 +12,19 @@ import timm
 
 Counterfactual = Literal["random", "uniform", "reversed", "shuffled"]
 Mode = Literal["vanilla", "smad_f", "full"]
+# Each choice below: the paper's reading first (the default), then the named variants; the
+# deviations table in docs/cternet.md says where each comes from.
+SentimentMap = Literal["raw_sum", "raw_mean", "softmax_mean"]
+Head = Literal["features", "attended"]
+Branches = Literal["psa", "conv_bn_relu"]
+ChannelAttentionKind = Literal["paper", "danet"]
+Precision = Literal["fp32", "bf16"]
+EvalCrop = Literal["shorter_side", "imagenet"]
 COUNTERFACTUAL_STRATEGIES: tuple[str, ...] = get_args(Counterfactual)
 MODES: tuple[str, ...] = get_args(Mode)
+# PSA multi-scale branches: kernel size and convolution groups of each branch (EPSANet's design).
+PSA_KERNELS = (3, 5, 7, 9)
+PSA_GROUPS = (1, 4, 8, 16)
 
 
 @dataclass(frozen=True)
@@ -27,6 +38,18 @@ class CTERNetConfig:
     because without a counterfactual the effect reduces to the factual prediction P.
     `backbone_checkpoint` (a state dict of the same timm architecture, e.g. from PACL) takes
     precedence over `pretrained` hub weights.
+
+    Paper readings and their variants (docs/cternet.md, deviations table):
+    `sentiment_map` S from class maps M_c and detection scores v_c: `raw_sum` S = sum_c v_c M_c
+    (Eq. 4), `raw_mean` the same divided by the class count (public code), `softmax_mean`
+    mean_c softmax(v)_c M_c (affectflow before). `head` is the classifier input: `features`
+    concat(S, X) with X the backbone map (Eq. 5), `attended` concat(S, S * reduce(X)) (Fig. 2's
+    "concatenate & multiplication", public code). `branches`: `psa` bias-free convolutions with
+    kernels 3/5/7/9 and groups 1/4/8/16 (PSA), `conv_bn_relu` ungrouped conv + BN + ReLU.
+    `channel_attention`: `paper` softmax(X X^T) (Eq. 2), `danet` softmax(max(E) - E).
+    `precision`: autocast dtype of the forward pass on any device. `eval_crop`: evaluation
+    pixels, `shorter_side` (resize the shorter side to input_size, centre crop; public code)
+    or `imagenet` (resize to input_size / 0.875, centre crop).
     """
 
     backbone: str = "res2net101d"
@@ -41,6 +64,12 @@ class CTERNetConfig:
     input_size: int = 448
     attention_channels: int = 32
     branch_channels: int = 16
+    sentiment_map: SentimentMap = "raw_sum"
+    head: Head = "features"
+    branches: Branches = "psa"
+    channel_attention: ChannelAttentionKind = "paper"
+    precision: Precision = "fp32"
+    eval_crop: EvalCrop = "shorter_side"
 
     def __post_init__(self) -> None:
         if not isinstance(self.backbone, str) or not timm.is_model(self.backbone):
@@ -62,6 +91,16 @@ class CTERNetConfig:
         _require_int("branch_channels", self.branch_channels, minimum=1)
         _require_choice("counterfactual", self.counterfactual, COUNTERFACTUAL_STRATEGIES)
         _require_choice("mode", self.mode, MODES)
+        for name, kind in (("sentiment_map", SentimentMap), ("head", Head), ("branches", Branches),
+                           ("channel_attention", ChannelAttentionKind), ("precision", Precision),
+                           ("eval_crop", EvalCrop)):
+            _require_choice(name, getattr(self, name), get_args(kind))
+        if self.branches == "psa" and self.branch_channels % max(PSA_GROUPS):
+            raise ValueError(
+                f"branch_channels: {self.branch_channels} is not divisible by the PSA branches' "
+                f"convolution groups {PSA_GROUPS}; use a multiple of {max(PSA_GROUPS)} "
+                "(e.g. 16) or branches: conv_bn_relu"
+            )
         _require_weight("detection_weight", self.detection_weight)
         _require_weight("effect_weight", self.effect_weight)
         if self.mode == "vanilla" and self.effect_weight == 0:
@@ -72,14 +111,19 @@ class CTERNetConfig:
             raise ValueError("detection_weight, effect_weight: at least one must be > 0")
 
     @classmethod
-    def from_mapping(cls, values: Mapping[str, Any]) -> CTERNetConfig:
-        """Build from a parsed YAML section; unknown keys fail instead of being ignored."""
+    def from_mapping(cls, values: Mapping[str, Any], complete: bool = False) -> CTERNetConfig:
+        """Build from a parsed mapping; unknown keys fail instead of being ignored. With
+        `complete`, every key must be present (a saved model: a default filled in for a key it
+        lacks could silently build another architecture than the one that was trained)."""
         known = {f.name for f in fields(cls)}
         unknown = sorted(set(values) - known)
         if unknown:
             raise ValueError(
                 f"{', '.join(unknown)}: unknown CTERNet config key(s); valid keys are {sorted(known)}"
             )
+        missing = sorted(known - set(values)) if complete else []
+        if missing:
+            raise ValueError(f"{', '.join(missing)}: missing from the saved CTERNet config")
         return cls(**values)
 
 

@@ -19,10 +19,11 @@ from torch.utils.data import Dataset
 from torchvision import transforms as T
 
 from affectflow.core.images import load_rgb
+from affectflow.models.cternet.config import CTERNetConfig
 
-# Evaluation resizes the shorter side to input_size / 0.875 and takes the centre crop (the
-# ImageNet convention, 256 -> 224), so train and test see objects at similar scales.
-EVAL_CROP_FRACTION = 0.875
+# `eval_crop: imagenet` resizes the shorter side to input_size / 0.875 before the centre crop
+# (the ImageNet convention, 256 -> 224); `shorter_side` resizes it to input_size itself.
+IMAGENET_CROP_FRACTION = 0.875
 
 ImageTransform = Callable[[Image.Image], Tensor]
 
@@ -53,9 +54,16 @@ def train_transform(input_size: int, crop_scale: tuple[float, float]) -> ImageTr
                       T.ToTensor(), normalize()])
 
 
-def eval_geometry(input_size: int) -> Callable[[Image.Image], Image.Image]:
-    """Resize + centre crop, without tensor conversion: what heat-map overlays are drawn on."""
-    return T.Compose([T.Resize(round(input_size / EVAL_CROP_FRACTION)), T.CenterCrop(input_size)])
+def eval_geometry(config: CTERNetConfig) -> Callable[[Image.Image], Image.Image]:
+    """The model's `eval_crop` (resize + centre crop to `input_size`), without tensor
+    conversion: what heat-map overlays are drawn on.
+
+    `shorter_side` (public code) keeps the whole shorter side, so the crop is the image's
+    central square; `imagenet` drops the outer 12.5 % of it as ImageNet evaluation does.
+    """
+    size = config.input_size
+    side = size if config.eval_crop == "shorter_side" else round(size / IMAGENET_CROP_FRACTION)
+    return T.Compose([T.Resize(side), T.CenterCrop(size)])
 
 
 def to_model_pixels(image: Image.Image) -> Tensor:
@@ -63,9 +71,9 @@ def to_model_pixels(image: Image.Image) -> Tensor:
     return normalize()(T.functional.to_tensor(image))
 
 
-def eval_transform(input_size: int) -> ImageTransform:
+def eval_transform(config: CTERNetConfig) -> ImageTransform:
     """Deterministic evaluation pixels: resize, centre crop, normalisation."""
-    return T.Compose([eval_geometry(input_size), to_model_pixels])
+    return T.Compose([eval_geometry(config), to_model_pixels])
 
 
 def sample_seed(seed: int, epoch: int, index: int) -> int:

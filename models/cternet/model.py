@@ -4,11 +4,17 @@ Data flow (`full` mode) on the backbone map X (B, Cb, H, W):
 
     A   = SMAD-F(X)                          learned attention maps (B, M, H, W)
     det, S = class-wise pooling(A)           detection logits, sentiment map (B, 1, H, W)
-    P   = FC(GAP(concat(S, S * reduce(X))))  factual prediction; S * reduce(X) is the attended feature
+    P   = FC(GAP(concat(S, X)))              factual prediction (Eq. 5; head `features`), or
+          FC(GAP(concat(S, S * reduce(X))))  with S * reduce(X) the attended feature (`attended`)
     A*  = SMAD-C(A)                          counterfactual attention, detached
     P*  = the same pooling and FC with A*    counterfactual prediction Y(S = s*)
     Y_TE = P - P*                            total effect (paper's sign: factual - counterfactual)
     loss = detection_weight * CE(det, y) + effect_weight * CE(Y_TE, y)
+
+With the `features` head the FC is linear after GAP, so X's part of P and P* is the same and
+cancels: Y_TE = w_S * (GAP(S) - GAP(S*)), one column of the FC times a scalar per image. The
+`full` prediction then names argmax(w_S) or argmin(w_S) only, and no gradient reaches the FC's X
+columns. That is Eq. 5 as written; the `attended` head (Fig. 2, public code) keeps X in Y_TE.
 
 The prediction is Y_TE in `full` mode, at training and at inference: the loss only ever
 supervises P through Y_TE, so P alone is not a calibrated classifier there, while Y_TE is the
@@ -57,16 +63,21 @@ class CTERNetHead(nn.Module):
         if config.mode == "vanilla":
             self.classifier = nn.Linear(in_channels, config.num_classes)
             return
+        self.factual_attention = FactualAttention(
+            in_channels, config.branch_channels, config.attention_channels, config.branches,
+            config.channel_attention,
+        )
+        self.pooling = ClassWisePooling(config.attention_channels, config.num_classes,
+                                        config.k_maps, config.sentiment_map)
+        if config.head == "features":
+            self.classifier = nn.Linear(1 + in_channels, config.num_classes)
+            return
         self.reduce = nn.Sequential(
             nn.Conv2d(in_channels, config.attention_channels, kernel_size=1, bias=False),
             nn.BatchNorm2d(config.attention_channels),
             nn.ReLU(inplace=True),
         )
-        self.factual_attention = FactualAttention(
-            in_channels, config.branch_channels, config.attention_channels
-        )
-        self.pooling = ClassWisePooling(config.attention_channels, config.num_classes, config.k_maps)
-        self.classifier = nn.Linear(config.attention_channels + 1, config.num_classes)
+        self.classifier = nn.Linear(1 + config.attention_channels, config.num_classes)
 
     def forward(self, features: Tensor, labels: Tensor | None = None) -> CTERNetOutput:
         if self.config.mode == "vanilla":
@@ -79,10 +90,10 @@ class CTERNetHead(nn.Module):
         return output
 
     def _attend(self, features: Tensor) -> CTERNetOutput:
-        reduced = self.reduce(features)
+        attended = self.reduce(features) if self.config.head == "attended" else features
         attention = self.factual_attention(features)
         detection_logits, sentiment_map = self.pooling(attention)
-        factual = self._classify(sentiment_map, reduced)
+        factual = self._classify(sentiment_map, attended)
         output = CTERNetOutput(
             logits=factual,
             factual_logits=factual,
@@ -93,14 +104,15 @@ class CTERNetHead(nn.Module):
         if self.config.mode == "full":
             intervened = counterfactual_attention(attention, self.config.counterfactual, self.training)
             _, counterfactual_map = self.pooling(intervened)
-            output.counterfactual_logits = self._classify(counterfactual_map, reduced)
+            output.counterfactual_logits = self._classify(counterfactual_map, attended)
             output.logits = factual - output.counterfactual_logits
         return output
 
-    def _classify(self, sentiment_map: Tensor, reduced: Tensor) -> Tensor:
-        """The classifier shared by the factual and counterfactual paths: FC(GAP(concat(S, S * X)))."""
-        attended = sentiment_map * reduced
-        return self.classifier(torch.cat([sentiment_map, attended], dim=1).mean(dim=(2, 3)))
+    def _classify(self, sentiment_map: Tensor, features: Tensor) -> Tensor:
+        """The classifier shared by the factual and counterfactual paths: FC(GAP(concat(S, X)))
+        for the `features` head, FC(GAP(concat(S, S * R))) with R = reduce(X) for `attended`."""
+        second = features if self.config.head == "features" else sentiment_map * features
+        return self.classifier(torch.cat([sentiment_map, second], dim=1).mean(dim=(2, 3)))
 
     def loss(self, output: CTERNetOutput, labels: Tensor) -> Tensor:
         """detection_weight * CE(det, y) + effect_weight * CE(prediction, y), in float32."""
@@ -112,7 +124,9 @@ class CTERNetHead(nn.Module):
 
 
 class CTERNet(nn.Module):
-    """Backbone + CTERNet head; bf16 autocast is switched on by itself when the input is on a GPU."""
+    """Backbone + CTERNet head; `precision: bf16` runs the forward pass under bf16 autocast on
+    whatever device the input is on (channel attention and the loss stay float32), `fp32` runs
+    it in float32 even inside a caller's autocast (e.g. `inference_context` on CUDA)."""
 
     def __init__(self, backbone: TimmBackbone, config: CTERNetConfig) -> None:
         super().__init__()
@@ -128,8 +142,8 @@ class CTERNet(nn.Module):
                 f"input_size: the model is configured for {expected[0]}x{expected[1]} images, "
                 f"got a tensor of shape {tuple(images.shape)}; resize the images or change input_size"
             )
-        on_gpu = images.device.type == "cuda"
-        with torch.autocast(device_type=images.device.type, dtype=torch.bfloat16, enabled=on_gpu):
+        bf16 = self.config.precision == "bf16"
+        with torch.autocast(device_type=images.device.type, dtype=torch.bfloat16, enabled=bf16):
             output = self.head(self.backbone(images))
         if labels is not None:
             output.loss = self.head.loss(output, labels)

@@ -144,10 +144,10 @@ def _train_loader(train: LabelledImages, recipe: TrainingRecipe, input_size: int
                       generator=_loader_generator(recipe))
 
 
-def _val_loader(val: LabelledImages, recipe: TrainingRecipe, input_size: int, runtime: Runtime,
-                device: torch.device) -> DataLoader[Any]:
+def _val_loader(val: LabelledImages, recipe: TrainingRecipe, config: CTERNetConfig,
+                runtime: Runtime, device: torch.device) -> DataLoader[Any]:
     """Each process scores a disjoint slice of the validation images; counts are summed."""
-    dataset = Subset(ImageDataset(val, eval_transform(input_size)),
+    dataset = Subset(ImageDataset(val, eval_transform(config)),
                      range(runtime.rank, len(val), runtime.world_size))
     return DataLoader(dataset, batch_size=recipe.batch_size, shuffle=False,
                       num_workers=runtime.loader_workers, pin_memory=device.type == "cuda",
@@ -281,7 +281,7 @@ def _train(config: CTERNetConfig, recipe: TrainingRecipe, train: LabelledImages,
     resumed_from = resume.epoch
     trained = _wrap(model, device, runtime)
     train_loader = _train_loader(train, recipe, config.input_size, runtime, device)
-    val_loader = _val_loader(val, recipe, config.input_size, runtime, device)
+    val_loader = _val_loader(val, recipe, config, runtime, device)
     images_per_epoch = len(train_loader) * recipe.batch_size * runtime.world_size
     progress = (Progress("cternet_train", total=(recipe.epochs - resume.epoch) * images_per_epoch,
                          unit="images", interval=10.0) if runtime.is_main else None)

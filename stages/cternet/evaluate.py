@@ -1,10 +1,11 @@
 """`cternet_eval`: predict the test split with the selected CTERNet and score it.
 
-Only split == "test" rows are this stage's input. Each gets a prediction row (predicted class,
-class probabilities = softmax of the model's prediction, correct) or a reject: no label, a
-label outside the model's classes, or an image that no longer loads. `finalize` computes the
-metrics (stages/cternet/metrics.py), draws the confusion matrix and writes `report.md` with the
-paper's FI figures beside ours.
+Only split == "test" rows are this stage's input. Each gets a prediction row (the class it is
+scored against, `target`: its label, or the label's polarity for a `task: polarity` model;
+predicted class, class probabilities = softmax of the model's prediction, correct) or a reject:
+no label, a label without a polarity, a label outside the model's classes, or an image that no
+longer loads. `finalize` computes the metrics (stages/metrics.py, stages/cternet/metrics.py),
+draws the confusion matrix and writes `report.md` with the paper's figures beside ours.
 """
 
 from __future__ import annotations
@@ -26,8 +27,10 @@ from affectflow.models.cternet.classifier import TrainedClassifier, load_classif
 from affectflow.models.cternet.data import eval_transform
 from affectflow.models.encoder_runtime import inference_context, intra_op_threads
 from affectflow.stages.batching import prefetched_image_batches
-from affectflow.stages.cternet.metrics import PAPER_FI_ACCURACY, binary_accuracy
+from affectflow.stages.cternet.metrics import PAPER_ACCURACY, grouped_polarity_accuracy
+from affectflow.stages.cternet.polarity import NoPolarity, target_class
 from affectflow.stages.cternet.report import CONFUSION_FIGURE, render_report
+from affectflow.stages.cternet.train import TARGET, Targets
 from affectflow.stages.ingest.stage import IMAGE_PATH, LABEL, SPLIT, TEST
 from affectflow.stages.metrics import classification_metrics, draw_confusions
 from affectflow.stages.param_types import Device
@@ -40,6 +43,7 @@ CORRECT = "correct"
 SCHEMA = pa.schema([
     (SAMPLE_ID, pa.string()),
     (LABEL, pa.string()),
+    (TARGET, pa.string()),
     (PREDICTED, pa.string()),
     (PROBABILITIES, pa.list_(pa.float32())),
     (CORRECT, pa.bool_()),
@@ -56,7 +60,7 @@ class CTERNetEvalParams(StageParams):
 @dataclass
 class EvalState:
     classifier: TrainedClassifier
-    class_index: dict[str, int]
+    targets: Targets
 
 
 class CTERNetEvalStage(Stage[CTERNetEvalParams]):
@@ -77,8 +81,11 @@ class CTERNetEvalStage(Stage[CTERNetEvalParams]):
 
     def setup(self, ctx: StageContext[CTERNetEvalParams]) -> EvalState:
         params = ctx.params
-        classifier = load_classifier(ctx.input("cternet_train").path, params.device)
-        return EvalState(classifier, {name: i for i, name in enumerate(classifier.classes)})
+        training = ctx.input("cternet_train")
+        classifier = load_classifier(training.path, params.device)
+        summary = training.manifest["summary"]
+        return EvalState(classifier, Targets(summary["task"], summary["polarity_map"],
+                                             {name: i for i, name in enumerate(classifier.classes)}))
 
     def process(self, ctx: StageContext[CTERNetEvalParams], state: EvalState,
                 shard_id: int) -> ShardOutput:
@@ -91,14 +98,20 @@ class CTERNetEvalStage(Stage[CTERNetEvalParams]):
             if row[LABEL] is None:
                 rejects.append({**row, "reason": "missing_label",
                                 "detail": "test rows need a label"})
-            elif row[LABEL] not in state.class_index:
+                continue
+            try:
+                target = target_class(state.targets.task, state.targets.polarity_map, row[LABEL])
+            except NoPolarity as problem:
+                rejects.append({**row, "reason": problem.reason, "detail": str(problem)})
+                continue
+            if target not in state.targets.class_index:
                 rejects.append({**row, "reason": "label_not_in_classes",
                                 "detail": f"label {row['label']!r} not in the model's classes "
                                           f"{state.classifier.classes}"})
             else:
-                scorable.append(row)
+                scorable.append({**row, TARGET: target})
         kept = []
-        preprocess = eval_transform(state.classifier.model.config.input_size)
+        preprocess = eval_transform(state.classifier.model.config)
         for batch in prefetched_image_batches([row[IMAGE_PATH] for row in scorable],
                                               params.batch_size, preprocess, ctx.settings.workers):
             rejects += [{**scorable[i], "reason": "image_load_failed", "detail": error}
@@ -111,8 +124,9 @@ class CTERNetEvalStage(Stage[CTERNetEvalParams]):
             for i, row_probabilities in zip(batch.indices, probabilities):
                 predicted = state.classifier.classes[int(row_probabilities.argmax())]
                 kept.append({SAMPLE_ID: scorable[i][SAMPLE_ID], LABEL: scorable[i][LABEL],
-                             PREDICTED: predicted, PROBABILITIES: row_probabilities.tolist(),
-                             CORRECT: predicted == scorable[i][LABEL]})
+                             TARGET: scorable[i][TARGET], PREDICTED: predicted,
+                             PROBABILITIES: row_probabilities.tolist(),
+                             CORRECT: predicted == scorable[i][TARGET]})
         return ShardOutput(rows_in=len(rows),
                            tables={MAIN_TABLE: pa.Table.from_pylist(kept, schema=SCHEMA)},
                            rejects=make_rejects(rejects))
@@ -121,22 +135,23 @@ class CTERNetEvalStage(Stage[CTERNetEvalParams]):
         """Metrics, confusion matrix, markdown report; the metrics also go to the manifest."""
         training = ctx.input("cternet_train").manifest["summary"]
         classes: list[str] = training["classes"]
-        rows = StageArtifact(ctx.output_dir).read_all(columns=[LABEL, PREDICTED])
+        rows = StageArtifact(ctx.output_dir).read_all(columns=[TARGET, PREDICTED])
         if rows.num_rows == 0:
             raise UserError("no test image could be scored, so there are no metrics",
                             hint=f"see the reasons in {ctx.output_dir / 'rejects.parquet'}")
         index = {name: i for i, name in enumerate(classes)}
-        true = np.array([index[name] for name in rows[LABEL].to_pylist()], dtype=np.int64)
+        true = np.array([index[name] for name in rows[TARGET].to_pylist()], dtype=np.int64)
         predicted = np.array([index[name] for name in rows[PREDICTED].to_pylist()],
                              dtype=np.int64)
         metrics = classification_metrics(true, predicted, classes)
-        binary = binary_accuracy(true, predicted, classes)
+        polarity_map = training["polarity_map"]
+        grouped = (grouped_polarity_accuracy(true, predicted, classes, polarity_map)
+                   if training["task"] == "emotion" and polarity_map is not None else None)
+        paper = PAPER_ACCURACY.get(polarity_map or "", {}).get(training["task"])
         draw_confusions(ctx.output_dir / CONFUSION_FIGURE,
                         [(f"test: accuracy {100 * metrics.accuracy:.1f}%", metrics.confusion)],
                         classes)
-        write_text(ctx.output_dir / REPORT_FILE, render_report(metrics, binary, training))
-        summary = {**metrics.as_dict(), "binary_accuracy": binary}
-        if binary is not None:
-            summary["paper_fi_percent"] = PAPER_FI_ACCURACY
-        summary.update(report=REPORT_FILE, figures=[CONFUSION_FIGURE])
-        return summary
+        write_text(ctx.output_dir / REPORT_FILE, render_report(metrics, grouped, paper, training))
+        return {**metrics.as_dict(), "task": training["task"],
+                "grouped_polarity_accuracy": grouped, "paper_accuracy_percent": paper,
+                "report": REPORT_FILE, "figures": [CONFUSION_FIGURE]}

@@ -23,6 +23,7 @@ from affectflow.core.store import SAMPLE_ID, SOURCE_ID
 from affectflow.models.cternet.classifier import load_classifier, sentiment_maps
 from affectflow.models.cternet.data import eval_geometry
 from affectflow.stages.cternet.evaluate import PREDICTED, PROBABILITIES
+from affectflow.stages.cternet.train import TARGET
 from affectflow.stages.ingest.stage import IMAGE_PATH, LABEL
 
 INDEX_FILE = "index.html"
@@ -48,10 +49,15 @@ def _png(image: Image.Image) -> bytes:
     return buffer.getvalue()
 
 
-def _figure(file: str, source_id: str, label: str, predicted: str, probability: float) -> str:
-    verdict = "correct" if label == predicted else "wrong"
-    text = (f"{html.escape(source_id)}<br>true: {html.escape(label)} · predicted: "
-            f"{html.escape(predicted)} (p = {probability:.2f}, {verdict})")
+def _figure(file: str, source_id: str, row: dict[str, str], probability: float) -> str:
+    """`row`: the label, the target it is scored against (its polarity for a polarity model)
+    and the prediction."""
+    verdict = "correct" if row[TARGET] == row[PREDICTED] else "wrong"
+    true = html.escape(row[LABEL])
+    if row[TARGET] != row[LABEL]:
+        true += f" ({html.escape(row[TARGET])})"
+    text = (f"{html.escape(source_id)}<br>true: {true} · predicted: "
+            f"{html.escape(row[PREDICTED])} (p = {probability:.2f}, {verdict})")
     return (f'<figure class="{verdict}"><img src="{html.escape(file)}" '
             f'alt="{html.escape(source_id)}"><figcaption>{text}</figcaption></figure>')
 
@@ -83,14 +89,14 @@ def write_sentiment_maps(run_store: RunStore, n: int, out_dir: Path,
         raise UserError(f"run {run_store.run_id!r} has no finished cternet_eval stage",
                         hint="run the cternet flow first: affectflow run cternet --config ...")
     evaluated = evaluation.read_all(
-        columns=[SAMPLE_ID, LABEL, PREDICTED, PROBABILITIES]).slice(0, n).to_pylist()
+        columns=[SAMPLE_ID, LABEL, TARGET, PREDICTED, PROBABILITIES]).slice(0, n).to_pylist()
     ingest = run_store.stage("ingest").read_all(columns=[SAMPLE_ID, SOURCE_ID, IMAGE_PATH])
     source = {row[SAMPLE_ID]: row for row in ingest.to_pylist()}
     classifier = load_classifier(run_store.stage("cternet_train").path, device)
     if classifier.model.config.mode == "vanilla":
         raise UserError("this run's CTERNet was trained in mode 'vanilla', which has no "
                         "sentiment map", hint="train with cternet_train.mode: full or smad_f")
-    geometry = eval_geometry(classifier.model.config.input_size)
+    geometry = eval_geometry(classifier.model.config)
     figures, failures = [], []
     for start in range(0, len(evaluated), BATCH_SIZE):
         rows, crops = [], []
@@ -109,8 +115,7 @@ def write_sentiment_maps(run_store: RunStore, n: int, out_dir: Path,
             file = f"{start + offset:03d}-{row[SAMPLE_ID][:12]}.png"
             write_bytes(out_dir / file, _png(overlay(crop, row_heat)))
             probability = max(row[PROBABILITIES])
-            figures.append(_figure(file, row[SOURCE_ID], row[LABEL], row[PREDICTED],
-                                   probability))
+            figures.append(_figure(file, row[SOURCE_ID], row, probability))
     index = out_dir / INDEX_FILE
     write_text(index, _page(run_store.run_id, figures, failures))
     return index

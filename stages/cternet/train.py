@@ -1,8 +1,9 @@
 """`cternet_train`: train CTERNet on the ingest's train split, select the epoch on its val split.
 
 Shards check the training rows (label known, image bytes still the ones ingest validated) and
-write them as the main table: that table is exactly what training reads, and every row that
-cannot be used is a reject with a reason. Test rows are not this stage's input: it never opens
+write them as the main table with the class each is trained on (`target`: the label, or its
+polarity under `task: polarity`): that table is exactly what training reads, and every row
+that cannot be used is a reject with a reason. Test rows are not this stage's input: it never opens
 them (their count is in the summary), so nothing about the test split can leak into training
 or model selection.
 
@@ -17,6 +18,7 @@ from __future__ import annotations
 import dataclasses
 import json
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -32,7 +34,17 @@ from affectflow.core.stage import ShardOutput, Stage, StageContext, StageParams,
 from affectflow.core.store import MAIN_TABLE, SAMPLE_ID, SOURCE_ID, StageArtifact, make_rejects
 from affectflow.core.torchrun import TorchrunNodes, runs_in_process
 from affectflow.models.cternet.classifier import save_classifier
-from affectflow.models.cternet.config import Counterfactual, CTERNetConfig, Mode
+from affectflow.models.cternet.config import (
+    Branches,
+    ChannelAttentionKind,
+    Counterfactual,
+    CTERNetConfig,
+    EvalCrop,
+    Head,
+    Mode,
+    Precision,
+    SentimentMap,
+)
 from affectflow.models.cternet.data import LabelledImages
 from affectflow.models.cternet.distributed import JOB_FILE, TrainingJob, launch, write_job
 from affectflow.models.cternet.train import (
@@ -45,6 +57,13 @@ from affectflow.models.cternet.train import (
 )
 from affectflow.models.encoder_runtime import resolve_device
 from affectflow.stages.cternet.figures import draw_training_curves
+from affectflow.stages.cternet.polarity import (
+    POLARITY_CLASSES,
+    NoPolarity,
+    PolarityMap,
+    Task,
+    target_class,
+)
 from affectflow.stages.ingest.stage import IMAGE_PATH, IMAGE_SHA256, LABEL, SPLIT, TEST, TRAIN, VAL
 from affectflow.stages.param_types import Device
 
@@ -52,12 +71,14 @@ HISTORY = "history"
 CURVES_FIGURE = "training_curves.png"
 CLASSES_FILE = "classes.json"
 TRAINING_SPLITS = (TRAIN, VAL)
+TARGET = "target"
 CLASS_INDEX = "class_index"
 
 SCHEMA = pa.schema([
     (SAMPLE_ID, pa.string()),
     (SPLIT, pa.string()),
     (LABEL, pa.string()),
+    (TARGET, pa.string()),
     (CLASS_INDEX, pa.int32()),
 ])
 HISTORY_SCHEMA = pa.schema([
@@ -91,6 +112,22 @@ class CTERNetTrainParams(StageParams, TorchrunNodes):
     input_size: int = 448
     attention_channels: int = 32
     branch_channels: int = 16
+    sentiment_map: SentimentMap = Field(
+        "raw_sum", description="raw_sum (Eq. 4), raw_mean (public code), softmax_mean")
+    head: Head = Field("features", description="features: concat(S, X) (Eq. 5); attended: "
+                       "concat(S, S * reduce(X)) (Fig. 2, public code)")
+    branches: Branches = Field("psa", description="psa: grouped 3/5/7/9 convs (groups 1/4/8/16); "
+                               "conv_bn_relu: ungrouped conv + BN + ReLU")
+    channel_attention: ChannelAttentionKind = Field(
+        "paper", description="paper: softmax(X X^T) (Eq. 2); danet: softmax(max(E) - E)")
+    precision: Precision = Field("fp32", description="fp32, or bf16 autocast (any device)")
+    eval_crop: EvalCrop = Field("shorter_side", description="shorter_side: resize the shorter "
+                                "side to input_size (public code); imagenet: to input_size/0.875")
+    task: Task = Field("emotion", description="emotion: the labels; polarity: a 2-class model "
+                       "on the labels' polarity (paper Table 2)")
+    polarity_map: PolarityMap | None = Field(
+        None, description="the labels' polarities (stages/cternet/polarity.py); needed by task "
+        "polarity, adds the grouped polarity figure to task emotion")
     epochs: int = Field(30, ge=1)
     batch_size: int = Field(16, ge=2, description="per process; BatchNorm needs at least 2")
     lr: float = Field(1e-4, gt=0, description="paper: 1e-4")
@@ -130,6 +167,13 @@ class CTERNetTrainParams(StageParams, TorchrunNodes):
 
     @model_validator(mode="after")
     def _consistent(self) -> CTERNetTrainParams:
+        if self.task == "polarity":
+            if self.polarity_map is None:
+                raise ValueError("task polarity needs polarity_map: fi, emotion6, artphoto or "
+                                 "twitter2 (the dataset whose labels are mapped)")
+            if self.classes is not None or self.num_classes not in (None, 2):
+                raise ValueError(f"task polarity trains the classes {list(POLARITY_CLASSES)}; "
+                                 "remove classes and num_classes")
         if self.classes is not None and self.num_classes not in (None, len(self.classes)):
             raise ValueError(f"num_classes {self.num_classes} differs from the {len(self.classes)} "
                              "names in classes; remove num_classes")
@@ -149,7 +193,9 @@ class CTERNetTrainParams(StageParams, TorchrunNodes):
             k_maps=self.k_maps, counterfactual=self.counterfactual, mode=self.mode,
             detection_weight=self.detection_weight, effect_weight=self.effect_weight,
             input_size=self.input_size, attention_channels=self.attention_channels,
-            branch_channels=self.branch_channels)
+            branch_channels=self.branch_channels, sentiment_map=self.sentiment_map,
+            head=self.head, branches=self.branches, channel_attention=self.channel_attention,
+            precision=self.precision, eval_crop=self.eval_crop)
 
     def recipe(self) -> TrainingRecipe:
         return TrainingRecipe(epochs=self.epochs, batch_size=self.batch_size, lr=self.lr,
@@ -159,7 +205,10 @@ class CTERNetTrainParams(StageParams, TorchrunNodes):
 
 
 def resolve_classes(params: CTERNetTrainParams, labels: pa.Table) -> list[str]:
-    """The configured classes, or the sorted labels of the train split (val/test never decide)."""
+    """negative, positive under task polarity; else the configured classes, or the sorted labels
+    of the train split (val/test never decide)."""
+    if params.task == "polarity":
+        return list(POLARITY_CLASSES)
     if params.classes is not None:
         return list(params.classes)
     train = labels.filter(pc.equal(labels[SPLIT], TRAIN))[LABEL].drop_null()
@@ -174,20 +223,33 @@ def resolve_classes(params: CTERNetTrainParams, labels: pa.Table) -> list[str]:
     return classes
 
 
-def _check_row(row: dict[str, Any], class_index: dict[str, int]) -> tuple[str, str] | None:
-    """(reason, detail) when a training row cannot be used, else None."""
+@dataclass(frozen=True)
+class Targets:
+    """What a labelled row is trained on: the task, its polarity map and the class indices."""
+
+    task: Task
+    polarity_map: str | None
+    class_index: dict[str, int]
+
+
+def _check_row(row: dict[str, Any], targets: Targets) -> tuple[str, str] | str:
+    """The target class of a usable training row, else (reason, detail)."""
     if row[SPLIT] not in TRAINING_SPLITS:
         return "unknown_split", f"split {row[SPLIT]!r} is none of train, val, test"
     if row[LABEL] is None:
         return "missing_label", "training rows need a label"
-    if row[LABEL] not in class_index:
-        return "label_not_in_classes", f"label {row[LABEL]!r} not in {sorted(class_index)}"
+    try:
+        target = target_class(targets.task, targets.polarity_map, row[LABEL])
+    except NoPolarity as problem:
+        return problem.reason, str(problem)
+    if target not in targets.class_index:
+        return "label_not_in_classes", f"label {row[LABEL]!r} not in {sorted(targets.class_index)}"
     path = Path(row[IMAGE_PATH])
     if not path.is_file():
         return "missing_image", str(path)
     if hash_file(path) != row[IMAGE_SHA256]:
         return "image_changed", f"{path} differs from the file ingest validated; rerun ingest"
-    return None
+    return target
 
 
 class CTERNetTrainStage(Stage[CTERNetTrainParams]):
@@ -210,22 +272,23 @@ class CTERNetTrainStage(Stage[CTERNetTrainParams]):
         write_json(ctx.work_dir / CLASSES_FILE, classes)
         return ingest.shard_ids()
 
-    def setup(self, ctx: StageContext[CTERNetTrainParams]) -> dict[str, int]:
+    def setup(self, ctx: StageContext[CTERNetTrainParams]) -> Targets:
         classes = json.loads((ctx.work_dir / CLASSES_FILE).read_text(encoding="utf-8"))
-        return {name: index for index, name in enumerate(classes)}
+        return Targets(ctx.params.task, ctx.params.polarity_map,
+                       {name: index for index, name in enumerate(classes)})
 
-    def process(self, ctx: StageContext[CTERNetTrainParams], state: dict[str, int],
+    def process(self, ctx: StageContext[CTERNetTrainParams], state: Targets,
                 shard_id: int) -> ShardOutput:
         table = ctx.input("ingest").read_shard(shard_id, columns=_INGEST_COLUMNS)
         rows = [row for row in table.to_pylist() if row[SPLIT] != TEST]
         with ThreadPoolExecutor(max_workers=ctx.settings.workers) as pool:
-            problems = list(pool.map(lambda row: _check_row(row, state), rows))
+            checks = list(pool.map(lambda row: _check_row(row, state), rows))
         kept = [{SAMPLE_ID: row[SAMPLE_ID], SPLIT: row[SPLIT], LABEL: row[LABEL],
-                 CLASS_INDEX: state[row[LABEL]]}
-                for row, problem in zip(rows, problems) if problem is None]
+                 TARGET: check, CLASS_INDEX: state.class_index[check]}
+                for row, check in zip(rows, checks) if isinstance(check, str)]
         rejects = [{SAMPLE_ID: row[SAMPLE_ID], SOURCE_ID: row[SOURCE_ID],
-                    "reason": problem[0], "detail": problem[1]}
-                   for row, problem in zip(rows, problems) if problem is not None]
+                    "reason": check[0], "detail": check[1]}
+                   for row, check in zip(rows, checks) if not isinstance(check, str)]
         return ShardOutput(rows_in=len(rows),
                            tables={MAIN_TABLE: pa.Table.from_pylist(kept, schema=SCHEMA)},
                            rejects=make_rejects(rejects))
@@ -241,14 +304,18 @@ class CTERNetTrainStage(Stage[CTERNetTrainParams]):
         save_classifier(ctx.output_dir, best_model_state(ctx.work_dir, outcome), config, classes,
                         {"best_epoch": outcome.best_epoch,
                          "best_val_accuracy": outcome.best_val_accuracy,
-                         "weights_source": outcome.weights_source})
+                         "weights_source": outcome.weights_source, "task": params.task,
+                         "polarity_map": params.polarity_map})
         write_parquet(StageArtifact(ctx.output_dir).shard_path(0, HISTORY), pa.Table.from_pylist(
             [dataclasses.asdict(row) for row in outcome.history], schema=HISTORY_SCHEMA))
         draw_training_curves(outcome.history, outcome.best_epoch, ctx.output_dir / CURVES_FIGURE)
         speeds = [row.images_per_second for row in outcome.history]
         splits = ctx.input("ingest").read_all(columns=[SPLIT])[SPLIT]
         return {
-            "classes": classes, "backbone": params.backbone, "mode": params.mode,
+            "classes": classes, "task": params.task, "polarity_map": params.polarity_map,
+            "backbone": params.backbone, "mode": params.mode, "head": params.head,
+            "sentiment_map": params.sentiment_map, "precision": params.precision,
+            "eval_crop": params.eval_crop,
             "input_size": params.input_size, "weights_source": outcome.weights_source,
             "epochs": params.epochs, "best_epoch": outcome.best_epoch,
             "best_val_accuracy": outcome.best_val_accuracy,

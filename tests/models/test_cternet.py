@@ -1,4 +1,5 @@
-"""CTERNet behaviour: shapes, attention formulas, counterfactuals, loss, weight loading, learning."""
+"""CTERNet behaviour: shapes, counterfactuals, precision, eval crops, weight loading, learning, config
+checks (the equations themselves: test_cternet_equations.py)."""
 
 from __future__ import annotations
 
@@ -6,12 +7,14 @@ import logging
 from pathlib import Path
 
 import huggingface_hub.constants
+import numpy as np
 import pytest
 import timm
 import torch
-import torch.nn.functional as F
+from PIL import Image
 
 from affectflow.models.cternet.config import CTERNetConfig
+from affectflow.models.cternet.data import eval_geometry
 from affectflow.models.cternet.model import CTERNetHead, build_cternet
 from affectflow.models.cternet.smad import ChannelAttention, counterfactual_attention
 
@@ -32,7 +35,7 @@ def tiny_config(**overrides: object) -> CTERNetConfig:
 
 
 def tiny_head(**overrides: object) -> CTERNetHead:
-    config = tiny_config(attention_channels=8, branch_channels=4, **overrides)
+    config = tiny_config(attention_channels=8, branch_channels=16, **overrides)
     return CTERNetHead(in_channels=16, config=config)
 
 
@@ -49,35 +52,10 @@ def test_res2net101d_at_448_gives_14x14_maps_and_class_logits() -> None:
     assert output.attention is not None and output.attention.shape == (1, 32, 14, 14)
 
 
-def test_channel_attention_is_identity_at_init() -> None:
+@pytest.mark.parametrize("kind", ["paper", "danet"])
+def test_channel_attention_is_identity_at_init(kind: str) -> None:
     x = torch.randn(2, 6, 5, 5)
-    assert torch.equal(ChannelAttention()(x), x)
-
-
-def test_channel_attention_matches_formula_for_random_gamma() -> None:
-    cam = ChannelAttention()
-    with torch.no_grad():
-        cam.gamma.fill_(0.37)
-    x = torch.randn(2, 6, 5, 5) * 0.3
-    flat = x.reshape(2, 6, 25)
-    attention = torch.softmax(torch.einsum("bcn,bdn->bcd", flat, flat), dim=-1)
-    expected = 0.37 * torch.einsum("bcd,bdn->bcn", attention, flat).reshape(2, 6, 5, 5) + x
-    torch.testing.assert_close(cam(x), expected)
-
-
-def test_total_effect_is_factual_minus_counterfactual() -> None:
-    head = tiny_head(counterfactual="uniform").eval()
-    features = torch.randn(3, 16, 4, 4)
-    with torch.no_grad():
-        output = head(features)
-        assert output.attention is not None
-        _, counterfactual_map = head.pooling(torch.ones_like(output.attention))
-        reduced = head.reduce(features)
-        pooled = torch.cat([counterfactual_map, counterfactual_map * reduced], dim=1).mean(dim=(2, 3))
-        counterfactual = head.classifier(pooled)
-    torch.testing.assert_close(output.counterfactual_logits, counterfactual)
-    torch.testing.assert_close(output.logits, output.factual_logits - counterfactual)
-    assert not torch.allclose(output.logits, counterfactual - output.factual_logits)
+    assert torch.equal(ChannelAttention(kind)(x), x)
 
 
 def test_random_counterfactual_is_uniform_0_2_in_training_and_ones_at_eval() -> None:
@@ -135,17 +113,6 @@ def test_counterfactual_path_sends_no_gradient_to_learned_attention(strategy: st
     assert head.classifier.weight.grad is not None and head.classifier.weight.grad.abs().sum() > 0
 
 
-def test_loss_weighs_detection_and_effect_terms() -> None:
-    head = tiny_head(detection_weight=0.3, effect_weight=2.0).train()
-    labels = torch.tensor([0, 1, 2, 3])
-    output = head(torch.randn(4, 16, 4, 4), labels)
-    assert output.detection_logits is not None and output.loss is not None
-    expected = 0.3 * F.cross_entropy(output.detection_logits, labels) + 2.0 * F.cross_entropy(
-        output.logits, labels
-    )
-    torch.testing.assert_close(output.loss, expected)
-
-
 @pytest.mark.parametrize("mode", ["vanilla", "smad_f", "full"])
 def test_ablation_modes_run_forward_and_backward(mode: str) -> None:
     model = build_cternet(tiny_config(mode=mode), device="cpu").train()
@@ -165,14 +132,16 @@ def test_ablation_modes_run_forward_and_backward(mode: str) -> None:
         assert torch.equal(output.logits, output.factual_logits)
 
 
-def test_tiny_cternet_overfits_eight_images() -> None:
+def overfit(config: CTERNetConfig, steps: int = 100) -> torch.Tensor:
+    """Train on 8 random images of 4 classes with Adam; the eval-mode predictions after
+    `steps` steps, or as soon as all 8 are right."""
     torch.manual_seed(0)
-    model = build_cternet(tiny_config(), device="cpu")
+    model = build_cternet(config, device="cpu")
     images = torch.randn(8, 3, TINY_SIZE, TINY_SIZE)
     labels = torch.arange(8) % 4
     optimizer = torch.optim.Adam(model.parameters(), lr=3e-3)
-    accuracy = 0.0
-    for step in range(1, 101):
+    predicted = labels + 1
+    for step in range(1, steps + 1):
         model.train()
         output = model(images, labels)
         optimizer.zero_grad()
@@ -182,10 +151,22 @@ def test_tiny_cternet_overfits_eight_images() -> None:
         if step % 5 == 0:
             model.eval()
             with torch.no_grad():
-                accuracy = (model(images).logits.argmax(dim=1) == labels).float().mean().item()
-            if accuracy == 1.0:
+                predicted = model(images).logits.argmax(dim=1)
+            if torch.equal(predicted, labels):
                 break
-    assert accuracy == 1.0
+    return predicted
+
+
+@pytest.mark.parametrize(("mode", "head"), [("full", "attended"), ("smad_f", "features"),
+                                            ("vanilla", "features")])
+def test_tiny_cternet_overfits_eight_images(mode: str, head: str) -> None:
+    assert torch.equal(overfit(tiny_config(mode=mode, head=head)), torch.arange(8) % 4)
+
+
+def test_full_mode_with_the_eq5_head_predicts_two_classes_at_most() -> None:
+    """Y_TE = w_S * (GAP(S) - GAP(S*)) (test_cternet_equations.py): its argmax is argmax(w_S)
+    or argmin(w_S) whatever the image, so 4 classes cannot all be fitted."""
+    assert len(set(overfit(tiny_config(mode="full", head="features"), steps=40).tolist())) <= 2
 
 
 def test_wrong_input_size_is_rejected() -> None:
@@ -259,6 +240,13 @@ def test_backbone_without_feature_map_fails_clearly() -> None:
         ("input_size", 16),
         ("attention_channels", True),
         ("branch_channels", 2.5),
+        ("branch_channels", 24),
+        ("sentiment_map", "softmax_sum"),
+        ("head", "concat"),
+        ("branches", "grouped"),
+        ("channel_attention", "cam"),
+        ("precision", "fp16"),
+        ("eval_crop", "center"),
     ],
 )
 def test_invalid_config_values_name_the_field(field: str, value: object) -> None:
@@ -278,3 +266,63 @@ def test_config_from_mapping_rejects_unknown_keys() -> None:
     assert config.k_maps == 2 and config.counterfactual == "random"
     with pytest.raises(ValueError, match=r"^kmaps: unknown"):
         CTERNetConfig.from_mapping({"kmaps": 4})
+
+
+def test_saved_config_must_name_every_key() -> None:
+    """A model folder from before a key existed must not silently get today's default."""
+    values = {"backbone": "resnet18", "pretrained": False}
+    with pytest.raises(ValueError, match="missing from the saved CTERNet config"):
+        CTERNetConfig.from_mapping(values, complete=True)
+    full = {field: getattr(tiny_config(), field) for field in CTERNetConfig.__dataclass_fields__}
+    assert CTERNetConfig.from_mapping(full, complete=True) == tiny_config()
+
+
+def test_psa_branches_need_a_backbone_width_divisible_by_their_groups() -> None:
+    with pytest.raises(ValueError, match="branches: the backbone's 20 channels"):
+        CTERNetHead(in_channels=20, config=tiny_config(branch_channels=16))
+    CTERNetHead(in_channels=20, config=tiny_config(branches="conv_bn_relu", branch_channels=4))
+
+
+@pytest.mark.parametrize("head", ["features", "attended"])
+def test_classifier_reads_one_sentiment_channel_and_the_features(head: str) -> None:
+    """Eq. 5 concat(S, X) reads all backbone channels; the attended head the reduced ones."""
+    model = build_cternet(tiny_config(head=head), device="cpu")
+    expected = model.backbone.out_channels if head == "features" else 32
+    assert model.head.classifier.in_features == 1 + expected
+    assert hasattr(model.head, "reduce") == (head == "attended")
+
+
+def test_precision_bf16_autocasts_and_fp32_overrides_a_callers_autocast() -> None:
+    """The CPU twin of the GPU path: the switch is the model's, on any device."""
+    torch.manual_seed(0)
+    images = torch.randn(2, 3, TINY_SIZE, TINY_SIZE)
+    fp32 = build_cternet(tiny_config(), device="cpu").eval()
+    bf16 = build_cternet(tiny_config(precision="bf16"), device="cpu").eval()
+    bf16.load_state_dict(fp32.state_dict())
+    with torch.no_grad():
+        full = fp32(images)
+        half = bf16(images)
+        with torch.autocast(device_type="cpu", dtype=torch.bfloat16):
+            inside = fp32(images)
+    assert full.logits.dtype == torch.float32 and inside.logits.dtype == torch.float32
+    assert half.logits.dtype == torch.bfloat16
+    torch.testing.assert_close(inside.logits, full.logits)
+    torch.testing.assert_close(half.logits.float(), full.logits, atol=0.05, rtol=0.05)
+    assert not torch.equal(half.logits.float(), full.logits)
+    labels = torch.tensor([0, 1])
+    loss = bf16.train()(images, labels).loss
+    assert loss is not None and loss.dtype == torch.float32 and torch.isfinite(loss)
+
+
+def test_eval_crops_keep_the_whole_shorter_side_or_drop_its_outer_eighth() -> None:
+    """A 200x100 image whose top and bottom 4 rows are red: `shorter_side` (public code) keeps
+    them, `imagenet` (resize to side / 0.875, centre crop) cuts them off."""
+    image = Image.new("RGB", (200, 100), (0, 0, 255))
+    for y in (*range(4), *range(96, 100)):
+        for x in range(200):
+            image.putpixel((x, y), (255, 0, 0))
+    shorter = np.asarray(eval_geometry(tiny_config(eval_crop="shorter_side"))(image))
+    imagenet = np.asarray(eval_geometry(tiny_config(eval_crop="imagenet"))(image))
+    assert shorter.shape == imagenet.shape == (TINY_SIZE, TINY_SIZE, 3)
+    assert shorter[0, :, 0].min() > 200 and shorter[-1, :, 0].min() > 200
+    assert imagenet[0, :, 0].max() < 60 and imagenet[-1, :, 0].max() < 60
