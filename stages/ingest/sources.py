@@ -1,4 +1,5 @@
-"""Listing the three source layouts (TumEmo raw, manifest file, image folder) into records.
+"""Listing the source layouts (TumEmo raw, manifest file, image folder by class or by split) into
+records.
 
 Listing is cheap (no image decoding): it reads ids, labels, label sets, numeric targets and
 texts, finds duplicate ids, unknown labels and bad annotation cells, and assigns splits.
@@ -14,21 +15,24 @@ import os
 import random
 import stat
 import unicodedata
-from collections import defaultdict
+from collections import Counter, defaultdict
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pandas as pd
 
 from affectflow.core.errors import UserError
 from affectflow.core.files import FileProblem, read_dataset_file
+from affectflow.core.hashing import hash_value
 from affectflow.stages.ingest.annotations import out_of_range, parse_label_set, parse_targets
 
 TUMEMO_LABELS = ("Love", "Happy", "Calm", "Bored", "Sad", "Angry", "Fear")
 TUMEMO_LABEL_FILE = "all_data_id_and_label.txt"
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
 SPLITS = ("train", "val", "test")
+TRAIN, VAL, TEST = SPLITS
 
 
 @dataclass
@@ -234,19 +238,70 @@ def _read_split_files(split_dir: Path) -> dict[str, str]:
     return assignment
 
 
-def list_image_folder(root: Path, split_dir: Path | None) -> list[SourceRecord]:
-    """One sub-folder per class (FI / Emotion6 style); ids are `class/file` paths."""
-    splits = _read_split_files(split_dir) if split_dir else {}
+def _folders(root: Path) -> list[Path]:
+    return sorted(p for p in root.iterdir() if p.is_dir())
+
+
+def _class_folder_records(root: Path, prefix: str, split: str | None,
+                          splits: dict[str, str]) -> list[SourceRecord]:
+    """Images of the class folders under `root`, with ids `prefix` + `class/file`."""
     records = []
-    for class_dir in sorted(p for p in root.iterdir() if p.is_dir()):
+    for class_dir in _folders(root):
         for file in sorted(class_dir.iterdir()):
             if file.suffix.lower() not in IMAGE_SUFFIXES:
                 continue
-            source_id = f"{class_dir.name}/{file.name}"
-            problem = id_problem(source_id, parts=2)
+            source_id = f"{prefix}{class_dir.name}/{file.name}"
+            problem = id_problem(f"{class_dir.name}/{file.name}", parts=2)
             records.append(SourceRecord(source_id, str(file), None, class_dir.name,
-                                        split=splits.get(source_id),
+                                        split=split or splits.get(source_id),
                                         problem="invalid_id" if problem else None, detail=problem))
+    return records
+
+
+def check_image_folder_layout(root: Path, layout: str) -> None:
+    """ValueError naming the fix when the folders under `root` do not fit `layout` (checked with
+    the config, before any work): a split-folder tree read as class folders would train on the
+    classes "train" and "val"."""
+    if not root.is_dir():
+        raise ValueError(f"{root} is not a folder; source image_folder reads a folder of class "
+                         "folders (or of split folders with layout: split_folders)")
+    names = {folder.name for folder in _folders(root)}
+    if layout == "class_folders":
+        if TRAIN in names and names <= set(SPLITS):
+            raise ValueError(f"{root} holds split folders {sorted(names)}, not class folders; set "
+                             "layout: split_folders (class folders under train/ and val/, the "
+                             "official FI layout)")
+        return
+    missing = [name for name in (TRAIN, VAL) if name not in names]
+    unexpected = sorted(names - set(SPLITS))
+    if missing or unexpected:
+        problem = (f"has no {' or '.join(f'{name}/' for name in missing)} folder" if missing
+                   else f"has folders other than {', '.join(SPLITS)}: {unexpected}")
+        raise ValueError(f"layout split_folders: {root} {problem}; point path at the folder "
+                         "holding train/ and val/ (each with one folder per class), or use "
+                         "layout: class_folders")
+
+
+def list_image_folder(root: Path, split_dir: Path | None) -> list[SourceRecord]:
+    """One sub-folder per class (FI / Emotion6 style); ids are `class/file` paths."""
+    splits = _read_split_files(split_dir) if split_dir else {}
+    return _class_folder_records(root, "", None, splits)
+
+
+def list_split_folders(root: Path) -> list[SourceRecord]:
+    """The official FI layout (`check_image_folder_layout`): class folders under `train/` and
+    `val/` (and `test/` when the dataset has one); ids are `split/class/file`. An image directly
+    in a split folder has no class and is rejected (`no_class_folder`)."""
+    names = {folder.name for folder in _folders(root)}
+    records = []
+    for split in (name for name in SPLITS if name in names):
+        folder = root / split
+        records += _class_folder_records(folder, f"{split}/", split, {})
+        records += [SourceRecord(f"{split}/{file.name}", str(file), None, None, split=split,
+                                 problem="no_class_folder",
+                                 detail=f"{file} is not inside a class folder of {split}/")
+                    for file in sorted(folder.iterdir())
+                    if file.is_file() and file.suffix.lower() in IMAGE_SUFFIXES]
     return records
 
 
@@ -272,19 +327,41 @@ def assign_splits(records: list[SourceRecord], ratios: tuple[float, float, float
             record.split = "train" if index < n_train else "val" if index < n_train + n_val else "test"
 
 
+def carve_from_train(records: list[SourceRecord], split: str, share: float,
+                     seed: int) -> list[SourceRecord]:
+    """Move a seeded, stratified `share` of each label's usable train records to `split`
+    (round(n * share) of a label's n) and return them; the shuffle is the seeded one of
+    `assign_splits`, over the same label groups."""
+    rng = random.Random(seed)
+    carved = []
+    for group in _stratified(r for r in records if r.split == TRAIN and r.problem is None):
+        rng.shuffle(group)
+        for record in group[:round(len(group) * share)]:
+            record.split = split
+            carved.append(record)
+    return carved
+
+
 def carve_val_from_train(records: list[SourceRecord], share: float, seed: int) -> None:
     """Move a seeded, stratified `share` of the train rows to val, for data sets whose split
     gives only train and test (WebEmo): model selection then never looks at test."""
-    kept = [r for r in records if r.problem is None]
-    if any(r.split == "val" for r in kept):
+    if any(r.split == VAL for r in records if r.problem is None):
         raise UserError("ingest.val_from_train is set, but the data set already has val rows",
                         hint="remove val_from_train (it is for splits with only train and test), "
                              "or drop the val rows")
-    rng = random.Random(seed)
-    for group in _stratified(r for r in kept if r.split == "train"):
-        rng.shuffle(group)
-        for record in group[:round(len(group) * share)]:
-            record.split = "val"
+    carve_from_train(records, VAL, share, seed)
+
+
+def carve_test_split(records: list[SourceRecord], share: float, seed: int) -> dict[str, Any]:
+    """Move a seeded, stratified `share` of each class's train records to test (a split-folder
+    data set without test/, such as FI), and return the record of it for the ingest summary
+    (the carved ids' hash identifies the exact split)."""
+    carved = carve_from_train(records, TEST, share, seed)
+    per_label = Counter(record.label for record in carved)
+    return {"test_carved_from": TRAIN, "test_share": share, "split_seed": seed,
+            "stratified_by": "label", "carved_per_label": dict(sorted(per_label.items())),
+            "carved_rows": len(carved),
+            "carved_ids_sha256": hash_value(sorted(record.source_id for record in carved))}
 
 
 def mark_duplicates_and_labels(records: list[SourceRecord], allowed: set[str] | None,

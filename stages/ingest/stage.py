@@ -6,6 +6,7 @@ row ends up either in the output or in `rejects.parquet` with a reason.
 
 from __future__ import annotations
 
+import json
 import os
 from concurrent.futures import BrokenExecutor
 from pathlib import Path
@@ -16,7 +17,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 from pydantic import Field, field_validator, model_validator
 
-from affectflow.core.atomic import write_parquet
+from affectflow.core.atomic import write_json, write_parquet
 from affectflow.core.files import real_roots
 from affectflow.core.hashing import files_fingerprint, fingerprint_mode, hash_value, tree_fingerprint
 from affectflow.core.stage import ShardOutput, Stage, StageContext, StageParams
@@ -29,9 +30,12 @@ from affectflow.stages.ingest.sources import (
     TUMEMO_LABELS,
     SourceRecord,
     assign_splits,
+    carve_test_split,
     carve_val_from_train,
+    check_image_folder_layout,
     list_image_folder,
     list_manifest,
+    list_split_folders,
     list_tumemo,
     mark_duplicates_and_labels,
 )
@@ -48,6 +52,7 @@ LABEL_SET = "label_set"
 TARGETS = "targets"
 IMAGE_SHA256 = "image_sha256"
 TRAIN, VAL, TEST = SPLITS
+SPLIT_RECORD_FILE = "split.json"
 
 SCHEMA = pa.schema([
     (SAMPLE_ID, pa.string()),
@@ -79,6 +84,10 @@ LISTING_SCHEMA = pa.schema([
 DEFAULT_COLUMNS = {"id": "id", "image": "image", "text": "text", "label": "label", "split": "split"}
 
 
+DEFAULT_SPLIT_RATIOS = (0.8, 0.1, 0.1)
+DEFAULT_TEST_SHARE = 0.1
+
+
 class IngestParams(StageParams):
     """Where the data is and how strictly to validate it."""
 
@@ -87,6 +96,12 @@ class IngestParams(StageParams):
     dataset_name: str = Field("", description="name mixed into sample ids; default: folder name")
     image_dir: Path | None = Field(None, description="TumEmo images folder (default: path)")
     text_dir: Path | None = Field(None, description="TumEmo texts folder (default: path)")
+    layout: Literal["class_folders", "split_folders"] = Field(
+        "class_folders", description="image_folder: one folder per class, or split folders "
+        "train/ val/ [test/] each holding one folder per class (the official FI layout)")
+    test_share: float | None = Field(
+        None, gt=0, lt=1, description="split_folders without test/: share of each train class "
+        "carved out as test (seeded by split_seed); default 0.1")
     split_dir: Path | None = Field(None, description="image_folder: train/val/test.txt folder")
     columns: dict[str, str] = Field(
         default_factory=lambda: dict(DEFAULT_COLUMNS),
@@ -115,7 +130,7 @@ class IngestParams(StageParams):
     max_image_pixels: int = Field(89_478_485, ge=1)
     max_image_bytes: int = Field(64 << 20, ge=1, description="larger image files are rejected")
     max_text_bytes: int = Field(1 << 20, ge=1, description="larger post texts are rejected")
-    split_ratios: tuple[float, float, float] = (0.8, 0.1, 0.1)
+    split_ratios: tuple[float, float, float] = DEFAULT_SPLIT_RATIOS
     split_seed: int = 0
     val_from_train: float = Field(0.0, ge=0, lt=1,
                                   description="share of the train split moved to val, for data "
@@ -181,6 +196,29 @@ class IngestParams(StageParams):
                              "default to those classes")
         return self
 
+    @model_validator(mode="after")
+    def _layout_keys_fit(self) -> IngestParams:
+        """Keys that another layout would ignore are errors, not silently unused."""
+        if self.layout == "split_folders":
+            if self.source != "image_folder":
+                raise ValueError("layout split_folders applies to source image_folder only")
+            # Compared with the defaults, not model_fields_set: a run's saved config lists every key.
+            given = [key for key, unused in (("split_dir", self.split_dir is None),
+                                             ("split_ratios",
+                                              self.split_ratios == DEFAULT_SPLIT_RATIOS),
+                                             ("val_from_train", not self.val_from_train))
+                     if not unused]
+            if given:
+                raise ValueError(f"{', '.join(given)} do not apply to layout split_folders, whose "
+                                 "folders are the splits; remove them (test_share sets the test "
+                                 "share carved from train when there is no test/ folder)")
+        elif self.test_share is not None:
+            raise ValueError("test_share applies to layout split_folders only; remove it, or "
+                             "use split_ratios")
+        if self.source == "image_folder":
+            check_image_folder_layout(self.path, self.layout)
+        return self
+
     @property
     def name(self) -> str:
         return self.dataset_name or self.path.resolve().name
@@ -226,21 +264,31 @@ def manifest_records(params: IngestParams) -> list[SourceRecord]:
                          tuple(params.targets), params.needs_text)
 
 
-def list_source(params: IngestParams) -> list[SourceRecord]:
+def list_source(params: IngestParams) -> tuple[list[SourceRecord], dict[str, Any]]:
+    """The listed records with their splits, and how the splits were made (for the summary)."""
     if params.source == "tumemo":
         records = list_tumemo(params.path, params.image_dir or params.path,
                               params.text_dir or params.path)
     elif params.source == "manifest":
         records = manifest_records(params)
+    elif params.layout == "split_folders":
+        records = list_split_folders(params.path)
     else:
         records = list_image_folder(params.path, params.split_dir)
     allowed = params.allowed_labels(records)
     mark_duplicates_and_labels(records, set(allowed) if allowed is not None else None,
                                tuple(params.targets), params.target_range)
+    if params.layout == "split_folders":
+        folders = sorted({record.split for record in records if record.split is not None})
+        split_record: dict[str, Any] = {"layout": "split_folders", "folders": folders}
+        if TEST not in folders:
+            split_record |= carve_test_split(records, params.test_share or DEFAULT_TEST_SHARE,
+                                             params.split_seed)
+        return records, split_record
     assign_splits(records, params.split_ratios, params.split_seed)
     if params.val_from_train:
         carve_val_from_train(records, params.val_from_train, params.split_seed)
-    return records
+    return records, {"layout": params.layout if params.source == "image_folder" else params.source}
 
 
 class IngestStage(Stage[IngestParams]):
@@ -264,10 +312,11 @@ class IngestStage(Stage[IngestParams]):
 
     def prepare(self, ctx: StageContext[IngestParams]) -> list[int]:
         params = ctx.params
-        records = list_source(params)
+        records, split_record = list_source(params)
         labels = params.allowed_labels(records)
         ctx.work_dir.mkdir(parents=True, exist_ok=True)
         (ctx.work_dir / "labels.txt").write_text("\n".join(labels or []) + "\n")
+        write_json(ctx.work_dir / SPLIT_RECORD_FILE, split_record)
         shard_ids = []
         for shard_id, start in enumerate(range(0, max(len(records), 1), params.shard_size)):
             chunk = records[start:start + params.shard_size]
@@ -308,11 +357,14 @@ class IngestStage(Stage[IngestParams]):
                            rejects=make_rejects(rejected))
 
     def finalize(self, ctx: StageContext[IngestParams]) -> dict[str, Any]:
-        """Counts per split, label and category, and each target's range, for `inspect` and the
-        run summary."""
+        """Counts per split, label and category, each target's range, and how the splits were
+        made (a carved test split: its share, seed, per-class counts and the hash of its ids),
+        for `inspect` and the run summary."""
         table = StageArtifact(ctx.output_dir).read_all(columns=[SPLIT, LABEL, LABEL_SET, TARGETS])
+        split_record = json.loads((ctx.work_dir / SPLIT_RECORD_FILE).read_text(encoding="utf-8"))
         summary: dict[str, Any] = {"splits": _value_counts(table[SPLIT]),
-                                   "labels": _value_counts(pc.fill_null(table[LABEL], "<none>"))}
+                                   "labels": _value_counts(pc.fill_null(table[LABEL], "<none>")),
+                                   "split_record": split_record}
         if "label_set" in ctx.params.columns:
             summary["categories"] = _value_counts(pc.list_flatten(table[LABEL_SET]))
         if ctx.params.targets:

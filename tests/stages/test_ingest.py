@@ -13,6 +13,7 @@ import pandas as pd
 import pytest
 from pydantic import ValidationError
 
+from affectflow.core.errors import UserError
 from affectflow.core.runner import StageJob, run_stage
 from affectflow.core.runs import RunStore
 from affectflow.stages.ingest.decode_pool import _POOLS, decode_pool
@@ -111,7 +112,6 @@ def test_manifest_sources(tmp_path: Path, fmt: str) -> None:
 def test_manifest_with_missing_column_is_a_user_error(tmp_path: Path) -> None:
     path = tmp_path / "m.csv"
     pd.DataFrame([{"id": "a", "text": "x"}]).to_csv(path, index=False)
-    from affectflow.core.errors import UserError
     with pytest.raises(UserError, match="no column 'image'"):
         ingest(tmp_path, source="manifest", path=path)
 
@@ -339,3 +339,90 @@ def test_relative_paths_follow_the_callers_folder_not_the_workers(tmp_path: Path
     manifest, rows, rejects = ingest(second, source="tumemo", path=Path("posts"))
     assert manifest["rows_out"] == 5, reasons(rejects)
     assert sorted(rows["image_path"]) == sorted(f"posts/{i}.jpg" for i in range(5))
+
+
+def write_split_folders(root: Path, counts: dict[str, dict[str, int]]) -> Path:
+    """The official FI layout: {split: {class: images}} as root/split/class/i.jpg."""
+    for split, classes in counts.items():
+        for label, count in classes.items():
+            for index in range(count):
+                write_image(root / split / label / f"{index}.jpg")
+    return root
+
+
+FI_LAYOUT = {"train": {"amusement": 20, "anger": 10, "awe": 7}, "val": {"amusement": 3, "anger": 2, "awe": 2}}
+
+
+def test_split_folders_carve_a_seeded_stratified_test_split_from_train(tmp_path: Path) -> None:
+    root = write_split_folders(tmp_path / "FI", FI_LAYOUT)
+    write_image(root / "train" / "stray.jpg")  # in train/ but in no class folder
+    (root / "README.txt").write_text("the dataset's notes")
+    manifest, rows, rejects = ingest(tmp_path / "a", source="image_folder", path=root,
+                                     layout="split_folders", test_share=0.2, split_seed=3)
+    assert reasons(rejects) == {"train/stray.jpg": "no_class_folder"}
+    assert (manifest["rows_in"], manifest["rows_out"]) == (45, 44)
+    from_folder = rows["source_id"].str.split("/").str[0]
+    assert (rows.loc[from_folder == "val", "split"] == "val").all()
+    assert set(rows.loc[from_folder == "train", "split"]) == {"train", "test"}
+    test = rows[rows["split"] == "test"]
+    # Stratified: round(n * 0.8) of each class stays in train (16, 8, 6), the rest is test.
+    carved = {"amusement": 4, "anger": 2, "awe": 1}
+    assert test.groupby("label").size().to_dict() == carved
+    record = manifest["summary"]["split_record"]
+    assert record == {
+        "layout": "split_folders", "folders": ["train", "val"], "test_carved_from": "train",
+        "test_share": 0.2, "split_seed": 3, "stratified_by": "label",
+        "carved_per_label": carved, "carved_rows": sum(carved.values()),
+        "carved_ids_sha256": record["carved_ids_sha256"]}
+    assert manifest["summary"]["splits"] == {"train": 30, "val": 7, "test": 7}
+
+    _, again, _ = ingest(tmp_path / "b", source="image_folder", path=root,
+                         layout="split_folders", test_share=0.2, split_seed=3)
+    assert set(again.loc[again["split"] == "test", "source_id"]) == set(test["source_id"])
+    other, reseeded, _ = ingest(tmp_path / "c", source="image_folder", path=root,
+                                layout="split_folders", test_share=0.2, split_seed=4)
+    assert set(reseeded.loc[reseeded["split"] == "test", "source_id"]) != set(test["source_id"])
+    assert other["summary"]["split_record"]["carved_ids_sha256"] != record["carved_ids_sha256"]
+    assert other["summary"]["split_record"]["carved_per_label"] == carved
+
+
+def test_split_folders_with_a_test_folder_carve_nothing(tmp_path: Path) -> None:
+    root = write_split_folders(tmp_path / "FI", {**FI_LAYOUT, "test": {"amusement": 2, "awe": 1}})
+    manifest, rows, _ = ingest(tmp_path, source="image_folder", path=root, layout="split_folders")
+    assert manifest["summary"]["split_record"] == {"layout": "split_folders",
+                                                   "folders": ["test", "train", "val"]}
+    assert manifest["summary"]["splits"] == {"train": 37, "val": 7, "test": 3}
+    assert set(rows.loc[rows["split"] == "test", "source_id"].str.split("/").str[0]) == {"test"}
+
+
+def test_split_folders_default_share_and_folder_checks(tmp_path: Path) -> None:
+    root = write_split_folders(tmp_path / "FI", FI_LAYOUT)
+    manifest, _, _ = ingest(tmp_path / "a", source="image_folder", path=root, layout="split_folders")
+    assert manifest["summary"]["split_record"]["test_share"] == 0.1
+    # A run's saved config lists every key with its value; it must validate again as it is.
+    params = IngestParams(source="image_folder", path=root, layout="split_folders")
+    IngestParams(**params.model_dump(mode="json", exclude_none=True))
+    with pytest.raises(ValidationError, match="not class folders; set layout: split_folders"):
+        ingest(tmp_path / "b", source="image_folder", path=root)
+    (root / "extra").mkdir()
+    with pytest.raises(ValidationError, match=r"folders other than train, val, test: \['extra'\]"):
+        ingest(tmp_path / "c", source="image_folder", path=root, layout="split_folders")
+    shutil.rmtree(root / "val")
+    (root / "extra").rmdir()
+    with pytest.raises(ValidationError, match="has no val/ folder"):
+        ingest(tmp_path / "d", source="image_folder", path=root, layout="split_folders")
+    with pytest.raises(ValidationError, match="is not a folder"):
+        ingest(tmp_path / "e", source="image_folder", path=root / "train" / "awe" / "0.jpg")
+
+
+@pytest.mark.parametrize(("values", "message"), [
+    ({"source": "tumemo", "layout": "split_folders"}, "source image_folder only"),
+    ({"layout": "split_folders", "split_ratios": (0.7, 0.2, 0.1)}, "split_ratios do not apply"),
+    ({"layout": "split_folders", "split_dir": "."}, "split_dir do not apply"),
+    ({"test_share": 0.2}, "test_share applies to layout split_folders only"),
+    ({"layout": "split_folders", "test_share": 1.0}, "test_share"),
+])
+def test_layout_params_are_validated_up_front(tmp_path: Path, values: dict[str, Any],
+                                              message: str) -> None:
+    with pytest.raises(ValidationError, match=message):
+        IngestParams(**{"source": "image_folder", "path": tmp_path, **values})
