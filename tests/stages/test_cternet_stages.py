@@ -407,8 +407,14 @@ def test_configs_hold_the_paper_recipe_and_a_runnable_demo() -> None:
     recipe = CTERNetTrainParams(**paper["cternet_train"])
     assert (recipe.backbone, recipe.pretrained, recipe.input_size) == ("res2net101d", True, 448)
     assert (recipe.lr, recipe.momentum, recipe.step_size, recipe.lr_decay) == (1e-4, 0.9, 10, 0.1)
+    defaults = CTERNetTrainParams()
+    equations = ("branches", "channel_attention", "sentiment_map", "head", "eval_crop")
+    assert [getattr(recipe, key) for key in equations] == [getattr(defaults, key) for key in equations]
+    assert (recipe.head, recipe.sentiment_map, recipe.polarity_map) == ("features", "raw_sum", "fi")
+    assert paper["ingest"]["layout"] == "split_folders"
     with pytest.raises(ValidationError, match="path does not exist"):
         IngestParams(**paper["ingest"])
     small = CTERNetTrainParams(**demo["cternet_train"])
     assert not small.pretrained and small.input_size <= 112
+    assert small.head == "attended" and small.sentiment_map == defaults.sentiment_map
     assert demo["ingest"]["path"] == "artifacts/demo-data/fi"
