@@ -28,7 +28,6 @@ from affectflow.models.cternet.data import eval_transform
 from affectflow.models.encoder_runtime import inference_context, intra_op_threads
 from affectflow.stages.batching import prefetched_image_batches
 from affectflow.stages.cternet.metrics import PAPER_ACCURACY, grouped_polarity_accuracy
-from affectflow.stages.cternet.polarity import NoPolarity, target_class
 from affectflow.stages.cternet.report import CONFUSION_FIGURE, render_report
 from affectflow.stages.cternet.train import TARGET, Targets
 from affectflow.stages.ingest.stage import IMAGE_PATH, LABEL, SPLIT, TEST
@@ -95,21 +94,11 @@ class CTERNetEvalStage(Stage[CTERNetEvalParams]):
         rejects = []
         scorable = []
         for row in rows:
-            if row[LABEL] is None:
-                rejects.append({**row, "reason": "missing_label",
-                                "detail": "test rows need a label"})
-                continue
-            try:
-                target = target_class(state.targets.task, state.targets.polarity_map, row[LABEL])
-            except NoPolarity as problem:
-                rejects.append({**row, "reason": problem.reason, "detail": str(problem)})
-                continue
-            if target not in state.targets.class_index:
-                rejects.append({**row, "reason": "label_not_in_classes",
-                                "detail": f"label {row['label']!r} not in the model's classes "
-                                          f"{state.classifier.classes}"})
-            else:
+            target = state.targets.target(row[LABEL])
+            if isinstance(target, str):
                 scorable.append({**row, TARGET: target})
+            else:
+                rejects.append({**row, "reason": target[0], "detail": target[1]})
         kept = []
         preprocess = eval_transform(state.classifier.model.config)
         for batch in prefetched_image_batches([row[IMAGE_PATH] for row in scorable],

@@ -44,6 +44,8 @@ def _accuracy_rows(metrics: ClassificationMetrics, grouped: float | None, paper:
 
 
 def _notes(grouped: float | None, paper: float | None, training: dict[str, Any]) -> list[str]:
+    """What the figures are and are not: the paper column, the grouped figure, the Eq. 5 cap
+    (no limit for two classes), a random backbone."""
     polarity_map = training["polarity_map"]
     dataset = DATASET_NAMES.get(polarity_map or "", "")
     notes = []
@@ -62,7 +64,7 @@ def _notes(grouped: float | None, paper: float | None, training: dict[str, Any])
                      f"model to their polarity (positive: {', '.join(positive)}); the paper's "
                      "binary figures come from models trained on polarity labels "
                      "(cternet_train.task: polarity).")
-    if training["mode"] == "full" and training["head"] == "features":
+    if training["mode"] == "full" and training["head"] == "features" and len(training["classes"]) > 2:
         notes.append("Head `features` (Eq. 5, concat(S, X)) in mode `full`: the classifier is "
                      "linear after GAP, so X cancels in the total effect Y_TE = P - P* and the "
                      "prediction can name two classes at most; head `attended` (Fig. 2, public "

@@ -3,9 +3,9 @@
 Shards check the training rows (label known, image bytes still the ones ingest validated) and
 write them as the main table with the class each is trained on (`target`: the label, or its
 polarity under `task: polarity`): that table is exactly what training reads, and every row
-that cannot be used is a reject with a reason. Test rows are not this stage's input: it never opens
-them (their count is in the summary), so nothing about the test split can leak into training
-or model selection.
+that cannot be used is a reject with a reason. Test rows are not this stage's input: it never
+opens them (their count is in the summary), so nothing about the test split can leak into
+training or model selection.
 
 `finalize` trains once all shards are checked, in this process or on `processes` torchrun
 processes per node (`nnodes` nodes), with checkpoints in the stage's work folder: an interrupted
@@ -57,13 +57,7 @@ from affectflow.models.cternet.train import (
 )
 from affectflow.models.encoder_runtime import resolve_device
 from affectflow.stages.cternet.figures import draw_training_curves
-from affectflow.stages.cternet.polarity import (
-    POLARITY_CLASSES,
-    NoPolarity,
-    PolarityMap,
-    Task,
-    target_class,
-)
+from affectflow.stages.cternet.polarity import POLARITY_CLASSES, NoPolarity, PolarityMap, Task, target_class
 from affectflow.stages.ingest.stage import IMAGE_PATH, IMAGE_SHA256, LABEL, SPLIT, TEST, TRAIN, VAL
 from affectflow.stages.param_types import Device
 
@@ -225,25 +219,34 @@ def resolve_classes(params: CTERNetTrainParams, labels: pa.Table) -> list[str]:
 
 @dataclass(frozen=True)
 class Targets:
-    """What a labelled row is trained on: the task, its polarity map and the class indices."""
+    """What a labelled row is trained and scored on (training and evaluation alike): the task,
+    its polarity map and the model's classes with their output indices."""
 
     task: Task
     polarity_map: str | None
     class_index: dict[str, int]
+
+    def target(self, label: str | None) -> tuple[str, str] | str:
+        """The row's class (its label, or the label's polarity), else (reason, detail)."""
+        if label is None:
+            return "missing_label", "labelled rows are needed for training and evaluation"
+        try:
+            target = target_class(self.task, self.polarity_map, label)
+        except NoPolarity as problem:
+            return problem.reason, str(problem)
+        if target not in self.class_index:
+            return "label_not_in_classes", (f"label {label!r} not in the model's classes "
+                                            f"{list(self.class_index)}")
+        return target
 
 
 def _check_row(row: dict[str, Any], targets: Targets) -> tuple[str, str] | str:
     """The target class of a usable training row, else (reason, detail)."""
     if row[SPLIT] not in TRAINING_SPLITS:
         return "unknown_split", f"split {row[SPLIT]!r} is none of train, val, test"
-    if row[LABEL] is None:
-        return "missing_label", "training rows need a label"
-    try:
-        target = target_class(targets.task, targets.polarity_map, row[LABEL])
-    except NoPolarity as problem:
-        return problem.reason, str(problem)
-    if target not in targets.class_index:
-        return "label_not_in_classes", f"label {row[LABEL]!r} not in {sorted(targets.class_index)}"
+    target = targets.target(row[LABEL])
+    if not isinstance(target, str):
+        return target
     path = Path(row[IMAGE_PATH])
     if not path.is_file():
         return "missing_image", str(path)

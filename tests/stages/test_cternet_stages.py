@@ -35,8 +35,10 @@ from affectflow.models.cternet.data import eval_transform
 from affectflow.stages.cternet.evaluate import CTERNetEvalParams, CTERNetEvalStage
 from affectflow.stages.cternet.maps import write_sentiment_maps
 from affectflow.stages.cternet.metrics import grouped_polarity_accuracy
+from affectflow.stages.cternet.report import render_report
 from affectflow.stages.cternet.train import CTERNetTrainParams, CTERNetTrainStage
 from affectflow.stages.ingest.stage import IngestParams, IngestStage
+from affectflow.stages.metrics import classification_metrics
 from tests.conftest import write_image
 from tests.stages.helpers import record_edit
 
@@ -349,6 +351,22 @@ def test_polarity_task_trains_and_evaluates_a_binary_model(fi_dir: Path, tmp_pat
     assert (f"| binary accuracy (2-class model trained on polarity labels) | "
             f"{100 * summary['accuracy']:.2f} | 91.01 |") in report
     assert "grouped" not in report
+
+
+@pytest.mark.parametrize(("head", "classes", "noted"), [
+    ("features", ["a", "b", "c"], True), ("attended", ["a", "b", "c"], False),
+    ("features", ["negative", "positive"], False)])
+def test_report_names_the_eq5_cap_where_it_applies(head: str, classes: list[str],
+                                                   noted: bool) -> None:
+    true = np.arange(len(classes))
+    metrics = classification_metrics(true, true, classes)
+    training = {"task": "emotion", "polarity_map": None, "classes": classes, "mode": "full",
+                "head": head, "backbone": "b", "weights_source": "pretrained",
+                "sentiment_map": "raw_sum", "precision": "fp32", "input_size": 448,
+                "eval_crop": "shorter_side", "best_epoch": 1, "epochs": 1,
+                "best_val_accuracy": 1.0}
+    report = render_report(metrics, None, None, training)
+    assert ("can name two classes at most" in report) == noted
 
 
 def test_polarity_task_rejects_labels_without_a_polarity(tmp_path: Path) -> None:
