@@ -2,7 +2,7 @@
 the formula: explicit loops and sums over plain Python lists in float64, sharing nothing with
 the vectorised modules but their weights.
 
-Notation: X the backbone map (C_in, H, W); F_i = branch i of SMAD-F (Eq. 1, PSA kernels 3/5/7/9
+Notation: X the backbone map (C_in, H, W); F_i = branch i of SMAD-F (PSA kernels 3/5/7/9
 with groups 1/4/8/16); channel attention (Eq. 2); class maps M_c and detection scores v_c
 (class-wise pooling); sentiment map S (Eq. 4); prediction P = FC(GAP(concat(S, .))) (Eq. 5);
 total effect Y_TE = P - P* (the paper's sign); loss = CE(v, y) + CE(Y_TE, y).
@@ -126,7 +126,7 @@ def branch_reference(branch: nn.Module, x: Grid, kind: str, groups: int) -> Grid
 
 
 def smad_f_reference(module: FactualAttention, x: Grid, kind: str, attention_kind: str) -> Grid:
-    """Eq. 1 branches concatenated, Eq. 2, then the 1x1 projection + BN + ReLU."""
+    """The multi-scale branches concatenated, Eq. 2, then the 1x1 projection + BN + ReLU."""
     multi_scale = [plane for branch, (_, groups) in zip(module.branches, PSA_BRANCHES)
                    for plane in branch_reference(branch, x, kind, groups)]
     mixed = channel_attention(multi_scale, module.channel_attention.gamma.item(), attention_kind)
@@ -185,7 +185,7 @@ def random_grid(seed: int, channels: int = IN_CHANNELS, scale: float = 0.5) -> t
 
 
 @pytest.mark.parametrize("kind", ["psa", "conv_bn_relu"])
-def test_multi_scale_branches_eq1(kind: str) -> None:
+def test_multi_scale_branches(kind: str) -> None:
     module = randomise(FactualAttention(IN_CHANNELS, BRANCH_CHANNELS, ATTENTION_CHANNELS, kind,
                                         "paper"), seed=1)
     x = random_grid(2)
