@@ -57,6 +57,9 @@ def _notes(grouped: float | None, paper: float | None, training: dict[str, Any])
                      "dataset (fi, emotion6, artphoto, twitter2).")
     else:
         notes.append(f"The paper reports no {dataset} figure for task {training['task']}.")
+    if grouped is None and training["task"] == "emotion" and polarity_map is not None:
+        notes.append(f"No grouped polarity figure: not every class has a polarity under map "
+                     f"{polarity_map!r}.")
     if grouped is not None:
         positive = sorted(label for label, polarity in POLARITY_MAPS[polarity_map].items()
                           if polarity == POSITIVE)

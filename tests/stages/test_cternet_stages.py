@@ -367,6 +367,9 @@ def test_report_names_the_eq5_cap_where_it_applies(head: str, classes: list[str]
                 "best_val_accuracy": 1.0}
     report = render_report(metrics, None, None, training)
     assert ("can name two classes at most" in report) == noted
+    assert "No grouped polarity figure" not in report
+    mapped = render_report(metrics, None, None, training | {"polarity_map": "fi"})
+    assert "No grouped polarity figure: not every class has a polarity" in mapped
 
 
 def test_polarity_task_rejects_labels_without_a_polarity(tmp_path: Path) -> None:
