@@ -56,8 +56,9 @@ def _image_folder(params: IngestParams, section: str) -> tuple[str, list[str]]:
     if not params.path.is_dir():
         return "", [f"{section}.path = {params.path} is not a folder (image_folder wants one "
                     f"sub-folder per class)"]
-    classes = sorted(entry.name for entry in os.scandir(params.path) if entry.is_dir())
-    with_images = [name for name in classes if _has_image(params.path / name)]
+    if params.layout == "split_folders":
+        return _split_folders(params, section)
+    with_images = _classes_with_images(params.path)
     problems = []
     if not with_images:
         problems.append(f"{section}.path = {params.path}: no class sub-folder with images "
@@ -68,6 +69,24 @@ def _image_folder(params: IngestParams, section: str) -> tuple[str, list[str]]:
             problems.append(f"{section}.split_dir = {params.split_dir}: no {', '.join(missing)} "
                             f"(one 'class/file' per line); fix the folder or remove the key")
     return f"image folder with {len(with_images)} classes ({', '.join(with_images[:8])})", problems
+
+
+def _split_folders(params: IngestParams, section: str) -> tuple[str, list[str]]:
+    """The official FI layout; IngestParams has already checked that train/ and val/ exist."""
+    splits = [split for split in SPLITS if (params.path / split).is_dir()]
+    classes = {split: _classes_with_images(params.path / split) for split in splits}
+    problems = [f"{section}.path = {params.path}: {split}/ has no class sub-folder with images; "
+                f"layout split_folders wants <path>/{split}/<class>/<image>"
+                for split in splits if not classes[split]]
+    test = "test/ folder" if "test" in splits else "test carved from train/"
+    train = classes["train"]
+    return (f"split folders {', '.join(f'{split}/' for split in splits)} ({test}); "
+            f"{len(train)} classes in train/ ({', '.join(train[:8])})"), problems
+
+
+def _classes_with_images(root: Path) -> list[str]:
+    classes = sorted(entry.name for entry in os.scandir(root) if entry.is_dir())
+    return [name for name in classes if _has_image(root / name)]
 
 
 def _has_image(folder: Path) -> bool:

@@ -136,6 +136,20 @@ def test_layout_problems_name_the_key_and_the_fix(tmp_path: Path) -> None:
                         f"{tmp_path / 'posts.csv'}; set it to one of ['id', 'picture', 'text']"]
 
 
+def test_split_folder_layout_is_described_by_its_splits(tmp_path: Path) -> None:
+    """The official FI layout: classes are found under train/, not at the top."""
+    for split in ("train", "val"):
+        write_image(tmp_path / "FI" / split / "awe" / "a.jpg")
+    params = IngestParams(source="image_folder", path=tmp_path / "FI", layout="split_folders")
+    found, problems = describe_layout(params, "ingest")
+    assert problems == [] and found == ("split folders train/, val/ (test carved from train/); "
+                                        "1 classes in train/ (awe)")
+    (tmp_path / "FI" / "val" / "awe" / "a.jpg").unlink()
+    _, problems = describe_layout(params, "ingest")
+    assert problems == [f"ingest.path = {tmp_path / 'FI'}: val/ has no class sub-folder with images; "
+                        "layout split_folders wants <path>/val/<class>/<image>"]
+
+
 # ---------------------------------------------------------------- the commands
 def test_demo_config_passes_check(demo_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
                                   offline_hub: Path, capsys: pytest.CaptureFixture[str]) -> None:
