@@ -419,6 +419,7 @@ def test_split_folders_default_share_and_folder_checks(tmp_path: Path) -> None:
     ({"source": "tumemo", "layout": "split_folders"}, "source image_folder only"),
     ({"layout": "split_folders", "split_ratios": (0.7, 0.2, 0.1)}, "split_ratios do not apply"),
     ({"layout": "split_folders", "split_dir": "."}, "split_dir do not apply"),
+    ({"layout": "split_folders", "val_from_train": 0.1}, "val_from_train do not apply"),
     ({"test_share": 0.2}, "test_share applies to layout split_folders only"),
     ({"layout": "split_folders", "test_share": 1.0}, "test_share"),
 ])
