@@ -369,6 +369,7 @@ def finalize_stage(job: StageJob, fingerprint: str) -> dict[str, Any]:
         "params": job.params.model_dump(mode="json"),
         "fingerprint": fingerprint,
         "inputs": {name: art.fingerprint for name, art in ctx.inputs.items()},
+        "input_digests": {name: art.digest for name, art in ctx.inputs.items()},
         "source_fingerprint": plan["source_fingerprint"],
         "code_version": code["version"],
         "code": {"modules": code["modules"], "libraries": code["libraries"]},
@@ -462,7 +463,6 @@ def run_stage(job: StageJob, force: bool = False) -> dict[str, Any]:
         run_shards(job, plan, progress)
         progress.close()
         return finalize_stage(job, plan.fingerprint)
-    except BaseException as error:
-        job.run.update_stage(job.stage.name, status="failed", error=str(error)[:500],
-                             finished=utc_now())
+    except Exception as error:  # Ctrl-C or a kill leaves it running: derived as interrupted
+        job.run.record_failure(job.stage.name, error)
         raise
