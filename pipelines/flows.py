@@ -16,6 +16,7 @@ from typing import Any
 
 from prefect import flow, task
 from prefect.cache_policies import NO_CACHE
+from prefect.exceptions import UpstreamTaskError
 from prefect.futures import PrefectFuture, wait
 
 from affectflow.core.errors import UserError
@@ -86,10 +87,11 @@ def run_chain(ref: RunRef, stages: list[str], force: list[str]) -> dict[str, Any
     for name, future in futures.items():
         try:
             results[name] = future.result()
+        except UpstreamTaskError:
+            continue  # never started: an input failed, and that failure is recorded
         except Exception as error:
-            # A shard task's failure ends the stage before its own code could record it.
-            if ref.store.read().get("stages", {}).get(name, {}).get("status") == "running":
-                ref.store.record_failure(name, error)
+            # Plan and shard tasks end a shard-parallel stage without `run_stage`'s record.
+            ref.store.record_failure(name, error)
             first_error = first_error or error
     if first_error is not None:
         raise first_error
