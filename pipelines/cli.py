@@ -108,7 +108,8 @@ def _cmd_resume(args: argparse.Namespace) -> int:
     from affectflow.pipelines.state import TO_RESUME, stage_states
 
     store = RunStore(Path(args.artifact_root), args.run_id)
-    pending = [state for state in stage_states(store) if state.state in TO_RESUME]
+    with store.base_folder():
+        pending = [state for state in stage_states(store) if state.state in TO_RESUME]
     if not pending:
         print(f"run {args.run_id} is up to date: nothing to resume")
         return 0

@@ -42,7 +42,8 @@ def state_line(state: StageState) -> str:
 def _summary(store: RunStore) -> str:
     """`7 done, 2 stale, 1 failed` for one run, or why its state cannot be derived."""
     try:
-        states = stage_states(store)
+        with store.base_folder():
+            states = stage_states(store)
     except UserError as error:
         return f"state unknown: {printable(error.message, 200)}"
     counts = Counter(state.state for state in states)
