@@ -91,7 +91,8 @@ def test_errors_are_one_line_with_a_hint(workdir: Path, capsys: pytest.CaptureFi
 
 
 def test_every_command_has_help(capsys: pytest.CaptureFixture[str]) -> None:
-    for command in ("demo-data", "demo-models", "run", "stage", "runs", "inspect", "export", "bench"):
+    for command in ("demo-data", "demo-models", "run", "stage", "resume", "runs", "inspect", "export",
+                    "bench"):
         with pytest.raises(SystemExit) as exited:
             main([command, "--help"])
         assert exited.value.code == 0

@@ -144,6 +144,7 @@ def test_a_moved_run_inspects_exports_and_resumes_from_another_folder(
     code, _, err = cli(capsys, "run", "pretrain", "--config", "run.yaml", "--run-id", "m")
     assert code == 0, err
     elsewhere = tmp_path_factory.mktemp("elsewhere")
+    (elsewhere / "runs").mkdir()
     shutil.move(workdir / "artifacts" / "runs" / "m", elsewhere / "runs" / "m")
     with contextlib.chdir(tmp_path_factory.mktemp("another-folder")):
         root = str(elsewhere)
