@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from affectflow.core.errors import UserError
+from affectflow.core.locks import set_command
 from affectflow.pipelines.prefect_env import configure_prefect_env
 
 LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
@@ -304,6 +305,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     configure_prefect_env()  # before anything imports Prefect, which reads its settings early
+    set_command(["affectflow", *(sys.argv[1:] if argv is None else argv)])
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO,
                         format=LOG_FORMAT, stream=sys.stderr)
