@@ -31,7 +31,7 @@ import pyarrow.parquet as pq
 import affectflow
 from affectflow.core.atomic import write_json, write_parquet
 from affectflow.core.errors import UserError
-from affectflow.core.hashing import hash_value
+from affectflow.core.hashing import external_files_fingerprinted, hash_value
 from affectflow.core.integrity import (
     FileRecord,
     IntegrityError,
@@ -102,7 +102,8 @@ class StageJob:
     def fingerprint(self) -> tuple[str, str | None]:
         """hash(stage name, params, input fingerprints, code version, external source), and the
         external source's own fingerprint (computed once: it may stat a whole dataset)."""
-        source = self.stage.source_fingerprint(self.params, self.settings)
+        with external_files_fingerprinted(self.settings):
+            source = self.stage.source_fingerprint(self.params, self.settings)
         return hash_value({
             "stage": self.stage.name,
             "params": self.params.model_dump(mode="json"),

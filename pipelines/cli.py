@@ -105,12 +105,17 @@ def _cmd_stage(args: argparse.Namespace) -> int:
 
 def _cmd_resume(args: argparse.Namespace) -> int:
     from affectflow.core.runs import RunStore
+    from affectflow.pipelines.execution import RunRef, run_config
     from affectflow.pipelines.inspect import state_line
+    from affectflow.pipelines.preflight import require_ready
     from affectflow.pipelines.state import TO_RESUME, stage_states
 
     store = RunStore(Path(args.artifact_root), args.run_id)
     with store.base_folder():
         pending = [state for state in stage_states(store) if state.state in TO_RESUME]
+        if pending:  # missing weights or datasets fail now, before Prefect starts
+            require_ready(run_config(RunRef(args.artifact_root, args.run_id)), f"run {args.run_id}",
+                          [state.stage for state in pending])
     if not pending:
         print(f"run {args.run_id} is up to date: nothing to resume")
         return 0

@@ -19,7 +19,7 @@ from affectflow.core.errors import UserError
 from affectflow.core.locks import live_writer
 from affectflow.core.runs import RunStore, list_runs
 from affectflow.core.store import StageArtifact
-from affectflow.pipelines.state import StageState, stage_states
+from affectflow.pipelines.state import StageState, stage_states, unknown_states
 
 
 def _shorten(value: Any, width: int = 60) -> Any:
@@ -39,16 +39,23 @@ def state_line(state: StageState) -> str:
     return f"  {state.stage:<13} {state.state:<11} {counts:<32} {seconds:>7}{reason}"
 
 
-def _summary(store: RunStore) -> str:
-    """`7 done, 2 stale, 1 failed` for one run, or why its state cannot be derived."""
+def shown_states(store: RunStore) -> tuple[list[StageState], str | None]:
+    """The run's derived stage states; where its saved config cannot be checked on this machine,
+    its stages as `unknown` and why."""
     try:
         with store.base_folder():
-            states = stage_states(store)
+            return stage_states(store), None
     except UserError as error:
-        return f"state unknown: {printable(error.message, 200)}"
+        return unknown_states(store), error.message
+
+
+def _summary(store: RunStore) -> str:
+    """`7 done, 2 stale, 1 failed` for one run (and why, where states are unknown)."""
+    states, problem = shown_states(store)
     counts = Counter(state.state for state in states)
-    order = ("running", "interrupted", "failed", "stale", "not run", "done")
-    return ", ".join(f"{counts[name]} {name}" for name in order if counts[name])
+    order = ("running", "interrupted", "failed", "stale", "unknown", "not run", "done")
+    summary = ", ".join(f"{counts[name]} {name}" for name in order if counts[name])
+    return summary + (f" ({printable(problem, 160)})" if problem else "")
 
 
 def runs_table(artifact_root: Path) -> str:
@@ -78,8 +85,11 @@ def run_report(store: RunStore) -> str:
     if len(history) > 1:
         lines.append(f"config changed {len(history) - 1} time(s), last {history[-1]['when']} by "
                      f"{printable(history[-1].get('command', '?'), 120)}")
+    states, problem = shown_states(store)
+    if problem:
+        lines.append(f"states unknown: {printable(problem, 600)}")
     lines.append(f"  {'stage':<13} {'state':<11} {'rows':<32} {'time':>7}  reason")
-    lines += [state_line(state) for state in stage_states(store)]
+    lines += [state_line(state) for state in states]
     return "\n".join(lines)
 
 

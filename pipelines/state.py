@@ -12,6 +12,7 @@ and `interrupted` once its writer is gone.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from affectflow.core.errors import UserError
@@ -21,8 +22,8 @@ from affectflow.core.runs import RunStore, config_changes
 from affectflow.pipelines.config import load_config, stage_params
 from affectflow.pipelines.execution import RunRef, make_job
 
-DONE, STALE, FAILED, INTERRUPTED, RUNNING, NOT_RUN = ("done", "stale", "failed", "interrupted",
-                                                      "running", "not run")
+DONE, STALE, FAILED, INTERRUPTED, RUNNING, NOT_RUN, UNKNOWN = (
+    "done", "stale", "failed", "interrupted", "running", "not run", "unknown")
 TO_RESUME = (STALE, FAILED, INTERRUPTED, NOT_RUN)
 """States `affectflow resume` computes again."""
 
@@ -100,14 +101,41 @@ def _attempt(name: str, record: dict[str, Any], writer: Any, gone: Any) -> Stage
     return None
 
 
-def stage_states(store: RunStore) -> list[StageState]:
-    """Every stage of the run's saved `run.stages`, in that (DAG) order."""
-    record = store.read()
+def _saved_config(store: RunStore, record: dict[str, Any]) -> Any:
+    """The run's saved config, validated here (its dataset and model paths must be found)."""
     try:
-        config = load_config(None, raw=record["config"])
+        return load_config(None, raw=record["config"])
     except UserError as error:
-        raise UserError(f"run {store.run_id}: its saved config no longer validates: "
-                        f"{error.message}", hint=error.hint) from None
+        base = record.get("base_dir")
+        where = "" if not base else (f"; its relative paths mean {base}, the folder it was made in"
+                                     + ("" if Path(base).is_dir() else ", which is not on this machine"))
+        raise UserError(f"run {store.run_id}: its saved config does not validate here: "
+                        f"{error.message}{where}",
+                        hint=f"put the data where the config says, or record a new path: affectflow "
+                             f"run --config F --run-id {store.run_id} --update") from None
+
+
+def unknown_states(store: RunStore) -> list[StageState]:
+    """For views of a run whose saved config cannot be checked here (a dataset that is not on
+    this machine): each stage with its recorded counts, `unknown` where it has an output."""
+    record = store.read()
+    names = record.get("config", {}).get("run", {}).get("stages") or list(record.get("stages", {}))
+    states = []
+    for name in names:
+        artifact = store.stage(name)
+        manifest = artifact.manifest if artifact.complete else {}
+        rows = ((manifest["rows_in"], manifest["rows_out"], manifest["rows_rejected"])
+                if manifest else None)
+        states.append(StageState(name, UNKNOWN if manifest else NOT_RUN, "", rows,
+                                 manifest.get("timings", {}).get("seconds")))
+    return states
+
+
+def stage_states(store: RunStore) -> list[StageState]:
+    """Every stage of the run's saved `run.stages`, in that (DAG) order; a saved config that does
+    not validate here is an error (nothing can be compared against it)."""
+    record = store.read()
+    config = _saved_config(store, record)
     ref = RunRef(str(store.artifact_root), store.run_id)
     writer = live_writer(store.path)
     gone = None if writer is not None else read_holder(store.path)

@@ -157,3 +157,23 @@ def test_a_moved_run_inspects_exports_and_resumes_from_another_folder(
         code, out, err = cli(capsys, "stage", "factual", "--run", "m", "--artifact-root", root,
                              "--force")
         assert code == 0, err
+
+
+def test_a_dataset_copied_without_its_mtimes_recomputes_only_in_stat_mode(
+        prefect_harness: None, workdir: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    for mode in ("stat", "content"):
+        code, _, err = cli(capsys, "run", "pretrain", "--config", "run.yaml", "--run-id", mode,
+                           "--set", f"run.fingerprint={mode}")
+        assert code == 0, err
+    # The posts and the local CLIP folder copied byte for byte with new mtimes, as `cp` or an
+    # archive extracted without them does.
+    shutil.copytree(workdir / "data", workdir / "copy", copy_function=shutil.copyfile)
+    shutil.rmtree(workdir / "data")
+    (workdir / "copy").rename(workdir / "data")
+
+    shown = states(capsys, "stat")
+    assert shown["ingest"].startswith("stale") and "external data changed" in shown["ingest"]
+    assert shown["factual"].startswith("stale")
+    assert all(line.startswith("done") for line in states(capsys, "content").values())
+    code, out, err = cli(capsys, "resume", "content")
+    assert code == 0 and "up to date" in out, err

@@ -18,6 +18,7 @@ import httpx
 import pytest
 import yaml
 
+from affectflow.core.lifeline import stop_with_this_process
 from tests.conftest import write_tumemo
 
 REPO = Path(__file__).resolve().parents[2]
@@ -60,6 +61,7 @@ def server(tmp_path: Path) -> Iterator[dict[str, str]]:
     process = subprocess.Popen([*PREFECT, "server", "start", "--host", "127.0.0.1", "--port",
                                 str(port)], env=env, stdout=log, stderr=subprocess.STDOUT,
                                start_new_session=True)
+    stop_with_this_process(process.pid)  # even a killed test session leaves no server behind
     try:
         deadline = time.monotonic() + 180
         while time.monotonic() < deadline:
@@ -130,6 +132,7 @@ def test_scheduler_creates_runs_and_a_process_worker_completes_one(
                                "--limit", "1"],
                               env=server, cwd=REPO, stdout=worker_log, stderr=subprocess.STDOUT,
                               start_new_session=True)
+    stop_with_this_process(worker.pid)
     try:
         deadline = time.monotonic() + 420
         while True:
