@@ -4,6 +4,7 @@ the scheduler creates and the worker completes (README "Scheduling with a Prefec
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 import os
 import signal
@@ -152,3 +153,18 @@ def test_scheduler_creates_runs_and_a_process_worker_completes_one(
     finished = [json.loads((folder / "run.json").read_text()) for folder in runs_dir.iterdir()]
     assert any(record["stages"]["ingest"]["status"] == "done" for record in finished)
     assert all(record["run_id"].startswith("nightly-") for record in finished)
+
+
+def test_a_run_id_template_is_filled_from_the_scheduled_start(monkeypatch: pytest.MonkeyPatch) -> None:
+    from prefect.runtime import flow_run
+
+    from affectflow.core.errors import UserError
+    from affectflow.pipelines.flows import expand_run_id
+
+    # What Prefect's runtime reports inside a scheduled flow run (23:30 at UTC-2 = 01:30 UTC).
+    start = dt.datetime(2026, 3, 4, 23, 30, tzinfo=dt.timezone(dt.timedelta(hours=-2)))
+    monkeypatch.setitem(flow_run.FIELDS, "scheduled_start_time", lambda: start)
+    assert expand_run_id("nightly-{scheduled:%Y%m%d-%H%M}") == "nightly-20260305-0130"
+    assert expand_run_id("demo-nightly") == "demo-nightly"  # a plain id: every run continues it
+    with pytest.raises(UserError, match="bad run id template"):
+        expand_run_id("nightly-{when}")
