@@ -56,8 +56,8 @@ def test_pretrain_rerun_runs_and_inspect(prefect_harness: None, workdir: Path,
     run = json.loads((workdir / "artifacts/runs/demo1/run.json").read_text())
     assert run["config"]["ingest"]["min_image_side"] == 100
 
-    code, out, _ = run_cli(capsys, "runs")
-    assert code == 0 and "demo1" in out and "ingest" in out
+    code, out, _ = run_cli(capsys, "runs")  # one line per run: its stages counted by state
+    assert code == 0 and "demo1" in out and " done" in out and "stale" in out
 
     code, out, _ = run_cli(capsys, "inspect", "demo1", "ingest", "--samples", "2")
     assert code == 0
