@@ -11,6 +11,8 @@ and `interrupted` once its writer is gone.
 
 from __future__ import annotations
 
+import os
+import socket
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -139,6 +141,11 @@ def stage_states(store: RunStore) -> list[StageState]:
     ref = RunRef(str(store.artifact_root), store.run_id)
     writer = live_writer(store.path)
     gone = None if writer is not None else read_holder(store.path)
+    if writer is not None and writer.pid == os.getpid() and writer.host == socket.gethostname():
+        # This process holds the lock, and computes no stage while it derives states (`resume`
+        # asks before it starts one, `stage` after it ends): a running attempt is an earlier
+        # writer's, which is gone.
+        writer = None
     states: dict[str, StageState] = {}
     for name in config.run.stages:
         artifact = store.stage(name)
