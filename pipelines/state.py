@@ -109,10 +109,11 @@ def _saved_config(store: RunStore, record: dict[str, Any]) -> Any:
         return load_config(None, raw=record["config"])
     except UserError as error:
         base = record.get("base_dir")
-        where = "" if not base else (f"; its relative paths mean {base}, the folder it was made in"
-                                     + ("" if Path(base).is_dir() else ", which is not on this machine"))
-        raise UserError(f"run {store.run_id}: its saved config does not validate here: "
-                        f"{error.message}{where}",
+        where = "" if not base else (f" (its relative paths mean {base}, the folder it was made in"
+                                     + ("" if Path(base).is_dir() else ", which is not on this machine")
+                                     + ")")
+        raise UserError(f"run {store.run_id}: its saved config does not validate here{where}: "
+                        f"{error.message}",
                         hint=f"put the data where the config says, or record a new path: affectflow "
                              f"run --config F --run-id {store.run_id} --update") from None
 
