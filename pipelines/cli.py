@@ -312,8 +312,11 @@ def main(argv: list[str] | None = None) -> int:
     configure_prefect_env()  # before anything imports Prefect, which reads its settings early
     set_command(["affectflow", *(sys.argv[1:] if argv is None else argv)])
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO,
-                        format=LOG_FORMAT, stream=sys.stderr)
+    console = logging.StreamHandler(sys.stderr)
+    console.setFormatter(logging.Formatter(LOG_FORMAT))
+    # --quiet quiets the console handler only: Prefect's run logs keep INFO (prefect_logging.py)
+    console.setLevel(logging.WARNING if args.quiet else logging.NOTSET)
+    logging.basicConfig(level=logging.INFO, handlers=[console])
     for noisy in ("httpx", "httpcore"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
     try:
