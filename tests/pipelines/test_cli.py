@@ -102,7 +102,7 @@ def test_pretrain_rerun_runs_and_inspect(prefect_harness: None, workdir: Path,
 
 def check_prefect_window(stages: list[str]) -> None:
     """What the demo run left in Prefect: flow runs named by the run id, the project's log lines
-    (accounting, losses per epoch, k-means) without per-task chatter, and every stage's artifacts."""
+    (accounting, losses per epoch, k-means, probe accuracies) without per-task chatter, and every stage's artifacts."""
     flush_logs()
     assert len(flow_runs_named("demo1")) == 1
     [chain] = flow_runs_named("demo1 · stages")
@@ -111,6 +111,8 @@ def check_prefect_window(stages: list[str]) -> None:
     assert any(m.startswith("ingest: 61 in = 57 out + 4 rejected (") for m in messages)
     assert any(m.startswith("pacl epoch 45/45 (") for m in messages)
     assert any(m.startswith("cluster factual k=2: ") for m in messages)
+    assert any(m.startswith("probe single_label linear: test Acc ") and "before PACL" in m
+               for m in messages)
     assert not [m for name, m in lines if name == "prefect.task_runs" and m.startswith("Finished in state")]
     found = artifacts_with_prefix("demo1-")
     views = {"partition-shares", "partition-summary", "cluster-sweep", "pacl-losses", "probe-results"}
