@@ -83,7 +83,7 @@ def test_a_process_configured_by_prefect_alone_forwards_the_project_logs(
     script = ("import json, sys; from affectflow.pipelines.flows import pretrain_flow; "
               "print(json.dumps(pretrain_flow(config_path=sys.argv[1])['run_id']))")
     done = subprocess.run([sys.executable, "-c", script, str(config)], env=env, cwd=tmp_path,
-                          capture_output=True, text=True, timeout=300)
+                          capture_output=True, text=True, timeout=900)
     assert done.returncode == 0, done.stderr
     run_id = json.loads(done.stdout.strip().splitlines()[-1])
     [flow_run] = flow_runs_named(run_id)  # named after the run id the flow made
