@@ -8,6 +8,7 @@ records sizes as `upright_size` reports them.
 from __future__ import annotations
 
 import os
+from typing import BinaryIO
 
 from PIL import Image, ImageOps
 
@@ -30,8 +31,9 @@ def allow_pixels(limit: int) -> None:
         Image.MAX_IMAGE_PIXELS = limit
 
 
-def load_rgb(path: str | os.PathLike[str], draft: tuple[int, int] | None = None) -> Image.Image:
-    """The image at `path` as an upright RGB image (decoded now, the file closed).
+def load_rgb(path: str | os.PathLike[str] | BinaryIO,
+             draft: tuple[int, int] | None = None) -> Image.Image:
+    """The image at `path` (or in an open binary file) as an upright RGB image, decoded now.
 
     `draft` lets a JPEG decode at a reduced scale no smaller than that size (thumbnails).
     """

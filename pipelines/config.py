@@ -32,6 +32,10 @@ class RunSettings(BaseModel):
     fingerprint: Literal["stat", "content"] = Field(
         "stat", description="external data (datasets, local model files) fingerprinted by "
                             "size + mtime, or by content (a copied dataset need not recompute)")
+    pixel_cache_gb: float = Field(50.0, ge=0, description="bound of the decode-once pixel cache "
+                                  "under <artifact_root>/cache/pixels; 0 turns it off")
+    gpu_jpeg_decode: bool = Field(False, description="decode JPEGs that fill the pixel cache with "
+                                  "nvJPEG when the stage runs on a GPU")
     stages: list[str] = Field(default_factory=lambda: list(PRETRAIN_CHAIN),
                               description="stages of the pretrain flow, in order")
     task_runner: Literal["threads", "dask", "ray"] = Field(

@@ -1,68 +1,55 @@
-"""Batches of decoded, preprocessed images prepared by worker threads while the model runs.
+"""Batches of decoded images for model stages, loaded by worker processes while the model runs.
 
-Pillow releases the GIL while decoding and torchvision's tensor ops release it too, so a small
-thread pool keeps the next batches ready without the fork-safety and start-up costs of worker
-processes. A file that fails to load yields its exception in place of a tensor, so the stage can
-reject that row with a reason instead of failing the shard.
+Stages that apply a model's own preprocessing to each picture (CLIP, BLIP) use
+`prefetched_image_batches`; stages whose views start from cached pixels (cluster, PACL, probe,
+CTERNet) use `core.loading.pixel_batches` / `fill_cache` with the run's `pixel_store`. Either
+way the workers are the process's shared DataLoader workers for that preprocessing
+(core/loading.py), and a file that fails to load comes back as `(index, reason)`, so the stage
+rejects that row instead of failing the shard.
 """
 
 from __future__ import annotations
 
-from collections import deque
 from collections.abc import Callable, Iterator, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
 
 import torch
 from PIL import Image
 
-from affectflow.core.images import load_rgb
+from affectflow.core.loading import ImageBatch, LoaderSettings, PreprocessLoad, shared_loader
+from affectflow.core.pixel_cache import PixelCache, PixelStore
+from affectflow.core.pixels import Decoder, PixelTransform
 
-
-@dataclass
-class ImageBatch:
-    """Indices into the shard for the rows that loaded, their stacked pixels, and failures."""
-
-    indices: list[int]
-    pixels: torch.Tensor | None
-    failures: list[tuple[int, str]]
-
-
-def _load_batch(paths: Sequence[str], offset: int,
-                preprocess: Callable[[Image.Image], torch.Tensor],
-                pool: ThreadPoolExecutor) -> ImageBatch:
-    def one(path: str) -> torch.Tensor | Exception:
-        try:
-            return preprocess(load_rgb(path))
-        except Exception as error:
-            return error
-
-    results = list(pool.map(one, paths))
-    indices = [offset + i for i, r in enumerate(results) if isinstance(r, torch.Tensor)]
-    failures = [(offset + i, f"{type(r).__name__}: {r}") for i, r in enumerate(results)
-                if not isinstance(r, torch.Tensor)]
-    tensors = [r for r in results if isinstance(r, torch.Tensor)]
-    return ImageBatch(indices, torch.stack(tensors) if tensors else None, failures)
+PIXEL_CACHE_DIR = Path("cache") / "pixels"
 
 
 def prefetched_image_batches(paths: Sequence[str], batch_size: int,
                              preprocess: Callable[[Image.Image], torch.Tensor],
-                             workers: int, depth: int = 2) -> Iterator[ImageBatch]:
-    """Yield batches in order while up to `depth` later batches load on `workers` threads."""
-    with ThreadPoolExecutor(max_workers=max(1, workers), thread_name_prefix="image-load") as pool, \
-            ThreadPoolExecutor(max_workers=depth, thread_name_prefix="batch") as batcher:
-        starts = iter(range(0, len(paths), batch_size))
-        in_flight: deque[Future[ImageBatch]] = deque()
+                             workers: int, device: torch.device | None = None) -> Iterator[ImageBatch]:
+    """Batches of `preprocess(load_rgb(path))` in order, loaded on `workers` processes."""
+    yield from shared_loader(PreprocessLoad(preprocess), workers, device).batches(paths, batch_size)
 
-        def submit_next() -> None:
-            start = next(starts, None)
-            if start is not None:
-                in_flight.append(batcher.submit(_load_batch, paths[start:start + batch_size],
-                                                start, preprocess, pool))
 
-        for _ in range(depth):
-            submit_next()
-        while in_flight:
-            batch = in_flight.popleft().result()
-            submit_next()
-            yield batch
+def pixel_cache_root(artifact_root: str | Path) -> Path:
+    return Path(artifact_root) / PIXEL_CACHE_DIR
+
+
+def pixel_cache(settings: Any) -> PixelCache:
+    """The run's pixel cache: `run.pixel_cache_gb` bounds it, 0 turns it off."""
+    return PixelCache(pixel_cache_root(settings.artifact_root), int(settings.pixel_cache_gb * 1e9))
+
+
+def pixel_store(settings: Any, transform: PixelTransform) -> PixelStore:
+    """The run's pixel cache entries of one transform."""
+    return pixel_cache(settings).store(transform)
+
+
+def loader_settings(settings: Any, device: torch.device) -> LoaderSettings:
+    """The run's loader processes, pixel cache and JPEG decoder, for a job on `device`."""
+    return LoaderSettings(settings.workers, pixel_cache(settings), jpeg_decoder(settings, device))
+
+
+def jpeg_decoder(settings: Any, device: torch.device) -> Decoder:
+    """`torchvision` (nvJPEG) when the run asks for GPU JPEG decoding and the stage is on a GPU."""
+    return "torchvision" if settings.gpu_jpeg_decode and device.type == "cuda" else "pil"

@@ -1,10 +1,11 @@
 """Image views for training and evaluation, reproducible from a seed.
 
 Images are decoded once into uint8 squares of side `load_size(image_size)` (shorter side
-resized, centre cropped). Training takes a random resized crop plus a horizontal flip of that
-square; evaluation takes its centre `image_size` crop. Crop boxes are drawn from an explicit
-generator for the whole global micro-batch, so every process of a data-parallel run and every
-resumed run applies exactly the augmentation a single uninterrupted process would.
+resized, centre cropped: `square_pixels`, kept in the pixel cache). Training takes a random
+resized crop plus a horizontal flip of that square; evaluation takes its centre `image_size`
+crop. Crop boxes are drawn from an explicit generator for the whole global micro-batch, so
+every process of a data-parallel run and every resumed run applies exactly the augmentation a
+single uninterrupted process would. Views run on the squares' device (a GPU in training).
 """
 
 from __future__ import annotations
@@ -13,10 +14,11 @@ import math
 from dataclasses import dataclass
 
 import torch
-from PIL import Image
 from torch import Tensor
 from torchvision.transforms import InterpolationMode
 from torchvision.transforms.v2 import functional as TF
+
+from affectflow.core.pixels import Decoder, PixelTransform
 
 # The usual 224 -> 256 margin: random crops see a little more than the evaluation view.
 LOAD_MARGIN = 8 / 7
@@ -28,12 +30,10 @@ def load_size(image_size: int) -> int:
     return max(image_size, round(image_size * LOAD_MARGIN))
 
 
-def load_square(image: Image.Image, side: int) -> Tensor:
-    """(3, side, side) uint8: shorter side resized to `side`, then centre crop."""
-    image = image.convert("RGB")
-    resized = TF.resize(TF.pil_to_tensor(image), [side], interpolation=InterpolationMode.BICUBIC,
-                        antialias=True)
-    return TF.center_crop(resized, [side, side])
+def square_pixels(image_size: int, decoder: Decoder = "pil") -> PixelTransform:
+    """The cached squares of an encoder's input size: random crops and the centre view come
+    from them."""
+    return PixelTransform("square", load_size(image_size), decoder=decoder)
 
 
 @dataclass(frozen=True)
@@ -82,10 +82,11 @@ def crop_boxes(count: int, side: int, config: ViewConfig, generator: torch.Gener
 
 
 def normalise(images: Tensor, config: ViewConfig) -> Tensor:
-    """uint8 (B, 3, H, W) -> float32 normalised with the encoder's mean and std."""
+    """uint8 (B, 3, H, W) -> float32 normalised with the encoder's mean and std (on the
+    images' device)."""
     pixels = images.float().div_(255.0)
-    mean = torch.tensor(config.mean).view(1, 3, 1, 1)
-    std = torch.tensor(config.std).view(1, 3, 1, 1)
+    mean = torch.tensor(config.mean, device=images.device).view(1, 3, 1, 1)
+    std = torch.tensor(config.std, device=images.device).view(1, 3, 1, 1)
     return (pixels - mean) / std
 
 

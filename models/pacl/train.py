@@ -301,7 +301,7 @@ class _Trainer:
                 config.seed, self.position.global_step * config.accumulation_steps + micro,
                 len(indices), self.side, self.view)
             local = context.local_slice(len(indices))
-            pixels = train_views(squares, boxes[local], self.view).to(device, non_blocking=True)
+            pixels = train_views(squares.to(device, non_blocking=True), boxes[local], self.view)
             texts = self.data.text_features[indices[local]].to(device, non_blocking=True)
             last = micro == config.accumulation_steps - 1
             sync = contextlib.nullcontext() if last or context.world_size == 1 else trainer.no_sync()

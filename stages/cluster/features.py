@@ -1,5 +1,9 @@
 """Image features of the visual encoder PACL will enhance, behind a content-addressed cache.
 
+The features are those of PACL's evaluation view (the centre `image_size` crop of the square
+PACL decodes images to, `models/pacl/augment.py`), read through the pixel cache: the squares
+this stage decodes are the ones PACL then trains on when it uses the same encoder and size.
+
 The cluster stage's fingerprint includes K, so a K sweep would re-encode every image if the
 features lived in the stage folder. They are cached instead under
 `<artifact_root>/cache/features/<key>/part-NNNNN.parquet` (one part per ingest shard), where the
@@ -14,7 +18,6 @@ rejects.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -24,20 +27,21 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
 import torch.nn.functional as F
-from PIL import Image
-from torchvision import transforms
 
 from affectflow.core.atomic import write_json, write_parquet
 from affectflow.core.codeversion import code_record
 from affectflow.core.columns import vector_column
 from affectflow.core.errors import UserError
 from affectflow.core.hashing import hash_value
+from affectflow.core.loading import PixelRequest, pixel_batches
+from affectflow.core.pixels import Decoder, PixelTransform
 from affectflow.core.progress import Progress
 from affectflow.core.store import SAMPLE_ID, SOURCE_ID
 from affectflow.models.encoder_runtime import inference_context, resolve_device
-from affectflow.models.pacl.model import PretrainedWeightsError, VisualBackbone, build_visual_encoder
+from affectflow.models.pacl.augment import ViewConfig, eval_views, square_pixels
+from affectflow.models.pacl.model import PretrainedWeightsError, build_visual_encoder
 from affectflow.models.specs import weights_fingerprint
-from affectflow.stages.batching import prefetched_image_batches
+from affectflow.stages.batching import jpeg_decoder, pixel_store
 from affectflow.stages.ingest.stage import IMAGE_PATH, IMAGE_SHA256
 
 logger = logging.getLogger(__name__)
@@ -61,17 +65,6 @@ class EncoderSpec:
                 "weights": weights_fingerprint("visual", self.spec)}
 
 
-def eval_transform(backbone: VisualBackbone) -> Callable[[Image.Image], torch.Tensor]:
-    """Resize the short side to the encoder's input size, centre-crop, normalise."""
-    return transforms.Compose([
-        transforms.Resize(min(backbone.image_size),
-                          interpolation=transforms.InterpolationMode.BICUBIC),
-        transforms.CenterCrop(backbone.image_size),
-        transforms.ToTensor(),
-        transforms.Normalize(backbone.mean, backbone.std),
-    ])
-
-
 class ImageEncoder:
     """The visual backbone in eval mode on its device, returning L2-normalised pooled features."""
 
@@ -85,12 +78,18 @@ class ImageEncoder:
                                  "for a random-init encoder") from error
         self.device = resolve_device(device)
         self.module = backbone.module.to(self.device).eval()
-        self.preprocess = eval_transform(backbone)
+        self.view = ViewConfig(min(backbone.image_size), backbone.mean, backbone.std)
         self.dim = backbone.feature_dim
 
-    def encode(self, pixels: torch.Tensor) -> np.ndarray:
+    def pixels(self, decoder: Decoder = "pil") -> PixelTransform:
+        """The cached squares the evaluation view is cut from."""
+        return square_pixels(self.view.image_size, decoder)
+
+    def encode(self, squares: torch.Tensor) -> np.ndarray:
+        """L2-normalised features of the evaluation views of uint8 squares."""
+        pixels = eval_views(squares.to(self.device, non_blocking=True), self.view)
         with inference_context(self.device):
-            features = self.module(pixels.to(self.device, non_blocking=True))
+            features = self.module(pixels)
         return F.normalize(features.float(), dim=-1).cpu().numpy()
 
 
@@ -149,7 +148,7 @@ def feature_part(sample_ids: list[str], vectors: dict[int, np.ndarray],
 
 
 def ensure_image_features(cache: FeatureCache, encoder_spec: EncoderSpec,
-                          listing: dict[int, pa.Table], batch_size: int, workers: int,
+                          listing: dict[int, pa.Table], batch_size: int, settings: Any,
                           device: str | None) -> int:
     """Encode the shards the cache lacks (loading the encoder only then); return images encoded."""
     missing = cache.missing(sorted(listing))
@@ -162,15 +161,17 @@ def ensure_image_features(cache: FeatureCache, encoder_spec: EncoderSpec,
     logger.info("cluster: encoding %d images of %d shards with %s (cache %s)", total,
                 len(missing), encoder_spec.spec, cache.key[:16])
     progress = Progress("cluster image features", total=total, unit="images")
+    store = pixel_store(settings, encoder.pixels(jpeg_decoder(settings, encoder.device)))
     for shard_id in missing:
         rows = listing[shard_id]
         vectors: dict[int, np.ndarray] = {}
         errors: dict[int, str] = {}
-        for batch in prefetched_image_batches(rows[IMAGE_PATH].to_pylist(), batch_size,
-                                              encoder.preprocess, workers):
+        requests = [PixelRequest(path, sha) for path, sha in
+                    zip(rows[IMAGE_PATH].to_pylist(), rows[IMAGE_SHA256].to_pylist())]
+        for batch in pixel_batches(requests, batch_size, store, settings.workers, encoder.device):
             errors.update(batch.failures)
-            if batch.pixels is not None:
-                vectors.update(zip(batch.indices, encoder.encode(batch.pixels)))
+            if batch.stacked is not None:
+                vectors.update(zip(batch.indices, encoder.encode(batch.stacked)))
             progress.advance(len(batch.indices) + len(batch.failures))
         cache.write(shard_id, feature_part(rows[SAMPLE_ID].to_pylist(), vectors, errors,
                                            encoder.dim))

@@ -154,7 +154,7 @@ class ClusterStage(Stage[ClusterParams]):
         encoder = EncoderSpec(params.visual_encoder, params.pretrained, params.seed)
         cache = FeatureCache.for_images(Path(ctx.settings.artifact_root), encoder, listing)
         encoded = ensure_image_features(cache, encoder, listing, params.batch_size,
-                                        ctx.settings.workers, params.device)
+                                        ctx.settings, params.device)
         aligned = {shard_id: self._align(ctx, shard_id, rows, cache)
                    for shard_id, rows in listing.items()}
         samples = sum(len(shard.sample_ids) for shard in aligned.values())

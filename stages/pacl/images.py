@@ -1,43 +1,54 @@
-"""Images for PACL training and evaluation, decoded from their files on worker threads.
+"""Images for PACL training and evaluation: uint8 squares from the pixel cache.
 
-Files were validated by ingest and again by the pacl stage's shard pass; one that fails to load
-during training means the data set changed under the run, which is reported with its path.
+The pacl stage's shard pass decoded every training image into the cache (or rejected it), so
+epochs read squares instead of decoding JPEGs; an image missing from the cache (pruned, evicted
+by the size bound, or found damaged) is decoded from its file again and cached anew. A file that
+fails to load at that point means the data set changed under the run, which is reported with
+its path.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from functools import partial
 
+import torch
 from torch import Tensor
 
-from affectflow.models.pacl.augment import load_square
-from affectflow.stages.batching import prefetched_image_batches
+from affectflow.core.loading import LoaderSettings, PixelRequest, pixel_batches
+from affectflow.core.pixels import PixelTransform
 
 
-class ImageChangedError(RuntimeError):
+class ImageLostError(RuntimeError):
     """An image that loaded when the stage checked it no longer does."""
 
 
 @dataclass
 class PathImages:
-    """An ImageSource over image files: batches decode on `workers` threads while the model runs."""
+    """An ImageSource over image files through the pixel cache: batches load on the loader
+    processes while the model runs and arrive on `device`."""
 
     paths: Sequence[str]
-    workers: int
+    sha256s: Sequence[str]
+    loading: LoaderSettings
+    device: torch.device | None = None
+
+    def __post_init__(self) -> None:
+        if len(self.paths) != len(self.sha256s):
+            raise ValueError(f"{len(self.paths)} image paths but {len(self.sha256s)} hashes")
 
     def squares(self, batches: Sequence[Tensor], side: int) -> Iterator[Tensor]:
         if not batches:
             return
         size = len(batches[0])
-        if any(len(batch) != size for batch in batches):
-            raise ValueError("PathImages needs equally sized batches")
-        flat = [self.paths[int(index)] for batch in batches for index in batch]
-        for loaded in prefetched_image_batches(flat, size, partial(load_square, side=side),
-                                               self.workers):
+        if any(len(batch) != size for batch in batches[:-1]) or len(batches[-1]) > size:
+            raise ValueError("PathImages needs equally sized batches (the last may be smaller)")
+        store = self.loading.cache.store(PixelTransform("square", side, decoder=self.loading.decoder))
+        requests = [PixelRequest(self.paths[int(index)], self.sha256s[int(index)])
+                    for batch in batches for index in batch]
+        for loaded in pixel_batches(requests, size, store, self.loading.workers, self.device):
             if loaded.failures or loaded.pixels is None:
                 index, error = loaded.failures[0]
-                raise ImageChangedError(f"{flat[index]} no longer loads ({error}); it was valid "
-                                        "when the stage started: rerun the stage with --force")
-            yield loaded.pixels
+                raise ImageLostError(f"{requests[index].path} no longer loads ({error}); it was "
+                                     "valid when the stage started: rerun the stage with --force")
+            yield loaded.stacked

@@ -1,8 +1,10 @@
 """`pacl`: partitioned adaptive contrastive pretraining of a visual encoder (PACL stage 3).
 
 Shards join, per sample, the partition, the factual/emotional cluster ids (column pair
-`factual_k{k}` / `emotional_k{k}`) and the teacher's frozen text features, and check that training
-images still decode; a sample missing any of them becomes a reject with a reason. Training
+`factual_k{k}` / `emotional_k{k}`) and the teacher's frozen text features, and decode every
+training image into the pixel cache (the squares the epochs crop from), which is also the check
+that it still loads and is the file ingest validated; a sample missing any of them becomes a
+reject with a reason. Training
 needs every shard, so it runs in `finalize`: the training set is written as a job folder in
 the stage's private work area and trained in this process or under torchrun. Checkpoints live
 there too, so rerunning an interrupted stage (same fingerprint) resumes where it stopped.
@@ -24,16 +26,21 @@ import torch
 from affectflow.core.columns import column_vectors
 from affectflow.core.errors import UserError
 from affectflow.core.hashing import hash_value
+from affectflow.core.loading import PixelRequest, failure_reason, fill_cache
+from affectflow.core.pixels import PixelTransform
 from affectflow.core.stage import ShardOutput, Stage, StageContext, TableRef
 from affectflow.core.store import MAIN_TABLE, SAMPLE_ID, SOURCE_ID, StageArtifact, make_rejects
 from affectflow.models.checkpoints import load_torch
+from affectflow.models.encoder_runtime import resolve_device
+from affectflow.models.pacl.augment import square_pixels
 from affectflow.models.pacl.checkpoint import INITIAL_FILE
 from affectflow.models.pacl.losses import ALL_PARTITIONS
+from affectflow.models.pacl.model import PretrainedWeightsError, build_visual_encoder
 from affectflow.models.pacl.train import PaclTrainingSet
 from affectflow.models.specs import weights_fingerprint
-from affectflow.stages.batching import prefetched_image_batches
+from affectflow.stages.batching import jpeg_decoder, loader_settings, pixel_cache
 from affectflow.stages.cluster.stage import label_column
-from affectflow.stages.ingest.stage import IMAGE_PATH, SPLIT, TRAIN
+from affectflow.stages.ingest.stage import IMAGE_PATH, IMAGE_SHA256, SPLIT, TRAIN
 from affectflow.stages.pacl import outputs, worker
 from affectflow.stages.pacl.outputs import HISTORY, HISTORY_SCHEMA, LOSS_CURVE_FILE
 from affectflow.stages.pacl.params import PaclParams
@@ -44,7 +51,7 @@ PARTITION_IDS = {part.key: int(part) for part in ALL_PARTITIONS}
 JOB_DIR = "training"
 FACTUAL_CLUSTER = "factual_cluster"
 EMOTIONAL_CLUSTER = "emotional_cluster"
-_INGEST_COLUMNS = [SAMPLE_ID, SOURCE_ID, IMAGE_PATH, SPLIT]
+_INGEST_COLUMNS = [SAMPLE_ID, SOURCE_ID, IMAGE_PATH, IMAGE_SHA256, SPLIT]
 
 SCHEMA = pa.schema([
     (SAMPLE_ID, pa.string()),
@@ -55,9 +62,18 @@ SCHEMA = pa.schema([
 ])
 
 
-def _decoded(image: Any) -> torch.Tensor:
-    """Preprocess for the image check: decoding is the check, the pixels are not kept."""
-    return torch.ones(1)
+def training_pixels(params: PaclParams, settings: Any) -> PixelTransform:
+    """The cached squares PACL's epochs crop from: `load_size` of the configured image size, or
+    of the encoder's own input size (the encoder is built once to read it)."""
+    image_size = params.image_size
+    if image_size is None:
+        try:
+            image_size = build_visual_encoder(params.visual_encoder, params.pretrained).image_size[0]
+        except (PretrainedWeightsError, FileNotFoundError, ValueError) as error:
+            raise UserError(f"pacl.visual_encoder {params.visual_encoder!r} cannot be loaded: "
+                            f"{error}", hint="name local weights in the spec, or set "
+                                             "pacl.pretrained=false for a random-init encoder") from error
+    return square_pixels(image_size, jpeg_decoder(settings, resolve_device(params.device)))
 
 
 def _rows_by_id(artifact: StageArtifact, shard_id: int, columns: list[str],
@@ -99,7 +115,11 @@ class PaclStage(Stage[PaclParams]):
                             hint=f"set pacl.k to one of {ks} or add {params.k} to cluster.ks")
         return ctx.input("ingest").shard_ids()
 
-    def process(self, ctx: StageContext[PaclParams], state: None, shard_id: int) -> ShardOutput:
+    def setup(self, ctx: StageContext[PaclParams]) -> PixelTransform:
+        return training_pixels(ctx.params, ctx.settings)
+
+    def process(self, ctx: StageContext[PaclParams], state: PixelTransform,
+                shard_id: int) -> ShardOutput:
         params = ctx.params
         rows = ctx.input("ingest").read_shard(shard_id, _INGEST_COLUMNS).to_pylist()
         factual, emotional = label_column("factual", params.k), label_column("emotional", params.k)
@@ -114,7 +134,7 @@ class PaclStage(Stage[PaclParams]):
                 rejected.append({**row, "reason": problem[0], "detail": problem[1]})
             else:
                 kept.append(row)
-        kept, broken = self._check_images(ctx, kept)
+        kept, broken = self._cache_images(ctx, state, kept)
         rejected += broken
         main = pa.table({
             SAMPLE_ID: [row[SAMPLE_ID] for row in kept],
@@ -128,25 +148,28 @@ class PaclStage(Stage[PaclParams]):
         return ShardOutput(rows_in=len(rows), tables={MAIN_TABLE: main},
                            rejects=make_rejects(rejected))
 
-    def _check_images(self, ctx: StageContext[PaclParams], rows: list[dict[str, Any]]
-                      ) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
-        """Decode every training image once, so a broken file is a reject, not a crash later."""
+    def _cache_images(self, ctx: StageContext[PaclParams], pixels: PixelTransform,
+                      rows: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+        """Decode every training image into the pixel cache once (decoding is the check), so a
+        broken or changed file is a reject, not a crash later."""
         train = [row for row in rows if row[SPLIT] == TRAIN]
-        failed: dict[str, str] = {}
-        for batch in prefetched_image_batches([row[IMAGE_PATH] for row in train], 64, _decoded,
-                                              ctx.settings.workers):
-            failed.update({train[index][SAMPLE_ID]: error for index, error in batch.failures})
+        device = resolve_device(ctx.params.device)
+        failures = fill_cache([PixelRequest(row[IMAGE_PATH], row[IMAGE_SHA256]) for row in train],
+                              pixel_cache(ctx.settings).store(pixels), ctx.settings.workers,
+                              decode_device=device if pixels.decoder == "torchvision" else None)
+        failed = {train[index][SAMPLE_ID]: error for index, error in failures.items()}
         kept = [row for row in rows if row[SAMPLE_ID] not in failed]
-        rejects = [{**row, "reason": "image_load_failed", "detail": failed[row[SAMPLE_ID]]}
-                   for row in rows if row[SAMPLE_ID] in failed]
+        rejects = [{**row, "reason": failure_reason(failed[row[SAMPLE_ID]]),
+                    "detail": failed[row[SAMPLE_ID]]} for row in rows if row[SAMPLE_ID] in failed]
         return kept, rejects
 
     def finalize(self, ctx: StageContext[PaclParams]) -> dict[str, Any]:
         """Train on the split == "train" rows, then write models, history and the loss curve."""
         params = ctx.params
-        image_paths, training, counts = self._training_set(ctx)
-        job = worker.write_job(ctx.work_dir / JOB_DIR, params.train_config(), image_paths,
-                               training, ctx.settings.workers, params.device, params.cpu_threads)
+        images, training, counts = self._training_set(ctx)
+        job = worker.write_job(ctx.work_dir / JOB_DIR, params.train_config(), images, training,
+                               loader_settings(ctx.settings, resolve_device(params.device)),
+                               params.device, params.cpu_threads)
         final = worker.launch(job.folder, params.processes, nodes=params)
         initial = load_torch(job.checkpoints / INITIAL_FILE)
         teacher = TeacherParams.model_construct(**ctx.input("teacher").manifest["params"])
@@ -164,8 +187,9 @@ class PaclStage(Stage[PaclParams]):
                 "candidates": train_config.candidates}
 
     def _training_set(self, ctx: StageContext[PaclParams]
-                      ) -> tuple[list[str], PaclTrainingSet, dict[str, int]]:
-        """Image paths, text features and labels of the training rows, ordered by sample_id."""
+                      ) -> tuple[list[tuple[str, str]], PaclTrainingSet, dict[str, int]]:
+        """(image path, sha256), text features and labels of the training rows, ordered by
+        sample_id."""
         rows = StageArtifact(ctx.output_dir).read_all()
         rows = rows.filter(pc.equal(rows[SPLIT], TRAIN)).sort_by(SAMPLE_ID)
         if rows.num_rows == 0:
@@ -173,11 +197,12 @@ class PaclStage(Stage[PaclParams]):
                             hint="check the ingest split ratios and the pacl rejects")
         ids = rows[SAMPLE_ID].to_pylist()
         position = {sample_id: index for index, sample_id in enumerate(ids)}
-        paths: list[str | None] = [None] * len(ids)
-        for _, shard in ctx.input("ingest").iter_shards([SAMPLE_ID, IMAGE_PATH]):
-            for sample_id, path in zip(shard[SAMPLE_ID].to_pylist(), shard[IMAGE_PATH].to_pylist()):
+        images: list[tuple[str, str] | None] = [None] * len(ids)
+        for _, shard in ctx.input("ingest").iter_shards([SAMPLE_ID, IMAGE_PATH, IMAGE_SHA256]):
+            for sample_id, path, sha in zip(shard[SAMPLE_ID].to_pylist(), shard[IMAGE_PATH].to_pylist(),
+                                            shard[IMAGE_SHA256].to_pylist()):
                 if sample_id in position:
-                    paths[position[sample_id]] = path
+                    images[position[sample_id]] = (str(path), str(sha))
         features: np.ndarray | None = None
         for _, shard in ctx.input("teacher").iter_shards([SAMPLE_ID, TEXT_FEATURE],
                                                            table=TEXT_FEATURES):
@@ -201,7 +226,11 @@ class PaclStage(Stage[PaclParams]):
                             "trains L1 on them alone",
                             hint="lower the partition thresholds (factual_sigma/emotional_sigma) "
                                  "or add data")
-        return [str(path) for path in paths], training, counts
+        lost = [ids[index] for index, image in enumerate(images) if image is None]
+        if lost:
+            raise UserError(f"pacl rows {lost[:3]} have no image in this run's ingest stage",
+                            hint="rerun pacl with --force after ingest")
+        return [image for image in images if image is not None], training, counts
 
 
 def _finite_features(teacher: StageArtifact, shard_id: int) -> dict[str, bool]:

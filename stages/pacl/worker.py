@@ -1,7 +1,8 @@
 """One PACL training job: its files, the process that runs it, and the torchrun launcher.
 
-The stage writes a job folder (`job.json` with the training config and loader settings,
-`train_set.pt` with image paths, text features and labels). `run_job` trains from those files,
+The stage writes a job folder (`job.json` with the training config and loader settings: worker
+processes, the pixel cache and the JPEG decoder; `train_set.pt` with image paths and hashes,
+text features and labels). `run_job` trains from those files,
 in the stage's own process or as one rank of `torchrun ... -m affectflow.stages.pacl.worker
 <job folder>` (`core/torchrun.py`, one or several nodes); both paths run the same code. Rank 0
 writes `checkpoints/final.pt` (model, history), which the stage turns into its outputs.
@@ -16,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from affectflow.core.atomic import write_json
+from affectflow.core.loading import LoaderSettings
 from affectflow.core.torchrun import ONE_NODE, TorchrunNodes, launch_job, runs_in_process, worker_main
 from affectflow.models.checkpoints import load_torch, save_torch
 from affectflow.models.distributed import init_distributed, shutdown_distributed
@@ -44,16 +46,17 @@ class TrainingJob:
         return self.checkpoints / FINAL_FILE
 
 
-def write_job(folder: Path, config: PaclTrainConfig, image_paths: list[str],
-              training: PaclTrainingSet, workers: int, device: str | None,
+def write_job(folder: Path, config: PaclTrainConfig, images: list[tuple[str, str]],
+              training: PaclTrainingSet, loading: LoaderSettings, device: str | None,
               cpu_threads: int | None) -> TrainingJob:
-    """Write the job's files (same inputs give the same files, so a resumed job matches)."""
+    """Write the job's files (same inputs give the same files, so a resumed job matches);
+    `images` are (path, sha256) per training sample."""
     save_torch(folder / TRAIN_SET_FILE, {
-        "image_paths": list(image_paths), "text_features": training.text_features,
-        "partition": training.partition, "factual_cluster": training.factual_cluster,
-        "emotional_cluster": training.emotional_cluster})
-    write_json(folder / JOB_FILE, {"config": config.to_dict(), "workers": workers, "device": device,
-                                   "cpu_threads": cpu_threads})
+        "image_paths": [path for path, _ in images], "image_sha256": [sha for _, sha in images],
+        "text_features": training.text_features, "partition": training.partition,
+        "factual_cluster": training.factual_cluster, "emotional_cluster": training.emotional_cluster})
+    write_json(folder / JOB_FILE, {"config": config.to_dict(), "loading": loading.to_dict(),
+                                   "device": device, "cpu_threads": cpu_threads})
     return TrainingJob(folder)
 
 
@@ -64,11 +67,13 @@ def run_job(folder: Path, hooks: TrainHooks | None = None) -> None:
     payload = load_torch(folder / TRAIN_SET_FILE)
     training = PaclTrainingSet(payload["text_features"], payload["partition"],
                                payload["factual_cluster"], payload["emotional_cluster"])
+    loading = LoaderSettings.from_dict(spec["loading"])
     context = init_distributed(spec["device"])
     try:
+        images = PathImages(payload["image_paths"], payload["image_sha256"], loading,
+                            context.device)
         with intra_op_threads(spec["cpu_threads"]):
-            result = train_pacl(PaclTrainConfig.from_dict(spec["config"]), training,
-                                PathImages(payload["image_paths"], spec["workers"]),
+            result = train_pacl(PaclTrainConfig.from_dict(spec["config"]), training, images,
                                 job.checkpoints, context, hooks)
         if context.is_main:
             save_torch(job.result_file, {

@@ -14,6 +14,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from affectflow.core.loading import LoaderSettings
 from affectflow.models.pacl.augment import ViewConfig
 from affectflow.models.pacl.model import PaclModel
 from affectflow.stages.ingest.stage import TEST, TRAIN, VAL
@@ -25,11 +26,13 @@ from affectflow.stages.probe.zeroshot import PromptVariant, zero_shot_cosines
 
 @dataclass
 class ProbeSet:
-    """The labelled samples: split, image path and frozen backbone features per encoder."""
+    """The labelled samples: split, image path and sha256, and frozen backbone features per
+    encoder."""
 
     sample_ids: np.ndarray
     splits: np.ndarray
     paths: list[str]
+    sha256s: list[str]
     features: dict[str, np.ndarray]
 
     def rows(self, split: str) -> np.ndarray:
@@ -37,7 +40,8 @@ class ProbeSet:
 
     def images(self, split: str, task: ProbeTask) -> LabelledImages:
         chosen = self.rows(split)
-        return LabelledImages([self.paths[i] for i in chosen], task.targets(chosen),
+        return LabelledImages([self.paths[i] for i in chosen], [self.sha256s[i] for i in chosen],
+                              task.targets(chosen),
                               task.truth[chosen])
 
 
@@ -81,18 +85,19 @@ def linear_evaluation(data: ProbeSet, task: ProbeTask, encoder: str,
 
 
 def finetune_evaluation(data: ProbeSet, task: ProbeTask, model: PaclModel, view: ViewConfig,
-                        training: HeadTraining, backbone_lr: float, workers: int,
+                        training: HeadTraining, backbone_lr: float, loading: LoaderSettings,
                         device: torch.device) -> Evaluated:
     val = data.images(VAL, task)
     tuned = fine_tune(model, task, data.images(TRAIN, task), val, view, training, backbone_lr,
-                      workers, device)
+                      loading, device)
 
-    def scores(paths: list[str]) -> Scores:
-        return task.scores(classifier_outputs(tuned.classifier, paths, view, training.batch_size,
-                                              workers, device))
+    def scores(rows: np.ndarray) -> Scores:
+        return task.scores(classifier_outputs(
+            tuned.classifier, [data.paths[i] for i in rows], [data.sha256s[i] for i in rows],
+            view, training.batch_size, loading, device))
 
-    test_paths = [data.paths[i] for i in data.rows(TEST)]
-    return _evaluated(data, task, scores(val.paths), scores(test_paths), tuned.selection.best)
+    return _evaluated(data, task, scores(data.rows(VAL)), scores(data.rows(TEST)),
+                      tuned.selection.best)
 
 
 def zero_shot_evaluation(data: ProbeSet, task: ProbeTask, encoder: str, model: PaclModel,

@@ -16,17 +16,16 @@ import logging
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
-from functools import partial
 
 import numpy as np
 import torch
 from torch import Tensor, nn
 
-from affectflow.models.pacl.augment import ViewConfig, crop_boxes, eval_views, load_size, load_square, train_views
+from affectflow.core.loading import LoaderSettings
+from affectflow.models.pacl.augment import ViewConfig, crop_boxes, eval_views, load_size, train_views
 from affectflow.models.pacl.model import PaclModel
 from affectflow.models.pacl.train import training_autocast
-from affectflow.stages.batching import prefetched_image_batches
-from affectflow.stages.pacl.images import ImageChangedError, PathImages
+from affectflow.stages.pacl.images import PathImages
 from affectflow.stages.probe.linear import BestEpoch, HeadTraining, lr_schedule
 from affectflow.stages.probe.tasks import ProbeTask
 
@@ -35,9 +34,11 @@ logger = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class LabelledImages:
-    """Image files, the task's training targets for them and their truth (for val scores)."""
+    """Image files, their sha256 (the pixel cache's keys), the task's training targets for them
+    and their truth (for val scores)."""
 
     paths: list[str]
+    sha256s: list[str]
     targets: Tensor
     truth: np.ndarray
 
@@ -48,31 +49,31 @@ class FineTuned:
     selection: BestEpoch
 
 
-def _eval_batches(paths: list[str], view: ViewConfig, batch_size: int,
-                  workers: int) -> Iterator[Tensor]:
-    side = load_size(view.image_size)
-    for batch in prefetched_image_batches(paths, batch_size, partial(load_square, side=side), workers):
-        if batch.failures or batch.pixels is None:
-            index, error = batch.failures[0]
-            raise ImageChangedError(f"{paths[index]} no longer loads ({error})")
-        yield eval_views(batch.pixels, view)
+def _eval_batches(paths: list[str], sha256s: list[str], view: ViewConfig, batch_size: int,
+                  loading: LoaderSettings, device: torch.device) -> Iterator[Tensor]:
+    """Centre views in order, `batch_size` at a time."""
+    batches = list(torch.arange(len(paths)).split(batch_size))
+    for squares in PathImages(paths, sha256s, loading, device).squares(
+            batches, load_size(view.image_size)):
+        yield eval_views(squares.to(device), view)
 
 
-def classifier_outputs(classifier: nn.Module, paths: list[str], view: ViewConfig, batch_size: int,
-                      workers: int, device: torch.device) -> Tensor:
-    """Head outputs for the centre views of `paths`, in order."""
+def classifier_outputs(classifier: nn.Module, paths: list[str], sha256s: list[str],
+                       view: ViewConfig, batch_size: int, loading: LoaderSettings,
+                       device: torch.device) -> Tensor:
+    """Head outputs for the centre views of the images (files and their sha256), in order."""
     classifier.eval()
     outputs = []
     with torch.no_grad():
-        for pixels in _eval_batches(paths, view, batch_size, workers):
+        for pixels in _eval_batches(paths, sha256s, view, batch_size, loading, device):
             with training_autocast(device):
-                outputs.append(classifier(pixels.to(device)).float().cpu())
+                outputs.append(classifier(pixels).float().cpu())
     return torch.cat(outputs)
 
 
 def fine_tune(model: PaclModel, task: ProbeTask, train: LabelledImages, val: LabelledImages,
-              view: ViewConfig, training: HeadTraining, backbone_lr: float, workers: int,
-              device: torch.device) -> FineTuned:
+              view: ViewConfig, training: HeadTraining, backbone_lr: float,
+              loading: LoaderSettings, device: torch.device) -> FineTuned:
     """Train backbone + head on `train`, keep the weights of the best `val` epoch."""
     torch.manual_seed(training.seed)
     backbone = copy.deepcopy(model.visual)
@@ -83,7 +84,7 @@ def fine_tune(model: PaclModel, task: ProbeTask, train: LabelledImages, val: Lab
         {"params": list(classifier[1].parameters()), "lr": training.lr},
     ], weight_decay=training.weight_decay)
     generator = torch.Generator().manual_seed(training.seed)
-    images = PathImages(train.paths, workers)
+    images = PathImages(train.paths, train.sha256s, loading, device)
     batch_size = min(training.batch_size, len(train.paths))
     scheduler = lr_schedule(optimizer, training, len(train.paths) // batch_size)
     side = load_size(view.image_size)
@@ -94,16 +95,17 @@ def fine_tune(model: PaclModel, task: ProbeTask, train: LabelledImages, val: Lab
         batches = list(order[: len(order) - len(order) % batch_size].split(batch_size))
         classifier.train()
         for batch, squares in zip(batches, images.squares(batches, side)):
-            pixels = train_views(squares, crop_boxes(len(batch), side, view, generator), view)
+            pixels = train_views(squares.to(device), crop_boxes(len(batch), side, view, generator),
+                                 view)
             with training_autocast(device):
-                outputs = classifier(pixels.to(device))
+                outputs = classifier(pixels)
             loss = task.loss(outputs.float(), train.targets[batch].to(device))
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
             scheduler.step()
-        val_outputs = classifier_outputs(classifier, val.paths, view, training.batch_size, workers,
-                                        device)
+        val_outputs = classifier_outputs(classifier, val.paths, val.sha256s, view,
+                                         training.batch_size, loading, device)
         score = task.val_score(val_outputs, val.truth)
         if selection.record(score, float(task.loss(val_outputs, val.targets))):
             best_state = copy.deepcopy(classifier.state_dict())

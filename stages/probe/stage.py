@@ -27,13 +27,14 @@ from affectflow.core.atomic import write_parquet, write_text
 from affectflow.core.columns import column_vectors, vector_column
 from affectflow.core.errors import UserError
 from affectflow.core.hashing import hash_value
+from affectflow.core.loading import PixelRequest, failure_reason, pixel_batches
 from affectflow.core.stage import ShardOutput, Stage, StageContext, TableRef
 from affectflow.core.store import MAIN_TABLE, SAMPLE_ID, SOURCE_ID, StageArtifact, make_rejects, shard_name
 from affectflow.models.encoder_runtime import inference_context, intra_op_threads, resolve_device
-from affectflow.models.pacl.augment import ViewConfig, eval_views, load_size, load_square
+from affectflow.models.pacl.augment import ViewConfig, eval_views, square_pixels
 from affectflow.models.pacl.checkpoint import load_model
 from affectflow.models.pacl.model import PaclModel
-from affectflow.stages.batching import prefetched_image_batches
+from affectflow.stages.batching import loader_settings
 from affectflow.stages.ingest.stage import (
     IMAGE_PATH,
     IMAGE_SHA256,
@@ -76,7 +77,8 @@ PREDICTIONS_SCHEMA = pa.schema([(SAMPLE_ID, pa.string()), ("task", pa.string()),
                                 ("evaluation", pa.string()), ("encoder", pa.string()),
                                 ("level", pa.string()), (LABEL, pa.string()),
                                 (PREDICTED, pa.string()), ("scores", pa.list_(pa.float32()))])
-_INGEST_COLUMNS = [SAMPLE_ID, SOURCE_ID, IMAGE_PATH, LABEL, LABEL_ID, LABEL_SET, TARGETS, SPLIT]
+_INGEST_COLUMNS = [SAMPLE_ID, SOURCE_ID, IMAGE_PATH, IMAGE_SHA256, LABEL, LABEL_ID, LABEL_SET,
+                   TARGETS, SPLIT]
 # What each task needs a row to carry, and the reject reason when it does not.
 TASK_NEEDS: dict[TaskKind, tuple[str, str]] = {
     "single_label": (LABEL_ID, "no_label"), "hierarchical": (LABEL_ID, "no_label"),
@@ -195,16 +197,16 @@ class ProbeStage(Stage[ProbeParams]):
                 rejected.append({**row, **missing})
         loaded: list[dict[str, Any]] = []
         features: dict[str, list[np.ndarray]] = {encoder: [] for encoder in ENCODERS}
-        side = load_size(state.view.image_size)
-        for batch in prefetched_image_batches([row[IMAGE_PATH] for row in labelled],
-                                              params.batch_size, partial(load_square, side=side),
-                                              ctx.settings.workers):
-            rejected += [{**labelled[index], "reason": "image_load_failed", "detail": error}
+        loading = loader_settings(ctx.settings, state.device)
+        store = loading.cache.store(square_pixels(state.view.image_size, loading.decoder))
+        requests = [PixelRequest(row[IMAGE_PATH], row[IMAGE_SHA256]) for row in labelled]
+        for batch in pixel_batches(requests, params.batch_size, store, loading.workers, state.device):
+            rejected += [{**labelled[index], "reason": failure_reason(error), "detail": error}
                          for index, error in batch.failures]
-            if batch.pixels is None:
+            if batch.stacked is None:
                 continue
             loaded += [labelled[index] for index in batch.indices]
-            pixels = eval_views(batch.pixels, state.view).to(state.device)
+            pixels = eval_views(batch.stacked.to(state.device), state.view)
             with inference_context(state.device), intra_op_threads(params.cpu_threads):
                 for encoder, model in state.models.items():
                     features[encoder].append(model.backbone_features(pixels).float().cpu().numpy())
@@ -249,7 +251,7 @@ class ProbeStage(Stage[ProbeParams]):
                 backbone_lr = params.backbone_lr(encoders.config["visual_encoder"])
                 runs["finetune"] = lambda encoder, lr=backbone_lr: finetune_evaluation(
                     data, task, encoders.models[encoder], encoders.view, params.finetune_training(),
-                    lr, ctx.settings.workers, encoders.device)
+                    lr, loader_settings(ctx.settings, encoders.device), encoders.device)
             elif task.prompt_classes is None:
                 note = f"Zero-shot: not defined for {task.kind} (there are no class names to prompt)."
             else:
@@ -289,7 +291,7 @@ class ProbeStage(Stage[ProbeParams]):
         ids = rows[SAMPLE_ID].to_pylist()
         chosen = ingest.loc[ids]
         data = ProbeSet(sample_ids=np.asarray(ids), splits=splits,
-                        paths=chosen[IMAGE_PATH].tolist(),
+                        paths=chosen[IMAGE_PATH].tolist(), sha256s=chosen[IMAGE_SHA256].tolist(),
                         features={encoder: column_vectors(features[encoder]) for encoder in ENCODERS})
         annotations = Annotations(
             labels=rows[LABEL].to_pylist(), label_ids=rows[LABEL_ID].to_pylist(),

@@ -18,6 +18,7 @@ import pytest
 import torch
 from pydantic import ValidationError
 from sklearn.metrics import adjusted_rand_score
+from torchvision.transforms.v2 import functional as TF
 
 from affectflow.core.atomic import write_json, write_parquet
 from affectflow.core.columns import column_vectors, vector_column
@@ -27,10 +28,11 @@ from affectflow.core.images import load_rgb
 from affectflow.core.runner import StageJob, run_stage
 from affectflow.core.runs import RunStore
 from affectflow.core.store import MANIFEST, StageArtifact, shard_name
+from affectflow.models.pacl.augment import load_size
 from affectflow.models.pacl.model import build_visual_encoder
 from affectflow.pipelines.config import RunSettings, load_config
 from affectflow.stages.cluster import features as cluster_features
-from affectflow.stages.cluster.features import eval_transform, feature_part
+from affectflow.stages.cluster.features import feature_part
 from affectflow.stages.cluster.inputs import align_shard
 from affectflow.stages.cluster.kmeans import kmeans, l2_normalise
 from affectflow.stages.cluster.stage import ClusterParams, ClusterStage
@@ -195,9 +197,17 @@ def test_image_features_equal_a_direct_forward_pass(scored: ScoredRun,
     ingest = scored.store.stage("ingest").read_all(["sample_id", "image_path"]).to_pandas()
     paths = side.merge(ingest, on="sample_id")["image_path"]
     backbone = build_visual_encoder(f"open_clip:local-dir:{scored.clip_dir}")
-    preprocess = eval_transform(backbone)
+    size = min(backbone.image_size)
+
+    def view(path: str) -> torch.Tensor:
+        """PACL's centre view: shorter side to load_size(size), centre crop to size."""
+        square = TF.resize(TF.pil_to_tensor(load_rgb(path)), [load_size(size)], antialias=True,
+                           interpolation=TF.InterpolationMode.BICUBIC)
+        crop = TF.center_crop(square, [size, size]).float() / 255
+        return TF.normalize(crop, list(backbone.mean), list(backbone.std))
+
     with torch.no_grad():
-        direct = backbone.module.eval()(torch.stack([preprocess(load_rgb(p)) for p in paths]))
+        direct = backbone.module.eval()(torch.stack([view(p) for p in paths]))
     expected = torch.nn.functional.normalize(direct, dim=-1).numpy()
     stored = column_vectors(pa.array(side["image_feature"].tolist(),
                                      pa.list_(pa.float16(), expected.shape[1])))

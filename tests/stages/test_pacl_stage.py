@@ -18,6 +18,9 @@ from pydantic import ValidationError
 from affectflow.core.atomic import write_parquet
 from affectflow.core.columns import column_vectors
 from affectflow.core.errors import UserError
+from affectflow.core.hashing import hash_file
+from affectflow.core.loading import LoaderSettings
+from affectflow.core.pixel_cache import PixelCache
 from affectflow.core.runner import StageJob, run_stage
 from affectflow.core.runs import RunStore
 from affectflow.core.store import MAIN_TABLE, StageArtifact
@@ -114,14 +117,17 @@ def test_samples_missing_upstream_data_become_rejects(upstream: RunRef, tmp_path
     run = copy_run(upstream, "broken")
     ingest = run.stage("ingest").read_shard(0)
     train_rows = [i for i, split in enumerate(ingest["split"].to_pylist()) if split == "train"]
-    victims = [ingest["sample_id"][i].as_py() for i in train_rows[:4]]
+    victims = [ingest["sample_id"][i].as_py() for i in train_rows[:5]]
     broken_image = tmp_path / "broken.jpg"
     broken_image.write_bytes(b"\xff\xd8 not really a jpeg")
-    paths = ingest["image_path"].to_pylist()
+    paths, hashes = ingest["image_path"].to_pylist(), ingest["image_sha256"].to_pylist()
     paths[train_rows[0]] = str(broken_image)
-    _replace_shard(run.stage("ingest"), 0,
-                   ingest.set_column(ingest.schema.get_field_index("image_path"), "image_path",
-                                     pa.array(paths, pa.string())))
+    hashes[train_rows[0]] = hash_file(broken_image)
+    hashes[train_rows[4]] = "0" * 64  # the file on disk is no longer the one ingest hashed
+    for name, values in (("image_path", paths), ("image_sha256", hashes)):
+        ingest = ingest.set_column(ingest.schema.get_field_index(name), name,
+                                   pa.array(values, pa.string()))
+    _replace_shard(run.stage("ingest"), 0, ingest)
     for stage, victim in (("partition", victims[1]), ("cluster", victims[2])):
         table = run.stage(stage).read_shard(0)
         keep = pa.array([sid != victim for sid in table["sample_id"].to_pylist()])
@@ -135,11 +141,13 @@ def test_samples_missing_upstream_data_become_rejects(upstream: RunRef, tmp_path
                    side="text_features")
 
     manifest = run_pacl(upstream, "broken", epochs=1)
-    assert manifest["rejects_by_reason"] == {"image_load_failed": 1, "no_partition": 1,
-                                             "no_cluster": 1, "bad_text_feature": 1}
-    assert manifest["rows_in"] == manifest["rows_out"] + 4
+    assert manifest["rejects_by_reason"] == {"image_load_failed": 1, "image_changed": 1,
+                                             "no_partition": 1, "no_cluster": 1,
+                                             "bad_text_feature": 1}
+    assert manifest["rows_in"] == manifest["rows_out"] + 5
     rejects = run.stage("pacl").rejects().to_pandas().set_index("sample_id")
     assert rejects.loc[victims[0], "reason"] == "image_load_failed"
+    assert rejects.loc[victims[4], "reason"] == "image_changed"
     assert set(run.stage("pacl").read_all()["sample_id"].to_pylist()).isdisjoint(victims)
 
 
@@ -210,16 +218,17 @@ def test_params_are_checked_before_any_work(upstream: RunRef, tmp_path: Path) ->
 
 
 # ---------------------------------------------------------------- torchrun
-def write_training_images(folder: Path, count: int) -> list[str]:
+def write_training_images(folder: Path, count: int) -> list[tuple[str, str]]:
+    """(path, sha256) of `count` random PNGs."""
     generator = np.random.default_rng(0)
     folder.mkdir(parents=True, exist_ok=True)
-    paths = []
+    images = []
     for index in range(count):
         pixels = generator.integers(0, 256, (40, 40, 3), dtype=np.uint8)
         path = folder / f"{index:03d}.png"
         Image.fromarray(pixels).save(path)
-        paths.append(str(path))
-    return paths
+        images.append((str(path), hash_file(path)))
+    return images
 
 
 def test_two_gloo_processes_match_one_process_on_the_same_global_batches(tmp_path: Path) -> None:
@@ -228,13 +237,15 @@ def test_two_gloo_processes_match_one_process_on_the_same_global_batches(tmp_pat
     data = PaclTrainingSet(torch.randn(20, 12, generator=generator), partitions,
                            torch.randint(0, 2, (20,), generator=generator),
                            torch.randint(0, 2, (20,), generator=generator))
-    paths = write_training_images(tmp_path / "images", 20)
+    images = write_training_images(tmp_path / "images", 20)
     # ConvNeXt has no BatchNorm, so ranks see exactly what one process sees.
     config = PaclTrainConfig("timm:test_convnext", pretrained=False, embed_dim=8, image_size=32,
                              epochs=3, samples_per_partition=2, backbone_lr=1e-3, head_lr=1e-2)
     results = {}
     for processes in (1, 2):
-        job = pacl_worker.write_job(tmp_path / f"job{processes}", config, paths, data, workers=1,
+        # A fresh cache each time: the two ranks fill the same one at once.
+        loading = LoaderSettings(1, PixelCache(tmp_path / f"cache{processes}", 10**9))
+        job = pacl_worker.write_job(tmp_path / f"job{processes}", config, images, data, loading,
                                     device="cpu", cpu_threads=1)
         results[processes] = pacl_worker.launch(job.folder, processes)
     single, double = results[1], results[2]

@@ -14,7 +14,9 @@ from pydantic import ValidationError
 from torch import nn
 
 from affectflow.core.errors import UserError
-from affectflow.core.hashing import hash_value
+from affectflow.core.hashing import hash_file, hash_value
+from affectflow.core.loading import LoaderSettings
+from affectflow.core.pixel_cache import PixelCache
 from affectflow.models.pacl.model import PaclModel
 from affectflow.stages.ingest.annotations import LabelLevel
 from affectflow.stages.ingest.stage import IngestParams
@@ -120,7 +122,7 @@ def _probe_set(seed: int, count: int = 160) -> tuple[ProbeSet, np.ndarray]:
     features = (centres[classes] + rng.normal(scale=0.6, size=(count, 16))).astype(np.float32)
     splits = np.array(["train"] * 96 + ["val"] * 32 + ["test"] * 32)
     data = ProbeSet(sample_ids=np.array([f"s{i}" for i in range(count)]), splits=splits,
-                    paths=[""] * count, features={"after": features})
+                    paths=[""] * count, sha256s=[""] * count, features={"after": features})
     return data, classes
 
 
@@ -293,7 +295,6 @@ def test_fine_tuning_reads_train_and_val_images_only_and_test_once_after(
     are loaded only afterwards, for the kept model's predictions."""
     import affectflow.stages.pacl.images as pacl_images
     import affectflow.stages.probe.evaluate as evaluate
-    import affectflow.stages.probe.finetune as finetune
     from affectflow.models.pacl.augment import ViewConfig
     from affectflow.models.pacl.model import build_pacl_model
     from tests.conftest import write_image
@@ -304,15 +305,14 @@ def test_fine_tuning_reads_train_and_val_images_only_and_test_once_after(
                              colour=(200, 40, 40) if c else (40, 40, 200)))
              for i, c in enumerate(classes)]
     data = ProbeSet(sample_ids=np.array([f"s{i}" for i in range(16)]), splits=splits, paths=paths,
-                    features={})
+                    sha256s=[hash_file(path) for path in paths], features={})
     loaded: list[str] = []
-    for module in (pacl_images, finetune):
-        real = module.prefetched_image_batches
+    real = pacl_images.pixel_batches  # every image fine-tuning reads, train and eval views alike
 
-        def spy(batch_paths, *args, _real=real, **kwargs):  # type: ignore[no-untyped-def]
-            loaded.extend(batch_paths)
-            return _real(batch_paths, *args, **kwargs)
-        monkeypatch.setattr(module, "prefetched_image_batches", spy)
+    def spy(requests, *args, **kwargs):  # type: ignore[no-untyped-def]
+        loaded.extend(request.path for request in requests)
+        return real(requests, *args, **kwargs)
+    monkeypatch.setattr(pacl_images, "pixel_batches", spy)
     during: list[str] = []
     real_fine_tune = evaluate.fine_tune
 
@@ -325,7 +325,9 @@ def test_fine_tuning_reads_train_and_val_images_only_and_test_once_after(
     view = ViewConfig(32, backbone.mean, backbone.std)
     training = HeadTraining(epochs=2, lr=1e-2, batch_size=4, weight_decay=0.0, seed=0)
     outcome = evaluate.finetune_evaluation(data, SingleLabel(classes, ["blue", "red"]), model, view,
-                                           training, 1e-4, 1, torch.device("cpu"))
+                                           training, 1e-4,
+                                           LoaderSettings(1, PixelCache(tmp_path / "cache", 10**9)),
+                                           torch.device("cpu"))
     train, val, test = ({paths[i] for i in data.rows(split)} for split in ("train", "val", "test"))
     assert set(during) == train | val  # the epochs read train and val, never test
     assert set(loaded[len(during):]) == test | val  # afterwards: the kept model on val and test
