@@ -62,6 +62,17 @@ def worker_processes_allowed() -> bool:
     return sys.platform == "linux" and not multiprocessing.current_process().daemon
 
 
+def dataloader_options(workers: int, device: torch.device) -> dict[str, Any]:
+    """DataLoader keywords: `workers` persistent forked processes (none where processes cannot
+    start) each keeping `PREFETCH_CHUNKS` batches ready, pinned memory on CUDA."""
+    processes = max(0, workers) if worker_processes_allowed() else 0
+    options: dict[str, Any] = {"num_workers": processes, "pin_memory": device.type == "cuda"}
+    if processes:
+        options.update(persistent_workers=True, prefetch_factor=PREFETCH_CHUNKS,
+                       multiprocessing_context=multiprocessing.get_context("fork"))
+    return options
+
+
 @dataclass
 class Loaded:
     """What a load function returns for one item: its tensor, and, on a pixel-cache miss, the
@@ -204,11 +215,9 @@ class ImageLoader:
 
     def _data_loader(self) -> DataLoader[LoadedChunk]:
         if self._loader is None:
-            self._loader = DataLoader(
-                _ChunkDataset(self.load), batch_size=None, sampler=self._requests,
-                num_workers=self.workers, persistent_workers=True, prefetch_factor=PREFETCH_CHUNKS,
-                pin_memory=self.device.type == "cuda", collate_fn=_identity,
-                multiprocessing_context=multiprocessing.get_context("fork"))
+            self._loader = DataLoader(_ChunkDataset(self.load), batch_size=None,
+                                      sampler=self._requests, collate_fn=_identity,
+                                      **dataloader_options(self.workers, self.device))
         return self._loader
 
     def close(self) -> None:

@@ -20,7 +20,7 @@ shard is never modified, a reader keeps a shard it opened even if another proces
 and a shard that vanished before it was opened is a miss.
 
 The cache is bounded (`max_bytes` over the whole root): after writing a shard, the least
-recently used shards (modification time; readers touch a shard when they open it) are deleted
+recently used shards (modification time; a process touches a shard when it first reads from it) are deleted
 until the total fits, except shards used or written since this store was created; when even
 that is not enough, the store stops writing for the rest of its life and says so once.
 """
@@ -185,6 +185,7 @@ class PixelStore:
     _shards: dict[str, _Shard] = field(default_factory=dict, repr=False)
     _index: dict[bytes, tuple[str, int]] = field(default_factory=dict, repr=False)
     _listed: int = field(default=-1, repr=False)
+    _touched: set[str] = field(default_factory=set, repr=False)
     _full: bool = field(default=False, repr=False)
 
     def __post_init__(self) -> None:
@@ -200,7 +201,7 @@ class PixelStore:
 
     def __getstate__(self) -> dict[str, Any]:
         """Workers re-open shards themselves (memory maps do not pickle)."""
-        return {**self.__dict__, "_shards": {}, "_index": {}, "_listed": -1}
+        return {**self.__dict__, "_shards": {}, "_index": {}, "_listed": -1, "_touched": set()}
 
     # ------------------------------------------------------------------ lookup
     def refresh(self, force: bool = False) -> None:
@@ -228,8 +229,6 @@ class PixelStore:
         except (CorruptShardError, ValueError, KeyError, struct.error) as error:
             self._discard(name, f"{error}")
             return None
-        with contextlib.suppress(OSError):
-            os.utime(path)  # most recently used (a read-only cache still serves)
         self._shards[name] = shard
         for row, sha in enumerate(bytes(digest) for digest in shard.entries["sha256"]):
             self._index.setdefault(sha, (name, row))
@@ -268,6 +267,10 @@ class PixelStore:
                 return None
         name, row = self._index[sha]
         shard = self._shards[name]
+        if name not in self._touched:  # most recently used (a read-only cache still serves)
+            self._touched.add(name)
+            with contextlib.suppress(OSError):
+                os.utime(shard.path)
         entry = shard.entries[row]
         start, size = int(entry["offset"]), int(entry["nbytes"])
         height, width = int(entry["height"]), int(entry["width"])

@@ -18,6 +18,7 @@ from __future__ import annotations
 import hashlib
 import io
 import os
+import warnings
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from typing import Literal
@@ -131,6 +132,10 @@ def load_pixels(path: str | os.PathLike[str], sha256: str | None,
 def decode_jpegs(datas: Sequence[Tensor], device: str | torch.device) -> list[Tensor]:
     """(3, H, W) uint8 RGB of each JPEG byte tensor, decoded on `device` (a batch on a GPU),
     with the EXIF orientation applied as `load_rgb` does. Raises on the first bad JPEG."""
-    decoded = decode_jpeg(list(datas), mode=ImageReadMode.RGB, device=device,
-                          apply_exif_orientation=True)
+    with warnings.catch_warnings():
+        # torchvision 0.29 deprecates its codecs in favour of TorchCodec, which has no batched
+        # GPU JPEG decoder with EXIF handling yet; this is the one call that uses them.
+        warnings.filterwarnings("ignore", category=DeprecationWarning, module="torchvision.io")
+        decoded = decode_jpeg(list(datas), mode=ImageReadMode.RGB, device=device,
+                              apply_exif_orientation=True)
     return list(decoded)

@@ -199,6 +199,26 @@ def _cmd_export(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_cache(args: argparse.Namespace) -> int:
+    from affectflow.core.pixel_cache import prune
+    from affectflow.pipelines.inspect import cache_table
+    from affectflow.stages.batching import pixel_cache_root
+
+    root = pixel_cache_root(args.artifact_root)
+    if args.action == "ls":
+        print(cache_table(root))
+        return 0
+    if args.max_gb is None and not args.all:
+        raise UserError("cache prune needs a size to shrink to",
+                        hint="affectflow cache prune --max-gb 20 (least recently used first), "
+                             "or --all")
+    if args.max_gb is not None and args.max_gb < 0:
+        raise UserError(f"--max-gb {args.max_gb} is negative", hint="give a size in GB, e.g. 20")
+    deleted, left = prune(root, 0 if args.all else int(args.max_gb * 1e9))
+    print(f"pruned {deleted} shard(s) from {root}; {left / 1e9:.2f} GB left")
+    return 0
+
+
 def _cmd_bench(args: argparse.Namespace) -> int:
     """Runs `python -m bench` from the checkout (benchmarks are not part of the installed package)."""
     import subprocess
@@ -297,12 +317,20 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("--out", required=True, help="output file: *.parquet or *.csv")
     export.set_defaults(func=_cmd_export)
 
+    cache = commands.add_parser("cache", help="list or prune the decode-once pixel cache")
+    cache.add_argument("action", choices=["ls", "prune"],
+                       help="ls: transforms, images, size, last use; prune: delete least "
+                            "recently used shards")
+    cache.add_argument("--max-gb", type=float, help="prune: shrink the cache to this size")
+    cache.add_argument("--all", action="store_true", help="prune: delete every entry")
+    cache.set_defaults(func=_cmd_cache)
+
     bench = commands.add_parser("bench", help="run the benchmarks in bench/ and print one table")
     bench.add_argument("--quick", action="store_true", help="smaller sizes, fewer repeats")
     bench.add_argument("--only", nargs="*", help="benchmark module names")
     bench.set_defaults(func=_cmd_bench)
 
-    for sub in (stage, resume, runs, inspect, export):
+    for sub in (stage, resume, runs, inspect, export, cache):
         sub.add_argument("--artifact-root", default="artifacts",
                          help="folder holding runs/ (default: artifacts)")
     return parser

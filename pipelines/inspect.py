@@ -7,6 +7,7 @@ so every value goes through `printable` before it reaches the terminal. Stage st
 
 from __future__ import annotations
 
+import datetime as dt
 import textwrap
 from collections import Counter
 from pathlib import Path
@@ -17,6 +18,7 @@ import pandas as pd
 from affectflow.core.display import printable
 from affectflow.core.errors import UserError
 from affectflow.core.locks import live_writer
+from affectflow.core.pixel_cache import list_cache
 from affectflow.core.runs import RunStore, list_runs
 from affectflow.core.store import StageArtifact
 from affectflow.pipelines.state import StageState, stage_states, unknown_states
@@ -73,6 +75,29 @@ def runs_table(artifact_root: Path) -> str:
         writer = live_writer(store.path)
         lines.append(f"{printable(run_id):<28} created {record.get('created', '?')}  "
                      f"{_summary(store)}" + (f"  [written by pid {writer.pid}]" if writer else ""))
+    return "\n".join(lines)
+
+
+def _size(size: float) -> str:
+    return f"{size / 1e9:.2f} GB" if size >= 1e8 else f"{size / 1e6:.1f} MB"
+
+
+def cache_table(cache_root: Path) -> str:
+    """The pixel cache's transforms with their images, size and last use, and the total."""
+    entries = list_cache(cache_root)
+    if not entries:
+        return f"pixel cache {cache_root}: empty"
+    lines = [f"pixel cache {cache_root}",
+             f"  {'key':<24}  {'images':>8}  {'shards':>6}  {'size':>9}  {'last used':<19}  transform"]
+    for entry in entries:
+        used = (dt.datetime.fromtimestamp(entry.last_used).strftime("%Y-%m-%d %H:%M:%S")
+                if entry.last_used is not None else "-")
+        lines.append(f"  {entry.key:<24}  {entry.images:>8}  {entry.shards:>6}  "
+                     f"{_size(entry.size):>9}  {used:<19}  {printable(entry.describe)}")
+    total = sum(entry.size for entry in entries)
+    lines.append(f"  total {_size(total)} in {sum(entry.images for entry in entries)} images; "
+                 "bounded by run.pixel_cache_gb while stages write, "
+                 "`affectflow cache prune --max-gb N` to shrink it")
     return "\n".join(lines)
 
 

@@ -15,8 +15,11 @@ import json
 import sys
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from affectflow.core.atomic import write_json
+from affectflow.core.pixel_cache import PixelCache
+from affectflow.core.pixels import Decoder
 from affectflow.core.torchrun import ONE_NODE, TorchrunNodes, launch_job, worker_main
 from affectflow.models.cternet.classifier import config_values
 from affectflow.models.cternet.config import CTERNetConfig
@@ -39,27 +42,40 @@ class TrainingJob:
     device: str | None
     loader_workers: int
     cpu_threads: int | None
+    cache: PixelCache | None = None
+    decoder: Decoder = "pil"
+
+
+def _images(images: LabelledImages) -> dict[str, Any]:
+    return {"paths": images.paths, "labels": images.labels, "sha256s": images.sha256s}
+
+
+def _read_images(record: dict[str, Any]) -> LabelledImages:
+    hashes = record.get("sha256s")
+    return LabelledImages(tuple(record["paths"]), tuple(record["labels"]),
+                          tuple(hashes) if hashes is not None else None)
 
 
 def write_job(path: Path, job: TrainingJob) -> None:
     write_json(path, {
         "config": config_values(job.config), "recipe": dataclasses.asdict(job.recipe),
-        "train": {"paths": job.train.paths, "labels": job.train.labels},
-        "val": {"paths": job.val.paths, "labels": job.val.labels},
+        "train": _images(job.train), "val": _images(job.val),
         "work_dir": str(job.work_dir), "device": job.device,
         "loader_workers": job.loader_workers, "cpu_threads": job.cpu_threads,
+        "cache": job.cache.to_dict() if job.cache is not None else None, "decoder": job.decoder,
     })
 
 
 def read_job(path: Path) -> TrainingJob:
     record = json.loads(path.read_text(encoding="utf-8"))
     recipe = dict(record["recipe"], crop_scale=tuple(record["recipe"]["crop_scale"]))
+    cache = PixelCache.from_dict(record["cache"]) if record["cache"] is not None else None
     return TrainingJob(
         config=CTERNetConfig.from_mapping(record["config"]), recipe=TrainingRecipe(**recipe),
-        train=LabelledImages(tuple(record["train"]["paths"]), tuple(record["train"]["labels"])),
-        val=LabelledImages(tuple(record["val"]["paths"]), tuple(record["val"]["labels"])),
+        train=_read_images(record["train"]), val=_read_images(record["val"]),
         work_dir=Path(record["work_dir"]), device=record["device"],
-        loader_workers=int(record["loader_workers"]), cpu_threads=record["cpu_threads"])
+        loader_workers=int(record["loader_workers"]), cpu_threads=record["cpu_threads"],
+        cache=cache, decoder=record["decoder"])
 
 
 def launch(job_path: Path, processes: int, nodes: TorchrunNodes = ONE_NODE) -> None:
@@ -76,7 +92,7 @@ def run_job(path: Path) -> None:
         train_cternet(job.config, job.recipe, job.train, job.val, job.work_dir,
                       Runtime(device=str(context.device), loader_workers=job.loader_workers,
                               rank=context.rank, world_size=context.world_size,
-                              cpu_threads=job.cpu_threads))
+                              cpu_threads=job.cpu_threads, cache=job.cache, decoder=job.decoder))
     finally:
         shutdown_distributed()
 

@@ -35,6 +35,9 @@ from torch.utils.data import DataLoader, DistributedSampler, Subset
 
 from affectflow.core.atomic import write_json
 from affectflow.core.hashing import hash_value
+from affectflow.core.loading import PixelRequest, dataloader_options, fill_cache
+from affectflow.core.pixel_cache import PixelCache, PixelStore
+from affectflow.core.pixels import Decoder, PixelTransform
 from affectflow.core.progress import Progress
 from affectflow.models.checkpoints import capture_rng, restore_rng
 from affectflow.models.cternet.checkpoint import (
@@ -48,7 +51,14 @@ from affectflow.models.cternet.checkpoint import (
 )
 from affectflow.models.cternet.classifier import config_values
 from affectflow.models.cternet.config import CTERNetConfig
-from affectflow.models.cternet.data import ImageDataset, LabelledImages, eval_transform, train_transform
+from affectflow.models.cternet.data import (
+    EpochSampler,
+    ImageDataset,
+    LabelledImages,
+    cached_pixels,
+    eval_transform,
+    train_transform,
+)
 from affectflow.models.cternet.model import CTERNet, build_cternet
 from affectflow.models.encoder_runtime import intra_op_threads, resolve_device
 
@@ -74,17 +84,29 @@ class TrainingRecipe:
 
 @dataclass(frozen=True)
 class Runtime:
-    """Where and how training runs; none of it changes the result except the process count."""
+    """Where and how training runs; none of it changes the result except the process count.
+
+    `cache` is the pixel cache the images are read from (decoded from their files without one),
+    `decoder` the JPEG decoder its entries were made with.
+    """
 
     device: str | None = None
     loader_workers: int = 0
     rank: int = 0
     world_size: int = 1
     cpu_threads: int | None = None
+    cache: PixelCache | None = None
+    decoder: Decoder = "pil"
 
     @property
     def is_main(self) -> bool:
         return self.rank == 0
+
+    def pixels(self, config: CTERNetConfig) -> PixelTransform:
+        return cached_pixels(config, self.decoder)
+
+    def store(self, config: CTERNetConfig) -> PixelStore | None:
+        return self.cache.store(self.pixels(config)) if self.cache is not None else None
 
 
 @dataclass(frozen=True)
@@ -114,8 +136,8 @@ def training_signature(config: CTERNetConfig, recipe: TrainingRecipe, train: Lab
                        val: LabelledImages, world_size: int) -> str:
     """Identity of a training: checkpoints of another training are never resumed."""
     return hash_value({"config": config_values(config), "recipe": dataclasses.asdict(recipe),
-                       "train": [train.paths, train.labels], "val": [val.paths, val.labels],
-                       "world_size": world_size})
+                       "train": [train.paths, train.labels, train.sha256s],
+                       "val": [val.paths, val.labels, val.sha256s], "world_size": world_size})
 
 
 def _check_sizes(recipe: TrainingRecipe, train: LabelledImages, val: LabelledImages,
@@ -133,25 +155,38 @@ def _loader_generator(recipe: TrainingRecipe) -> torch.Generator:
     return torch.Generator().manual_seed(recipe.seed)
 
 
-def _train_loader(train: LabelledImages, recipe: TrainingRecipe, input_size: int,
+def _train_loader(train: LabelledImages, recipe: TrainingRecipe, config: CTERNetConfig,
                   runtime: Runtime, device: torch.device) -> DataLoader[Any]:
-    dataset = ImageDataset(train, train_transform(input_size, recipe.crop_scale), seed=recipe.seed)
-    sampler: DistributedSampler[tuple[torch.Tensor, int]] = DistributedSampler(
+    """Persistent loader processes; the sampler carries the epoch to them (`EpochSampler`)."""
+    dataset = ImageDataset(train, train_transform(config.input_size, recipe.crop_scale),
+                           seed=recipe.seed, store=runtime.store(config),
+                           pixels=runtime.pixels(config))
+    sampler = EpochSampler(DistributedSampler(
         dataset, num_replicas=runtime.world_size, rank=runtime.rank, shuffle=True,
-        seed=recipe.seed, drop_last=True)
+        seed=recipe.seed, drop_last=True))
     return DataLoader(dataset, batch_size=recipe.batch_size, sampler=sampler, drop_last=True,
-                      num_workers=runtime.loader_workers, pin_memory=device.type == "cuda",
-                      generator=_loader_generator(recipe))
+                      generator=_loader_generator(recipe),
+                      **dataloader_options(runtime.loader_workers, device))
 
 
 def _val_loader(val: LabelledImages, recipe: TrainingRecipe, config: CTERNetConfig,
                 runtime: Runtime, device: torch.device) -> DataLoader[Any]:
     """Each process scores a disjoint slice of the validation images; counts are summed."""
-    dataset = Subset(ImageDataset(val, eval_transform(config)),
+    dataset = Subset(ImageDataset(val, eval_transform(config), store=runtime.store(config),
+                                  pixels=runtime.pixels(config)),
                      range(runtime.rank, len(val), runtime.world_size))
     return DataLoader(dataset, batch_size=recipe.batch_size, shuffle=False,
-                      num_workers=runtime.loader_workers, pin_memory=device.type == "cuda",
-                      generator=_loader_generator(recipe))
+                      generator=_loader_generator(recipe),
+                      **dataloader_options(runtime.loader_workers, device))
+
+
+def _restore_cache(images: LabelledImages, runtime: Runtime, config: CTERNetConfig) -> None:
+    """Decode again what the cache lost (pruned, evicted, found damaged) before an epoch reads
+    it; a no-op (one look at the cache folder) when nothing is missing."""
+    store = runtime.store(config)
+    if store is not None and images.sha256s is not None:
+        fill_cache([PixelRequest(path, sha) for path, sha in zip(images.paths, images.sha256s)],
+                   store, max(1, runtime.loader_workers))
 
 
 def _sum_across_processes(values: torch.Tensor, runtime: Runtime) -> torch.Tensor:
@@ -280,15 +315,15 @@ def _train(config: CTERNetConfig, recipe: TrainingRecipe, train: LabelledImages,
     resume = _start(model, optimizer, scheduler, checkpoint, recipe, runtime)
     resumed_from = resume.epoch
     trained = _wrap(model, device, runtime)
-    train_loader = _train_loader(train, recipe, config.input_size, runtime, device)
+    train_loader = _train_loader(train, recipe, config, runtime, device)
     val_loader = _val_loader(val, recipe, config, runtime, device)
     images_per_epoch = len(train_loader) * recipe.batch_size * runtime.world_size
     progress = (Progress("cternet_train", total=(recipe.epochs - resume.epoch) * images_per_epoch,
                          unit="images", interval=10.0) if runtime.is_main else None)
 
     for epoch in range(resume.epoch + 1, recipe.epochs + 1):
+        _restore_cache(train, runtime, config)
         train_loader.sampler.set_epoch(epoch)  # type: ignore[attr-defined]
-        train_loader.dataset.set_epoch(epoch)  # type: ignore[attr-defined]
         lr = optimizer.param_groups[0]["lr"]
         start = time.perf_counter()
         train_loss, train_accuracy, seen = _train_epoch(trained, train_loader, optimizer, device,

@@ -21,16 +21,17 @@ from pydantic import Field
 
 from affectflow.core.atomic import write_text
 from affectflow.core.errors import UserError
+from affectflow.core.loading import PixelRequest, failure_reason, pixel_batches
 from affectflow.core.stage import ShardOutput, Stage, StageContext, StageParams, TableRef
 from affectflow.core.store import MAIN_TABLE, SAMPLE_ID, SOURCE_ID, StageArtifact, make_rejects
 from affectflow.models.cternet.classifier import TrainedClassifier, load_classifier
-from affectflow.models.cternet.data import eval_transform
+from affectflow.models.cternet.data import cached_pixels, eval_transform
 from affectflow.models.encoder_runtime import inference_context, intra_op_threads
-from affectflow.stages.batching import prefetched_image_batches
+from affectflow.stages.batching import loader_settings
 from affectflow.stages.cternet.metrics import PAPER_ACCURACY, grouped_polarity_accuracy
 from affectflow.stages.cternet.report import CONFUSION_FIGURE, render_report
 from affectflow.stages.cternet.train import TARGET, Targets
-from affectflow.stages.ingest.stage import IMAGE_PATH, LABEL, SPLIT, TEST
+from affectflow.stages.ingest.stage import IMAGE_PATH, IMAGE_SHA256, LABEL, SPLIT, TEST
 from affectflow.stages.metrics import classification_metrics, draw_confusions
 from affectflow.stages.param_types import Device
 
@@ -47,7 +48,7 @@ SCHEMA = pa.schema([
     (PROBABILITIES, pa.list_(pa.float32())),
     (CORRECT, pa.bool_()),
 ])
-_INGEST_COLUMNS = [SAMPLE_ID, SOURCE_ID, IMAGE_PATH, LABEL, SPLIT]
+_INGEST_COLUMNS = [SAMPLE_ID, SOURCE_ID, IMAGE_PATH, IMAGE_SHA256, LABEL, SPLIT]
 
 
 class CTERNetEvalParams(StageParams):
@@ -100,15 +101,19 @@ class CTERNetEvalStage(Stage[CTERNetEvalParams]):
             else:
                 rejects.append({**row, "reason": target[0], "detail": target[1]})
         kept = []
-        preprocess = eval_transform(state.classifier.model.config)
-        for batch in prefetched_image_batches([row[IMAGE_PATH] for row in scorable],
-                                              params.batch_size, preprocess, ctx.settings.workers):
-            rejects += [{**scorable[i], "reason": "image_load_failed", "detail": error}
+        device = state.classifier.device
+        config = state.classifier.model.config
+        loading = loader_settings(ctx.settings, device)
+        store = loading.cache.store(cached_pixels(config, loading.decoder))
+        requests = [PixelRequest(row[IMAGE_PATH], row[IMAGE_SHA256]) for row in scorable]
+        for batch in pixel_batches(requests, params.batch_size, store, loading.workers, device,
+                                   view=eval_transform(config)):
+            rejects += [{**scorable[i], "reason": failure_reason(error), "detail": error}
                         for i, error in batch.failures]
-            if batch.pixels is None:
+            if batch.stacked is None:
                 continue
-            with intra_op_threads(params.cpu_threads), inference_context(state.classifier.device):
-                logits = state.classifier.model(batch.pixels.to(state.classifier.device)).logits
+            with intra_op_threads(params.cpu_threads), inference_context(device):
+                logits = state.classifier.model(batch.stacked.to(device)).logits
             probabilities = torch.softmax(logits.float(), dim=1).cpu().numpy()
             for i, row_probabilities in zip(batch.indices, probabilities):
                 predicted = state.classifier.classes[int(row_probabilities.argmax())]

@@ -1,11 +1,11 @@
 """`cternet_train`: train CTERNet on the ingest's train split, select the epoch on its val split.
 
-Shards check the training rows (label known, image bytes still the ones ingest validated) and
-write them as the main table with the class each is trained on (`target`: the label, or its
-polarity under `task: polarity`): that table is exactly what training reads, and every row
-that cannot be used is a reject with a reason. Test rows are not this stage's input: it never
-opens them (their count is in the summary), so nothing about the test split can leak into
-training or model selection.
+Shards check the training rows (label known) and decode their images into the pixel cache
+(which checks the bytes are still the ones ingest validated), then write them as the main
+table with the class each is trained on (`target`: the label, or its polarity under `task:
+polarity`): that table is exactly what training reads, and every row that cannot be used is a
+reject with a reason. Test rows are not this stage's input: it never opens them (their count is
+in the summary), so nothing about the test split can leak into training or model selection.
 
 `finalize` trains once all shards are checked, in this process or on `processes` torchrun
 processes per node (`nnodes` nodes), with checkpoints in the stage's work folder: an interrupted
@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
@@ -29,7 +28,8 @@ from pydantic import Field, field_validator, model_validator
 
 from affectflow.core.atomic import write_json, write_parquet
 from affectflow.core.errors import UserError
-from affectflow.core.hashing import hash_file, tree_fingerprint
+from affectflow.core.hashing import tree_fingerprint
+from affectflow.core.loading import PixelRequest, failure_reason, fill_cache
 from affectflow.core.stage import ShardOutput, Stage, StageContext, StageParams, TableRef
 from affectflow.core.store import MAIN_TABLE, SAMPLE_ID, SOURCE_ID, StageArtifact, make_rejects
 from affectflow.core.torchrun import TorchrunNodes, runs_in_process
@@ -45,7 +45,7 @@ from affectflow.models.cternet.config import (
     Precision,
     SentimentMap,
 )
-from affectflow.models.cternet.data import LabelledImages
+from affectflow.models.cternet.data import LabelledImages, cached_pixels
 from affectflow.models.cternet.distributed import JOB_FILE, TrainingJob, launch, write_job
 from affectflow.models.cternet.train import (
     Runtime,
@@ -56,6 +56,7 @@ from affectflow.models.cternet.train import (
     train_cternet,
 )
 from affectflow.models.encoder_runtime import resolve_device
+from affectflow.stages.batching import loader_settings
 from affectflow.stages.cternet.figures import draw_training_curves
 from affectflow.stages.cternet.polarity import POLARITY_CLASSES, NoPolarity, PolarityMap, Task, target_class
 from affectflow.stages.ingest.stage import IMAGE_PATH, IMAGE_SHA256, LABEL, SPLIT, TEST, TRAIN, VAL
@@ -241,18 +242,11 @@ class Targets:
 
 
 def _check_row(row: dict[str, Any], targets: Targets) -> tuple[str, str] | str:
-    """The target class of a usable training row, else (reason, detail)."""
+    """The target class of a training row whose labels can be used, else (reason, detail); its
+    image is checked when it is decoded into the pixel cache."""
     if row[SPLIT] not in TRAINING_SPLITS:
         return "unknown_split", f"split {row[SPLIT]!r} is none of train, val, test"
-    target = targets.target(row[LABEL])
-    if not isinstance(target, str):
-        return target
-    path = Path(row[IMAGE_PATH])
-    if not path.is_file():
-        return "missing_image", str(path)
-    if hash_file(path) != row[IMAGE_SHA256]:
-        return "image_changed", f"{path} differs from the file ingest validated; rerun ingest"
-    return target
+    return targets.target(row[LABEL])
 
 
 class CTERNetTrainStage(Stage[CTERNetTrainParams]):
@@ -284,8 +278,16 @@ class CTERNetTrainStage(Stage[CTERNetTrainParams]):
                 shard_id: int) -> ShardOutput:
         table = ctx.input("ingest").read_shard(shard_id, columns=_INGEST_COLUMNS)
         rows = [row for row in table.to_pylist() if row[SPLIT] != TEST]
-        with ThreadPoolExecutor(max_workers=ctx.settings.workers) as pool:
-            checks = list(pool.map(lambda row: _check_row(row, state), rows))
+        checks = [_check_row(row, state) for row in rows]
+        usable = [index for index, check in enumerate(checks) if isinstance(check, str)]
+        device = resolve_device(ctx.params.device)
+        loading = loader_settings(ctx.settings, device)
+        pixels = cached_pixels(ctx.params.model_config_for(len(state.class_index)), loading.decoder)
+        failures = fill_cache([PixelRequest(rows[i][IMAGE_PATH], rows[i][IMAGE_SHA256]) for i in usable],
+                              loading.cache.store(pixels), loading.workers,
+                              decode_device=device if pixels.decoder == "torchvision" else None)
+        for position, error in failures.items():
+            checks[usable[position]] = (failure_reason(error), error)
         kept = [{SAMPLE_ID: row[SAMPLE_ID], SPLIT: row[SPLIT], LABEL: row[LABEL],
                  TARGET: check, CLASS_INDEX: state.class_index[check]}
                 for row, check in zip(rows, checks) if isinstance(check, str)]
@@ -338,13 +340,16 @@ class CTERNetTrainStage(Stage[CTERNetTrainParams]):
         device = resolve_device(params.device)
         # Loader processes pay off feeding a GPU; on a CPU they would compete with the model.
         loader_workers = ctx.settings.workers if device.type == "cuda" else 0
+        loading = loader_settings(ctx.settings, device)
         if runs_in_process(params.processes, params):
             return train_cternet(config, params.recipe(), train, val, ctx.work_dir,
                                  Runtime(device=params.device, loader_workers=loader_workers,
-                                         cpu_threads=params.cpu_threads))
+                                         cpu_threads=params.cpu_threads, cache=loading.cache,
+                                         decoder=loading.decoder))
         job_file = ctx.work_dir / JOB_FILE
         write_job(job_file, TrainingJob(config, params.recipe(), train, val, ctx.work_dir,
-                                        params.device, loader_workers, params.cpu_threads))
+                                        params.device, loader_workers, params.cpu_threads,
+                                        loading.cache, loading.decoder))
         launch(job_file, params.processes, nodes=params)
         return read_outcome(ctx.work_dir)
 
@@ -366,12 +371,14 @@ def _training_images(ctx: StageContext[CTERNetTrainParams]
                      ) -> tuple[LabelledImages, LabelledImages]:
     """The kept rows of each training split with their image paths, in table order."""
     rows = StageArtifact(ctx.output_dir).read_all(columns=[SAMPLE_ID, SPLIT, CLASS_INDEX])
-    paths = ctx.input("ingest").read_all(columns=[SAMPLE_ID, IMAGE_PATH])
-    path_of = dict(zip(paths[SAMPLE_ID].to_pylist(), paths[IMAGE_PATH].to_pylist()))
+    files = ctx.input("ingest").read_all(columns=[SAMPLE_ID, IMAGE_PATH, IMAGE_SHA256])
+    file_of = {sample_id: (path, sha) for sample_id, path, sha in zip(
+        files[SAMPLE_ID].to_pylist(), files[IMAGE_PATH].to_pylist(), files[IMAGE_SHA256].to_pylist())}
     images = {}
     for split in TRAINING_SPLITS:
         part = rows.filter(pc.equal(rows[SPLIT], split))
-        images[split] = LabelledImages(
-            tuple(path_of[sample_id] for sample_id in part[SAMPLE_ID].to_pylist()),
-            tuple(part[CLASS_INDEX].to_pylist()))
+        chosen = [file_of[sample_id] for sample_id in part[SAMPLE_ID].to_pylist()]
+        images[split] = LabelledImages(tuple(path for path, _ in chosen),
+                                       tuple(part[CLASS_INDEX].to_pylist()),
+                                       tuple(sha for _, sha in chosen))
     return images[TRAIN], images[VAL]

@@ -19,7 +19,15 @@ from affectflow.models.cternet import train as cternet_train
 from affectflow.models.cternet.checkpoint import BEST_CHECKPOINT, LAST_CHECKPOINT
 from affectflow.models.cternet.classifier import TrainedClassifier, sentiment_maps
 from affectflow.models.cternet.config import CTERNetConfig
-from affectflow.models.cternet.data import ImageDataset, LabelledImages, eval_transform, train_transform
+from affectflow.models.cternet.data import (
+    ImageDataset,
+    LabelledImages,
+    cached_pixels,
+    eval_geometry,
+    eval_transform,
+    to_model_pixels,
+    train_transform,
+)
 from affectflow.models.cternet.model import build_cternet
 from affectflow.models.cternet.train import (
     Runtime,
@@ -99,8 +107,8 @@ def test_best_epoch_is_the_first_maximum_of_validation_accuracy(
     assert best["epoch"] == outcome.best_epoch
     model = build_cternet(CONFIG, device="cpu")
     model.load_state_dict(best["model"])
-    loader = torch.utils.data.DataLoader(ImageDataset(data[1], eval_transform(CONFIG)),
-                                         batch_size=5)
+    dataset = ImageDataset(data[1], eval_transform(CONFIG), pixels=cached_pixels(CONFIG))
+    loader = torch.utils.data.DataLoader(dataset, batch_size=5)
     rescored = evaluate_accuracy(model, loader, torch.device("cpu"), RUNTIME)
     assert rescored == pytest.approx(outcome.best_val_accuracy)
 
@@ -169,14 +177,28 @@ def test_augmentation_depends_on_seed_epoch_and_sample_only(tmp_path: Path) -> N
     gradient = Image.linear_gradient("L").convert("RGB").resize((64, 48))
     gradient.save(tmp_path / "gradient.png")
     images = LabelledImages((str(tmp_path / "gradient.png"),) * 2, (0, 0))
-    dataset = ImageDataset(images, train_transform(32, (0.1, 1.0)), seed=5)
-    dataset.set_epoch(2)
-    first = dataset[0][0]
+    dataset = ImageDataset(images, train_transform(CONFIG.input_size, (0.1, 1.0)), seed=5,
+                           pixels=cached_pixels(CONFIG))
+    first = dataset[2, 0][0]
     torch.manual_seed(123)  # the global RNG (and so loader processes) must not matter
-    assert torch.equal(dataset[0][0], first)
-    assert not torch.equal(dataset[1][0], first)
-    dataset.set_epoch(3)
-    assert not torch.equal(dataset[0][0], first)
+    assert torch.equal(dataset[2, 0][0], first)
+    assert not torch.equal(dataset[2, 1][0], first)
+    assert not torch.equal(dataset[3, 0][0], first)
+
+
+@pytest.mark.parametrize(("eval_crop", "side"), [("shorter_side", 32), ("imagenet", 37)])
+def test_images_are_cached_at_the_eval_crop_resize_and_the_eval_view_is_exact(
+        tmp_path: Path, eval_crop: str, side: int) -> None:
+    """The cache holds the shorter side the configured `eval_crop` resizes to, so the model's
+    evaluation input is the centre crop of the cached pixels: exactly `eval_geometry`'s crop."""
+    config = dataclasses.replace(CONFIG, eval_crop=eval_crop)
+    image = Image.linear_gradient("L").convert("RGB").resize((64, 48))
+    image.save(tmp_path / "gradient.png")
+    assert cached_pixels(config).side == side
+    dataset = ImageDataset(LabelledImages((str(tmp_path / "gradient.png"),), (0,)),
+                           eval_transform(config), pixels=cached_pixels(config))
+    assert dataset.cached(0).shape == (3, side, side * 64 // 48)
+    assert torch.equal(dataset[0][0], to_model_pixels(eval_geometry(config)(image)))
 
 
 def test_sentiment_maps_are_scaled_per_image_and_absent_in_vanilla_mode() -> None:

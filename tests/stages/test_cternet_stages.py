@@ -8,7 +8,6 @@ import random
 import re
 import shutil
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +23,7 @@ from sklearn.metrics import accuracy_score, confusion_matrix, f1_score, precisio
 
 from affectflow.core.atomic import write_parquet
 from affectflow.core.errors import UserError
-from affectflow.core.images import load_rgb
+from affectflow.core.pixels import load_pixels
 from affectflow.core.runner import StageJob, run_stage
 from affectflow.core.runs import RunStore
 from affectflow.core.store import PLAN_DIR
@@ -33,7 +32,8 @@ from affectflow.demo.scenes import FI_CLASSES
 from affectflow.models.cternet import train as cternet_train
 from affectflow.models.cternet.checkpoint import LAST_CHECKPOINT
 from affectflow.models.cternet.classifier import load_classifier
-from affectflow.models.cternet.data import eval_transform
+from affectflow.models.cternet.data import cached_pixels, eval_transform
+from affectflow.pipelines.config import RunSettings
 from affectflow.pipelines.publish import key_part, publish_stage
 from affectflow.stages.cternet.evaluate import CTERNetEvalParams, CTERNetEvalStage
 from affectflow.stages.cternet.maps import write_sentiment_maps
@@ -59,12 +59,6 @@ TIMING_FIELDS = ["images_per_second", "seconds"]
 CHAIN = ("ingest", "cternet_train", "cternet_eval")
 
 
-@dataclass(frozen=True)
-class Settings:
-    artifact_root: Path
-    workers: int = 2
-
-
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
@@ -83,7 +77,7 @@ def run(root: Path, run_id: str, data: Path, stages: tuple[str, ...] = CHAIN,
     """Run the stages in order through core.runner, as the flow would."""
     store = RunStore(root, run_id)
     store.create({}, {})
-    settings = Settings(artifact_root=root)
+    settings = RunSettings(artifact_root=root, workers=2)
     jobs = {"ingest": (IngestStage(), IngestParams(**INGEST, path=data)),
             "cternet_train": (CTERNetTrainStage(), CTERNetTrainParams(**{**TRAIN, **train})),
             "cternet_eval": (CTERNetEvalStage(), CTERNetEvalParams(batch_size=8, device="cpu"))}
@@ -154,9 +148,11 @@ def test_selected_epoch_is_the_best_on_val_and_model_pt_is_it(baseline: RunStore
     assert summary["best_epoch"] == val_accuracy.index(max(val_accuracy)) + 1
     classifier = load_classifier(baseline.stage("cternet_train").path, "cpu")
     preprocess = eval_transform(classifier.model.config)
+    decoded = cached_pixels(classifier.model.config)
     val = split_rows(baseline, "val")
     with torch.no_grad():
-        pixels = torch.stack([preprocess(load_rgb(row["image_path"])) for row in val])
+        pixels = torch.stack([preprocess(load_pixels(row["image_path"], None, decoded))
+                              for row in val])
         logits = classifier.model(pixels).logits
     predicted = [classifier.classes[i] for i in logits.argmax(dim=1).tolist()]
     accuracy = np.mean([p == r["label"] for p, r in zip(predicted, val)])
@@ -206,7 +202,7 @@ def test_unusable_training_rows_are_rejected_with_reasons(baseline: RunStore, fi
     assert (trained["rows_in"], trained["rows_out"]) == (48, 39)
     assert load_classifier(store.stage("cternet_train").path, "cpu").classes == classes
     evaluated = store.stage("cternet_eval").manifest
-    assert evaluated["rejects_by_reason"] == {"label_not_in_classes": 2, "image_load_failed": 1}
+    assert evaluated["rejects_by_reason"] == {"label_not_in_classes": 2, "image_changed": 1}
     assert (evaluated["rows_in"], evaluated["rows_out"]) == (16, 13)
     assert evaluated["summary"]["grouped_polarity_accuracy"] is None
     report = (store.stage("cternet_eval").path / "report.md").read_text()
