@@ -36,6 +36,8 @@ class RunSettings(BaseModel):
                                   "under <artifact_root>/cache/pixels; 0 turns it off")
     gpu_jpeg_decode: bool = Field(False, description="decode JPEGs that fill the pixel cache with "
                                   "nvJPEG when the stage runs on a GPU")
+    torch_compile: bool = Field(False, description="torch.compile the training steps of pacl and "
+                                "cternet_train (compilation costs minutes up front)")
     stages: list[str] = Field(default_factory=lambda: list(PRETRAIN_CHAIN),
                               description="stages of the pretrain flow, in order")
     task_runner: Literal["threads", "dask", "ray"] = Field(

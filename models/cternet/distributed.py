@@ -26,6 +26,7 @@ from affectflow.models.cternet.config import CTERNetConfig
 from affectflow.models.cternet.data import LabelledImages
 from affectflow.models.cternet.train import Runtime, TrainingRecipe, train_cternet
 from affectflow.models.distributed import init_distributed, shutdown_distributed
+from affectflow.models.step_speed import DEFAULT_SPEED, StepSpeed
 
 JOB_FILE = "job.json"
 
@@ -44,6 +45,7 @@ class TrainingJob:
     cpu_threads: int | None
     cache: PixelCache | None = None
     decoder: Decoder = "pil"
+    speed: StepSpeed = DEFAULT_SPEED
 
 
 def _images(images: LabelledImages) -> dict[str, Any]:
@@ -63,6 +65,7 @@ def write_job(path: Path, job: TrainingJob) -> None:
         "work_dir": str(job.work_dir), "device": job.device,
         "loader_workers": job.loader_workers, "cpu_threads": job.cpu_threads,
         "cache": job.cache.to_dict() if job.cache is not None else None, "decoder": job.decoder,
+        "speed": job.speed.to_dict(),
     })
 
 
@@ -75,7 +78,7 @@ def read_job(path: Path) -> TrainingJob:
         train=_read_images(record["train"]), val=_read_images(record["val"]),
         work_dir=Path(record["work_dir"]), device=record["device"],
         loader_workers=int(record["loader_workers"]), cpu_threads=record["cpu_threads"],
-        cache=cache, decoder=record["decoder"])
+        cache=cache, decoder=record["decoder"], speed=StepSpeed.from_dict(record["speed"]))
 
 
 def launch(job_path: Path, processes: int, nodes: TorchrunNodes = ONE_NODE) -> None:
@@ -92,7 +95,8 @@ def run_job(path: Path) -> None:
         train_cternet(job.config, job.recipe, job.train, job.val, job.work_dir,
                       Runtime(device=str(context.device), loader_workers=job.loader_workers,
                               rank=context.rank, world_size=context.world_size,
-                              cpu_threads=job.cpu_threads, cache=job.cache, decoder=job.decoder))
+                              cpu_threads=job.cpu_threads, cache=job.cache, decoder=job.decoder,
+                              speed=job.speed))
     finally:
         shutdown_distributed()
 

@@ -61,6 +61,7 @@ from affectflow.models.cternet.data import (
 )
 from affectflow.models.cternet.model import CTERNet, build_cternet
 from affectflow.models.encoder_runtime import intra_op_threads, resolve_device
+from affectflow.models.step_speed import DEFAULT_SPEED, FastStep, StepSpeed
 
 logger = logging.getLogger(__name__)
 
@@ -87,7 +88,8 @@ class Runtime:
     """Where and how training runs; none of it changes the result except the process count.
 
     `cache` is the pixel cache the images are read from (decoded from their files without one),
-    `decoder` the JPEG decoder its entries were made with.
+    `decoder` the JPEG decoder its entries were made with, `speed` how steps use the device
+    (models/step_speed.py).
     """
 
     device: str | None = None
@@ -97,6 +99,7 @@ class Runtime:
     cpu_threads: int | None = None
     cache: PixelCache | None = None
     decoder: Decoder = "pil"
+    speed: StepSpeed = DEFAULT_SPEED
 
     @property
     def is_main(self) -> bool:
@@ -196,13 +199,13 @@ def _sum_across_processes(values: torch.Tensor, runtime: Runtime) -> torch.Tenso
 
 
 def _train_epoch(model: nn.Module, loader: DataLoader[Any], optimizer: torch.optim.Optimizer,
-                 device: torch.device, runtime: Runtime,
-                 progress: Progress | None) -> tuple[float, float, int]:
+                 device: torch.device, runtime: Runtime, progress: Progress | None,
+                 fast: FastStep) -> tuple[float, float, int]:
     """(mean loss, accuracy, images) over the epoch, summed over all processes."""
     model.train()
     totals = torch.zeros(3, dtype=torch.float64, device=device)  # loss sum, correct, images
     for images, labels in loader:
-        images = images.to(device, non_blocking=True)
+        images = fast.inputs(images.to(device, non_blocking=True))
         labels = labels.to(device, non_blocking=True)
         output = model(images, labels)
         optimizer.zero_grad(set_to_none=True)
@@ -220,13 +223,14 @@ def _train_epoch(model: nn.Module, loader: DataLoader[Any], optimizer: torch.opt
 
 @torch.no_grad()
 def evaluate_accuracy(model: CTERNet, loader: DataLoader[Any], device: torch.device,
-                      runtime: Runtime) -> float:
+                      runtime: Runtime, fast: FastStep | None = None) -> float:
     """Top-1 accuracy of the model's prediction (Y_TE in `full` mode) over all processes."""
     model.eval()
     totals = torch.zeros(2, dtype=torch.float64, device=device)
     for images, labels in loader:
         labels = labels.to(device)
-        predicted = model(images.to(device, non_blocking=True)).logits.argmax(dim=1)
+        images = images.to(device, non_blocking=True)
+        predicted = model(fast.inputs(images) if fast else images).logits.argmax(dim=1)
         totals += torch.stack([(predicted == labels).sum().double(),
                                torch.tensor(float(labels.shape[0]), dtype=torch.float64,
                                             device=device)])
@@ -308,13 +312,14 @@ def _train(config: CTERNetConfig, recipe: TrainingRecipe, train: LabelledImages,
     work_dir.mkdir(parents=True, exist_ok=True)
     checkpoint = load_last(work_dir, signature)
     model = _build(config, recipe, device, checkpoint)
+    fast = FastStep(runtime.speed, device, model)
     optimizer = torch.optim.SGD(model.parameters(), lr=recipe.lr, momentum=recipe.momentum,
-                                weight_decay=recipe.weight_decay)
+                                weight_decay=recipe.weight_decay, **fast.optimizer_options())
     scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=recipe.step_size,
                                                 gamma=recipe.lr_decay)
     resume = _start(model, optimizer, scheduler, checkpoint, recipe, runtime)
     resumed_from = resume.epoch
-    trained = _wrap(model, device, runtime)
+    trained = fast.compiled(_wrap(model, device, runtime))
     train_loader = _train_loader(train, recipe, config, runtime, device)
     val_loader = _val_loader(val, recipe, config, runtime, device)
     images_per_epoch = len(train_loader) * recipe.batch_size * runtime.world_size
@@ -327,10 +332,10 @@ def _train(config: CTERNetConfig, recipe: TrainingRecipe, train: LabelledImages,
         lr = optimizer.param_groups[0]["lr"]
         start = time.perf_counter()
         train_loss, train_accuracy, seen = _train_epoch(trained, train_loader, optimizer, device,
-                                                        runtime, progress)
+                                                        runtime, progress, fast)
         seconds = time.perf_counter() - start
         _share_buffers(model, runtime)
-        val_accuracy = evaluate_accuracy(model, val_loader, device, runtime)
+        val_accuracy = evaluate_accuracy(model, val_loader, device, runtime, fast)
         scheduler.step()
         stats = EpochStats(epoch, train_loss, train_accuracy, val_accuracy, lr, seen / seconds,
                            seconds)

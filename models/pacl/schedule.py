@@ -57,8 +57,9 @@ def paper_backbone_lr(spec: str, table: PaperLrs = PAPER_BACKBONE_LRS) -> tuple[
 
 
 def build_optimizer(model: PaclModel, backbone_lr: float, head_lr: float,
-                    weight_decay: float) -> AdamW:
-    """AdamW over named groups: backbone (decayed), backbone 1-d params (not decayed), heads."""
+                    weight_decay: float, fused: bool = False) -> AdamW:
+    """AdamW over named groups: backbone (decayed), backbone 1-d params (not decayed), heads;
+    `fused` updates every tensor in one kernel (GPUs)."""
     decayed = [p for p in model.visual.parameters() if p.requires_grad and p.ndim > 1]
     not_decayed = [p for p in model.visual.parameters() if p.requires_grad and p.ndim <= 1]
     heads = [p for module in (model.image_projection, model.text_projection)
@@ -69,7 +70,7 @@ def build_optimizer(model: PaclModel, backbone_lr: float, head_lr: float,
         {"name": BACKBONE_GROUPS[1], "params": not_decayed, "lr": backbone_lr, "weight_decay": 0.0},
         {"name": HEAD_GROUP, "params": heads, "lr": head_lr, "weight_decay": weight_decay},
     ]
-    return AdamW([group for group in groups if group["params"]])
+    return AdamW([group for group in groups if group["params"]], fused=fused or None)
 
 
 class WarmupCosine:

@@ -53,6 +53,7 @@ from affectflow.models.pacl.schedule import (
     group_lrs,
     paper_backbone_lr,
 )
+from affectflow.models.step_speed import DEFAULT_SPEED, FastStep, StepSpeed
 
 logger = logging.getLogger(__name__)
 
@@ -221,7 +222,8 @@ class _Trainer:
     """The state of one training run and the steps that advance it."""
 
     def __init__(self, config: PaclTrainConfig, data: PaclTrainingSet, images: ImageSource,
-                 checkpoint_dir: Path, context: DistContext, hooks: TrainHooks) -> None:
+                 checkpoint_dir: Path, context: DistContext, hooks: TrainHooks,
+                 speed: StepSpeed) -> None:
         self.config, self.data, self.images = config, data, images
         self.checkpoint_dir, self.context, self.hooks = checkpoint_dir, context, hooks
         torch.manual_seed(config.seed)
@@ -236,8 +238,9 @@ class _Trainer:
                              "std": list(backbone.std)}
         self.model.to(context.device)
         assert config.backbone_lr is not None  # resolved in PaclTrainConfig.__post_init__
+        self.fast = FastStep(speed, context.device, self.model)
         self.optimizer = build_optimizer(self.model, config.backbone_lr, config.head_lr,
-                                         config.weight_decay)
+                                         config.weight_decay, **self.fast.optimizer_options())
         self.epoch_steps = schedule_epochs(data, config)
         total = sum(self.epoch_steps)
         self.scheduler = build_scheduler(self.optimizer, total, min(round(config.warmup_fraction * total),
@@ -301,7 +304,8 @@ class _Trainer:
                 config.seed, self.position.global_step * config.accumulation_steps + micro,
                 len(indices), self.side, self.view)
             local = context.local_slice(len(indices))
-            pixels = train_views(squares.to(device, non_blocking=True), boxes[local], self.view)
+            pixels = self.fast.inputs(train_views(squares.to(device, non_blocking=True),
+                                                  boxes[local], self.view))
             texts = self.data.text_features[indices[local]].to(device, non_blocking=True)
             last = micro == config.accumulation_steps - 1
             sync = contextlib.nullcontext() if last or context.world_size == 1 else trainer.no_sync()
@@ -343,7 +347,8 @@ class _Trainer:
 
     def run(self) -> TrainResult:
         resumed_at = self.resume_or_start()
-        trainer = wrap_for_data_parallel(self.model, self.context, self.config.sync_batchnorm)
+        trainer = self.fast.compiled(wrap_for_data_parallel(self.model, self.context,
+                                                            self.config.sync_batchnorm))
         trainer.train()
         total = sum(self.epoch_steps)
         progress = Progress("pacl", total=total - resumed_at, unit="steps", interval=5.0) \
@@ -389,8 +394,9 @@ class _Trainer:
 
 def train_pacl(config: PaclTrainConfig, data: PaclTrainingSet, images: ImageSource,
                checkpoint_dir: Path, context: DistContext | None = None,
-               hooks: TrainHooks | None = None) -> TrainResult:
-    """Train (or resume training of) a PACL model; checkpoints go to `checkpoint_dir`.
+               hooks: TrainHooks | None = None, speed: StepSpeed = DEFAULT_SPEED) -> TrainResult:
+    """Train (or resume training of) a PACL model; checkpoints go to `checkpoint_dir`. `speed`
+    says how steps use the device (models/step_speed.py); it does not change the result.
 
     `checkpoint_dir/initial.pt` holds the model before any step (the "before PACL" encoder),
     `checkpoint_dir/last.pt` the state after the latest finished epoch or interruption.
@@ -398,4 +404,5 @@ def train_pacl(config: PaclTrainConfig, data: PaclTrainingSet, images: ImageSour
     context = context or single_process()
     _check_inputs(config, data, context)
     checkpoint_dir.mkdir(parents=True, exist_ok=True)
-    return _Trainer(config, data, images, checkpoint_dir, context, hooks or TrainHooks()).run()
+    return _Trainer(config, data, images, checkpoint_dir, context, hooks or TrainHooks(),
+                    speed).run()

@@ -56,6 +56,7 @@ from affectflow.models.cternet.train import (
     train_cternet,
 )
 from affectflow.models.encoder_runtime import resolve_device
+from affectflow.models.step_speed import StepSpeed
 from affectflow.stages.batching import loader_settings
 from affectflow.stages.cternet.figures import draw_training_curves
 from affectflow.stages.cternet.polarity import POLARITY_CLASSES, NoPolarity, PolarityMap, Task, target_class
@@ -341,15 +342,16 @@ class CTERNetTrainStage(Stage[CTERNetTrainParams]):
         # Loader processes pay off feeding a GPU; on a CPU they would compete with the model.
         loader_workers = ctx.settings.workers if device.type == "cuda" else 0
         loading = loader_settings(ctx.settings, device)
+        speed = StepSpeed(compile=ctx.settings.torch_compile)
         if runs_in_process(params.processes, params):
             return train_cternet(config, params.recipe(), train, val, ctx.work_dir,
                                  Runtime(device=params.device, loader_workers=loader_workers,
                                          cpu_threads=params.cpu_threads, cache=loading.cache,
-                                         decoder=loading.decoder))
+                                         decoder=loading.decoder, speed=speed))
         job_file = ctx.work_dir / JOB_FILE
         write_job(job_file, TrainingJob(config, params.recipe(), train, val, ctx.work_dir,
                                         params.device, loader_workers, params.cpu_threads,
-                                        loading.cache, loading.decoder))
+                                        loading.cache, loading.decoder, speed))
         launch(job_file, params.processes, nodes=params)
         return read_outcome(ctx.work_dir)
 

@@ -38,6 +38,7 @@ from affectflow.models.pacl.losses import ALL_PARTITIONS
 from affectflow.models.pacl.model import PretrainedWeightsError, build_visual_encoder
 from affectflow.models.pacl.train import PaclTrainingSet
 from affectflow.models.specs import weights_fingerprint
+from affectflow.models.step_speed import StepSpeed
 from affectflow.stages.batching import jpeg_decoder, loader_settings, pixel_cache
 from affectflow.stages.cluster.stage import label_column
 from affectflow.stages.ingest.stage import IMAGE_PATH, IMAGE_SHA256, SPLIT, TRAIN
@@ -169,7 +170,8 @@ class PaclStage(Stage[PaclParams]):
         images, training, counts = self._training_set(ctx)
         job = worker.write_job(ctx.work_dir / JOB_DIR, params.train_config(), images, training,
                                loader_settings(ctx.settings, resolve_device(params.device)),
-                               params.device, params.cpu_threads)
+                               params.device, params.cpu_threads,
+                               StepSpeed(compile=ctx.settings.torch_compile))
         final = worker.launch(job.folder, params.processes, nodes=params)
         initial = load_torch(job.checkpoints / INITIAL_FILE)
         teacher = TeacherParams.model_construct(**ctx.input("teacher").manifest["params"])

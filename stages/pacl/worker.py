@@ -24,6 +24,7 @@ from affectflow.models.distributed import init_distributed, shutdown_distributed
 from affectflow.models.encoder_runtime import intra_op_threads
 from affectflow.models.pacl.checkpoint import FINAL_FILE
 from affectflow.models.pacl.train import PaclTrainConfig, PaclTrainingSet, TrainHooks, train_pacl
+from affectflow.models.step_speed import DEFAULT_SPEED, StepSpeed
 from affectflow.stages.pacl.images import PathImages
 
 JOB_FILE = "job.json"
@@ -48,7 +49,7 @@ class TrainingJob:
 
 def write_job(folder: Path, config: PaclTrainConfig, images: list[tuple[str, str]],
               training: PaclTrainingSet, loading: LoaderSettings, device: str | None,
-              cpu_threads: int | None) -> TrainingJob:
+              cpu_threads: int | None, speed: StepSpeed = DEFAULT_SPEED) -> TrainingJob:
     """Write the job's files (same inputs give the same files, so a resumed job matches);
     `images` are (path, sha256) per training sample."""
     save_torch(folder / TRAIN_SET_FILE, {
@@ -56,7 +57,8 @@ def write_job(folder: Path, config: PaclTrainConfig, images: list[tuple[str, str
         "text_features": training.text_features, "partition": training.partition,
         "factual_cluster": training.factual_cluster, "emotional_cluster": training.emotional_cluster})
     write_json(folder / JOB_FILE, {"config": config.to_dict(), "loading": loading.to_dict(),
-                                   "device": device, "cpu_threads": cpu_threads})
+                                   "device": device, "cpu_threads": cpu_threads,
+                                   "speed": speed.to_dict()})
     return TrainingJob(folder)
 
 
@@ -74,7 +76,7 @@ def run_job(folder: Path, hooks: TrainHooks | None = None) -> None:
                             context.device)
         with intra_op_threads(spec["cpu_threads"]):
             result = train_pacl(PaclTrainConfig.from_dict(spec["config"]), training, images,
-                                job.checkpoints, context, hooks)
+                                job.checkpoints, context, hooks, StepSpeed.from_dict(spec["speed"]))
         if context.is_main:
             save_torch(job.result_file, {
                 "config": result.model_config,

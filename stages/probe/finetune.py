@@ -25,6 +25,7 @@ from affectflow.core.loading import LoaderSettings
 from affectflow.models.pacl.augment import ViewConfig, crop_boxes, eval_views, load_size, train_views
 from affectflow.models.pacl.model import PaclModel
 from affectflow.models.pacl.train import training_autocast
+from affectflow.models.step_speed import DEFAULT_SPEED, FastStep
 from affectflow.stages.pacl.images import PathImages
 from affectflow.stages.probe.linear import BestEpoch, HeadTraining, lr_schedule
 from affectflow.stages.probe.tasks import ProbeTask
@@ -79,10 +80,11 @@ def fine_tune(model: PaclModel, task: ProbeTask, train: LabelledImages, val: Lab
     backbone = copy.deepcopy(model.visual)
     classifier = nn.Sequential(backbone, nn.Linear(model.image_projection.in_features, task.width))
     classifier.to(device)
+    fast = FastStep(DEFAULT_SPEED, device, classifier)
     optimizer = torch.optim.AdamW([
         {"params": list(backbone.parameters()), "lr": backbone_lr},
         {"params": list(classifier[1].parameters()), "lr": training.lr},
-    ], weight_decay=training.weight_decay)
+    ], weight_decay=training.weight_decay, **fast.optimizer_options())
     generator = torch.Generator().manual_seed(training.seed)
     images = PathImages(train.paths, train.sha256s, loading, device)
     batch_size = min(training.batch_size, len(train.paths))
@@ -95,8 +97,8 @@ def fine_tune(model: PaclModel, task: ProbeTask, train: LabelledImages, val: Lab
         batches = list(order[: len(order) - len(order) % batch_size].split(batch_size))
         classifier.train()
         for batch, squares in zip(batches, images.squares(batches, side)):
-            pixels = train_views(squares.to(device), crop_boxes(len(batch), side, view, generator),
-                                 view)
+            pixels = fast.inputs(train_views(squares.to(device),
+                                             crop_boxes(len(batch), side, view, generator), view))
             with training_autocast(device):
                 outputs = classifier(pixels)
             loss = task.loss(outputs.float(), train.targets[batch].to(device))
