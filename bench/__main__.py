@@ -20,7 +20,8 @@ import pandas as pd
 import bench
 from bench.common import BenchRow
 
-SKIP_MODULES = {"common", "__main__"}
+# `gpu` is its own entry point (`python -m bench.gpu`), for CUDA machines.
+SKIP_MODULES = {"common", "__main__", "gpu"}
 
 
 def discover() -> list[str]:

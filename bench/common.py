@@ -1,7 +1,9 @@
-"""Shared pieces of the benchmarks: one result row type and a wall-clock / peak-memory timer."""
+"""Shared pieces of the benchmarks: one result row type, a wall-clock / peak-memory timer, and
+photo-like JPEGs written on the spot."""
 
 from __future__ import annotations
 
+import hashlib
 import resource
 import time
 from collections.abc import Callable
@@ -9,7 +11,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TypeVar
 
+import numpy as np
+
 T = TypeVar("T")
+
+PHOTO_SIZE = (640, 480)
 
 
 @dataclass
@@ -42,6 +48,23 @@ def timed(fn: Callable[[], T], repeats: int = 1) -> tuple[T, float]:
 def peak_rss_mib() -> float:
     """Peak resident memory of this process so far (Linux reports KiB)."""
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+
+
+def write_photos(folder: Path, count: int, size: tuple[int, int] = PHOTO_SIZE,
+                 seed: int = 0) -> list[tuple[str, str]]:
+    """`count` distinct JPEGs (quality 90) of smooth random colour fields, which compress and
+    decode like photographs (about 100 KB at 640x480); returns (path, sha256) of each."""
+    from PIL import Image
+
+    rng = np.random.default_rng(seed)
+    folder.mkdir(parents=True, exist_ok=True)
+    photos = []
+    for index in range(count):
+        coarse = rng.integers(0, 256, (size[1] // 10, size[0] // 10, 3), dtype=np.uint8)
+        path = folder / f"{index:05d}.jpg"
+        Image.fromarray(coarse).resize(size, Image.Resampling.BICUBIC).save(path, quality=90)
+        photos.append((str(path), hashlib.sha256(path.read_bytes()).hexdigest()))
+    return photos
 
 
 BENCH_PREFECT_HOME = Path("artifacts/bench/prefect")
