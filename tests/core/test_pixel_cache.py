@@ -67,13 +67,9 @@ def test_the_key_follows_the_code_that_computes_the_pixels(monkeypatch: pytest.M
     def edited(module: str) -> str:
         return original(module) + ("\n# edited\n" if module == "affectflow.core.pixels" else "")
 
-    monkeypatch.setattr(codeversion, "read_source", edited)
-    codeversion.clear_caches()
-    try:
+    with monkeypatch.context() as patch:
+        patch.setattr(codeversion, "read_source", edited)
         assert transform_key(SQUARE) != before
-    finally:
-        monkeypatch.undo()
-        codeversion.clear_caches()
     assert transform_key(SQUARE) == before
 
 
