@@ -45,6 +45,14 @@ def timed(fn: Callable[[], T], repeats: int = 1) -> tuple[T, float]:
     return result, best
 
 
+def synchronize(device: object) -> None:
+    """Wait for a GPU's queued work, so wall clocks measure it (a no-op on CPUs)."""
+    import torch
+
+    if isinstance(device, torch.device) and device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
 def peak_rss_mib() -> float:
     """Peak resident memory of this process so far (Linux reports KiB)."""
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
