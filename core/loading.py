@@ -25,8 +25,10 @@ import atexit
 import contextlib
 import logging
 import multiprocessing
+import os
 import sys
 import threading
+import weakref
 from collections import OrderedDict, deque
 from collections.abc import Callable, Hashable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -53,8 +55,11 @@ from affectflow.core.pixels import (
 logger = logging.getLogger(__name__)
 
 PREFETCH_CHUNKS = 2  # chunks each worker keeps ready ahead of the consumer
+# A chunk that takes longer than this fails the pass (a stuck worker must not hang a stage).
+CHUNK_TIMEOUT_SECONDS = 600
 _MAX_SHARED_LOADERS = 4
 _WORKER_DIED = ("exited unexpectedly", "killed by signal", "is killed by")
+_ALL_LOADERS: weakref.WeakSet[ImageLoader] = weakref.WeakSet()
 
 
 def worker_processes_allowed() -> bool:
@@ -64,12 +69,14 @@ def worker_processes_allowed() -> bool:
 
 def dataloader_options(workers: int, device: torch.device) -> dict[str, Any]:
     """DataLoader keywords: `workers` persistent forked processes (none where processes cannot
-    start) each keeping `PREFETCH_CHUNKS` batches ready, pinned memory on CUDA."""
+    start) each keeping `PREFETCH_CHUNKS` batches ready, pinned memory on CUDA, and a timeout
+    that turns a stuck worker into an error."""
     processes = max(0, workers) if worker_processes_allowed() else 0
     options: dict[str, Any] = {"num_workers": processes, "pin_memory": device.type == "cuda"}
     if processes:
         options.update(persistent_workers=True, prefetch_factor=PREFETCH_CHUNKS,
-                       multiprocessing_context=multiprocessing.get_context("fork"))
+                       multiprocessing_context=multiprocessing.get_context("fork"),
+                       timeout=CHUNK_TIMEOUT_SECONDS)
     return options
 
 
@@ -212,6 +219,7 @@ class ImageLoader:
         self._lock = threading.Lock()
         self._pass = 0
         self._thread: int | None = None
+        _ALL_LOADERS.add(self)
 
     def _data_loader(self) -> DataLoader[LoadedChunk]:
         if self._loader is None:
@@ -232,6 +240,15 @@ class ImageLoader:
         iterator = getattr(loader, "_iterator", None) if loader is not None else None
         if iterator is not None:
             iterator._shutdown_workers()
+
+    def _forget_after_fork(self) -> None:
+        """In a forked child: the workers and threads belong to the parent; drop them untouched
+        (the DataLoader's shutdown would try to join another process's children)."""
+        iterator = getattr(self._loader, "_iterator", None)
+        if iterator is not None:
+            iterator._shutdown = True
+        self._loader, self._threads, self._thread = None, None, None
+        self._lock = threading.Lock()
 
     def busy_elsewhere(self) -> bool:
         """A pass is under way in another thread (a loader serves one thread at a time)."""
@@ -342,6 +359,17 @@ def _identity(chunk: LoadedChunk) -> LoadedChunk:
 
 _SHARED: OrderedDict[tuple[Hashable, int, str], ImageLoader] = OrderedDict()
 _SHARED_LOCK = threading.Lock()
+
+
+def _forget_loaders_in_child() -> None:
+    global _SHARED_LOCK
+    for loader in list(_ALL_LOADERS):
+        loader._forget_after_fork()
+    _SHARED.clear()
+    _SHARED_LOCK = threading.Lock()
+
+
+os.register_at_fork(after_in_child=_forget_loaders_in_child)
 
 
 def shared_loader(load: LoadFunction, workers: int, device: torch.device | None = None) -> ImageLoader:

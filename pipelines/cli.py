@@ -229,8 +229,14 @@ def _cmd_bench(args: argparse.Namespace) -> int:
     if not (checkout / "bench" / "__main__.py").is_file():
         raise UserError("benchmarks live in the source checkout's bench/ folder, not found here",
                         hint="run from a clone of the repository (pip install -e .)")
-    command = [sys.executable, "-m", "bench", *(["--quick"] if args.quick else []),
-               *(["--only", *args.only] if args.only else [])]
+    if args.gpu:
+        command = [sys.executable, "-m", "bench.gpu", *(["--tiny"] if args.tiny else []),
+                   *(["--only", *args.only] if args.only else [])]
+    elif args.tiny:
+        raise UserError("--tiny belongs to the GPU benchmark", hint="affectflow bench --gpu --tiny")
+    else:
+        command = [sys.executable, "-m", "bench", *(["--quick"] if args.quick else []),
+                   *(["--only", *args.only] if args.only else [])]
     return subprocess.run(command, cwd=checkout).returncode
 
 
@@ -327,7 +333,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     bench = commands.add_parser("bench", help="run the benchmarks in bench/ and print one table")
     bench.add_argument("--quick", action="store_true", help="smaller sizes, fewer repeats")
-    bench.add_argument("--only", nargs="*", help="benchmark module names")
+    bench.add_argument("--only", nargs="*", help="benchmark module names (with --gpu: sections)")
+    bench.add_argument("--gpu", action="store_true",
+                       help="the GPU benchmark (python -m bench.gpu; needs CUDA unless --tiny)")
+    bench.add_argument("--tiny", action="store_true", help="with --gpu: tiny models on the CPU")
     bench.set_defaults(func=_cmd_bench)
 
     for sub in (stage, resume, runs, inspect, export, cache):

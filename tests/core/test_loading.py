@@ -160,3 +160,21 @@ def test_a_kept_aspect_transform_bounds_elongated_images(tmp_path: Path) -> None
     pixels = load_pixels(path, None, PixelTransform("short_side", 10))
     assert pixels.shape == (3, 10, 40)
     assert load_pixels(path, None, PixelTransform("square", 10)).shape == (3, 10, 10)
+
+
+def _child_pass(results: multiprocessing.Queue) -> None:  # type: ignore[type-arg]
+    pids = {int(p) for b in shared_loader(Pid(), 2).batches(["a"] * 4, 2) for p in b.pixels}
+    results.put(sorted(pids))
+
+
+def test_a_forked_child_starts_its_own_workers_and_leaves_the_parents_alone() -> None:
+    parent = {int(p) for b in shared_loader(Pid(), 2).batches(["a"] * 4, 2) for p in b.pixels}
+    context = multiprocessing.get_context("fork")
+    results = context.Queue()
+    child = context.Process(target=_child_pass, args=(results,))
+    child.start()
+    child_pids = results.get(timeout=60)
+    child.join(30)
+    assert child.exitcode == 0 and not set(child_pids) & parent
+    again = {int(p) for b in shared_loader(Pid(), 2).batches(["a"] * 4, 2) for p in b.pixels}
+    assert again == parent
