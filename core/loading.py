@@ -76,8 +76,15 @@ def dataloader_options(workers: int, device: torch.device) -> dict[str, Any]:
     if processes:
         options.update(persistent_workers=True, prefetch_factor=PREFETCH_CHUNKS,
                        multiprocessing_context=multiprocessing.get_context("fork"),
-                       timeout=CHUNK_TIMEOUT_SECONDS)
+                       timeout=CHUNK_TIMEOUT_SECONDS, worker_init_fn=_worker_streams)
     return options
+
+
+def _worker_streams(_worker_id: int) -> None:
+    """Point a worker's stdout / stderr at the process's real streams: the Python objects it
+    inherited may be a log capture (pytest's, Prefect's) that is closed while the persistent
+    worker lives on, and a write to it would kill the worker."""
+    sys.stdout, sys.stderr = sys.__stdout__, sys.__stderr__
 
 
 @dataclass
@@ -272,7 +279,11 @@ class ImageLoader:
                 expected = min(batch_size, len(items) - start)
                 received: list[LoadedChunk] = []
                 while sum(len(c.positions) + len(c.failures) for c in received) < expected:
-                    received.append(next(stream))
+                    chunk = next(stream, None)
+                    if chunk is None:
+                        raise RuntimeError("a newer pass started on this image loader, so this "
+                                           "unfinished one was abandoned")
+                    received.append(chunk)
                 yield self._batch(received)
         finally:
             with self._lock:
@@ -497,7 +508,8 @@ def pixel_batches(requests: Sequence[PixelRequest], batch_size: int, store: Pixe
     """Batches of the requests' pixels (through `view`), read from the cache where it has them
     and decoded where it does not; decoded images are written to the cache as the pass goes.
     With a `torchvision` decoder and a CUDA device, misses are first decoded on the GPU."""
-    if store.transform.decoder == "torchvision" and device is not None and device.type == "cuda":
+    if store.enabled and store.transform.decoder == "torchvision" and device is not None \
+            and device.type == "cuda":
         fill_cache(requests, store, workers, decode_device=device)
     writer = PixelWriter(store)
     try:
