@@ -134,9 +134,11 @@ def test_the_bound_evicts_least_recently_used_shards_but_not_this_passes(
         tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     requests = write_images(tmp_path / "images", 9)
     old = PixelStore(tmp_path / "cache", SQUARE, max_bytes=10**8)
-    for start in (0, 3):
+    written: list[Path] = []
+    for start in (0, 3):  # `first` holds requests 0-2, `second` requests 3-5
         old.write([(r.sha256, decoded(r)) for r in requests[start:start + 3]])
-    first, second = shards(old)
+        written += [shard for shard in shards(old) if shard not in written]
+    first, second = written
     for age, shard in ((3600, first), (1800, second)):  # first is the least recently used
         os.utime(shard, (time.time() - age, time.time() - age))
     small = PixelStore(tmp_path / "cache", SQUARE, max_bytes=2 * first.stat().st_size + 100)
