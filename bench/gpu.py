@@ -29,6 +29,7 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import logging
+import os
 import shutil
 import sys
 import tempfile
@@ -161,13 +162,14 @@ def peak_tflops(device: torch.device, given: float | None) -> tuple[float | None
 
 # ---------------------------------------------------------------------------- posts and runs
 def write_posts(folder: Path, photos: list[tuple[str, str]]) -> Path:
-    """A TumEmo-layout folder over the photos (linked, not copied) with short post texts."""
+    """A TumEmo-layout folder over the photos (hard-linked, not copied: ingest reads only files
+    inside the dataset folder) with short post texts."""
     folder.mkdir(parents=True, exist_ok=True)
     moods = ["Happy", "Sad", "Calm", "Angry", "Fear", "Love", "Bored"]
     lines = ["id label"]
     for index, (path, _) in enumerate(photos):
         post = f"{index:05d}"
-        (folder / f"{post}.jpg").symlink_to(path)
+        os.link(path, folder / f"{post}.jpg")
         (folder / f"{post}.txt").write_text(f"post {index}: a {moods[index % 7].lower()} day #bench")
         lines.append(f"{post} {moods[index % 7]}")
     (folder / "all_data_id_and_label.txt").write_text("\n".join(lines) + "\n")

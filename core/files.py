@@ -50,6 +50,15 @@ def read_dataset_file(path: str | os.PathLike[str], what: str, max_bytes: int,
     if not inside_roots(path, roots):
         raise FileProblem("outside_dataset_root",
                       f"{path} resolves to {os.path.realpath(path)}, outside {', '.join(roots)}")
+    return read_regular_file(path, what, max_bytes)
+
+
+def read_regular_file(path: str | os.PathLike[str], what: str, max_bytes: int | None) -> bytes:
+    """The bytes of the regular file at `path` (up to `max_bytes` when given), or `FileProblem`
+    with reason `missing_<what>`, `not_a_regular_file`, `<what>_file_too_large` or
+    `unreadable_<what>`. Later stages re-read files ingest validated through this too: a path
+    swapped for a FIFO since then must not block a reader."""
+    limit = max_bytes if max_bytes is not None else float("inf")
     try:
         fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
     except FileNotFoundError:
@@ -60,17 +69,17 @@ def read_dataset_file(path: str | os.PathLike[str], what: str, max_bytes: int,
         info = os.fstat(fd)
         if not stat.S_ISREG(info.st_mode):
             raise FileProblem("not_a_regular_file", f"{path} is a {_kind(info.st_mode)}")
-        if info.st_size > max_bytes:
+        if info.st_size > limit:
             raise FileProblem(f"{what}_file_too_large",
                           f"{path}: {info.st_size} bytes, more than max_{what}_bytes={max_bytes}")
         chunks, size = [], 0
-        while size <= max_bytes:
-            chunk = os.read(fd, min(1 << 20, max_bytes + 1 - size))
+        while size <= limit:
+            chunk = os.read(fd, int(min(1 << 20, limit + 1 - size)))
             if not chunk:
                 break
             chunks.append(chunk)
             size += len(chunk)
-        if size > max_bytes:  # the file grew after the size check
+        if size > limit:  # the file grew after the size check
             raise FileProblem(f"{what}_file_too_large",
                           f"{path}: more than max_{what}_bytes={max_bytes}")
         return b"".join(chunks)

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import atexit
 import contextlib
+import io
 import logging
 import multiprocessing
 import os
@@ -39,6 +40,7 @@ import torch
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset, Sampler, default_collate
 
+from affectflow.core.files import FileProblem
 from affectflow.core.images import load_rgb
 from affectflow.core.pixel_cache import PixelCache, PixelStore, PixelWriter
 from affectflow.core.pixels import (
@@ -414,7 +416,9 @@ def close_shared_loaders() -> None:
 
 def failure_reason(detail: str) -> str:
     """The reject reason of a load failure's detail: the file is gone, its bytes changed since
-    ingest, or it does not load."""
+    ingest, it is no regular file (`core.files`' reasons), or it does not load."""
+    if detail.startswith(f"{FileProblem.__name__}: "):
+        return detail.split(": ", 2)[1]
     if detail.startswith("FileNotFoundError"):
         return "missing_image"
     if detail.startswith(ImageChangedError.__name__):
@@ -424,12 +428,13 @@ def failure_reason(detail: str) -> str:
 
 @dataclass(frozen=True)
 class PreprocessLoad:
-    """Decode a file with `load_rgb` and apply a model's own preprocessing (a PIL transform)."""
+    """Decode a file with `load_rgb` and apply a model's own preprocessing (a PIL transform).
+    The file is read as `read_checked` reads it: a regular file only."""
 
     preprocess: Callable[[Any], Tensor]
 
     def __call__(self, path: str) -> Loaded:
-        return Loaded(self.preprocess(load_rgb(path)))
+        return Loaded(self.preprocess(load_rgb(io.BytesIO(read_checked(path, None)))))
 
     def key(self) -> Hashable:
         return ("preprocess", self.preprocess)

@@ -65,6 +65,17 @@ SHARD_ENTRIES = 4096
 _STALE_TEMP_SECONDS = 3600
 
 
+def _digest(sha256: str) -> bytes | None:
+    """The 32 bytes of a hex SHA-256, or None for anything else (such a hash has no entry: its
+    image is a miss, and the file check then reports that the bytes are not the recorded ones)."""
+    if not isinstance(sha256, str) or len(sha256) != 64:
+        return None
+    try:
+        return bytes.fromhex(sha256)
+    except ValueError:
+        return None
+
+
 class CorruptShardError(ValueError):
     """A shard file whose structure or checksums do not hold."""
 
@@ -247,7 +258,8 @@ class PixelStore:
         (self.folder / name).unlink(missing_ok=True)
 
     def contains(self, sha256: str) -> bool:
-        return bytes.fromhex(sha256) in self._index
+        digest = _digest(sha256)
+        return digest is not None and digest in self._index
 
     def missing(self, sha256s: Iterable[str]) -> list[str]:
         """The hashes without an entry (after picking up other processes' shards)."""
@@ -260,7 +272,9 @@ class PixelStore:
         """The entry's pixels, checked against their CRC; None when absent or damaged."""
         if not self.enabled:
             return None
-        sha = bytes.fromhex(sha256)
+        sha = _digest(sha256)
+        if sha is None:
+            return None
         if sha not in self._index:
             self.refresh()
             if sha not in self._index:
@@ -289,6 +303,9 @@ class PixelStore:
         self.refresh()
         fresh: dict[str, Tensor] = {}
         for sha, image in pixels:
+            if _digest(sha) is None:
+                raise ValueError(f"pixel cache entries are filed under SHA-256 hex digests, "
+                                 f"not {sha!r}")
             if not self.contains(sha):
                 fresh.setdefault(sha, image)
         if not fresh:

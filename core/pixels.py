@@ -30,6 +30,7 @@ from torchvision.io import ImageReadMode, decode_jpeg
 from torchvision.transforms import InterpolationMode
 from torchvision.transforms.v2 import functional as TF
 
+from affectflow.core.files import read_regular_file
 from affectflow.core.images import load_rgb
 
 Geometry = Literal["square", "short_side"]
@@ -94,9 +95,9 @@ class PixelTransform:
 
 
 def read_checked(path: str | os.PathLike[str], sha256: str | None) -> bytes:
-    """The file's bytes, after checking they hash to `sha256` (when given)."""
-    with open(path, "rb") as handle:
-        data = handle.read()
+    """The file's bytes, after checking they hash to `sha256` (when given). Only a regular file
+    is read (`FileProblem` otherwise), so a path swapped for a FIFO cannot block a worker."""
+    data = read_regular_file(path, "image", max_bytes=None)
     if sha256 is not None and hashlib.sha256(data).hexdigest() != sha256:
         raise ImageChangedError(f"{path} differs from the file ingest validated (sha256 "
                                 "mismatch); rerun ingest")

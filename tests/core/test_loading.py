@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
+from torchvision.transforms.v2 import functional as TF
 
 from affectflow.core.hashing import hash_file
 from affectflow.core.images import load_rgb
@@ -28,6 +29,7 @@ from affectflow.core.loading import (
 )
 from affectflow.core.pixel_cache import PixelStore
 from affectflow.core.pixels import PixelTransform, load_pixels
+from affectflow.stages.batching import prefetched_image_batches
 from tests.core.test_pixel_cache import write_images
 
 SQUARE = PixelTransform("square", 24)
@@ -57,18 +59,23 @@ def test_batches_come_in_order_with_failures_as_reasons(tmp_path: Path) -> None:
     changed = requests[3]
     requests += [PixelRequest(str(broken), hash_file(broken)),
                  PixelRequest(str(tmp_path / "gone.jpg"), "0" * 64),
-                 PixelRequest(changed.path, "1" * 64)]
+                 PixelRequest(changed.path, "1" * 64),
+                 PixelRequest(changed.path, "not a hash")]
+    fifo = tmp_path / "fifo.jpg"  # a path swapped for a FIFO since ingest must not block
+    os.mkfifo(fifo)
+    requests.append(PixelRequest(str(fifo), "2" * 64))
     store = PixelStore(tmp_path / "cache", SQUARE, max_bytes=10**8)
     batches = list(pixel_batches(requests, 4, store, workers=2))
-    assert [len(b.indices) + len(b.failures) for b in batches] == [4, 4, 4, 1]
+    assert [len(b.indices) + len(b.failures) for b in batches] == [4, 4, 4, 3]
     indices = [i for b in batches for i in b.indices]
     assert indices == list(range(10))
     pixels = torch.cat([b.pixels for b in batches if b.pixels is not None])
     assert torch.equal(pixels, torch.stack([load_pixels(r.path, r.sha256, SQUARE)
                                             for r in requests[:10]]))
     failures = dict(f for b in batches for f in b.failures)
-    assert [failure_reason(failures[i]) for i in (10, 11, 12)] == [
-        "image_load_failed", "missing_image", "image_changed"]
+    assert [failure_reason(failures[i]) for i in (10, 11, 12, 13, 14)] == [
+        "image_load_failed", "missing_image", "image_changed", "image_changed",
+        "not_a_regular_file"]
     assert "not a recognised image format" in failures[10]
 
 
@@ -178,3 +185,15 @@ def test_a_forked_child_starts_its_own_workers_and_leaves_the_parents_alone() ->
     assert child.exitcode == 0 and not set(child_pids) & parent
     again = {int(p) for b in shared_loader(Pid(), 2).batches(["a"] * 4, 2) for p in b.pixels}
     assert again == parent
+
+
+def test_model_preprocessing_loads_reject_what_is_no_regular_file(tmp_path: Path) -> None:
+    requests = write_images(tmp_path / "images", 2)
+    fifo = tmp_path / "fifo.jpg"
+    os.mkfifo(fifo)
+    paths = [requests[0].path, str(fifo), str(tmp_path / "gone.jpg"), requests[1].path]
+    batches = list(prefetched_image_batches(paths, 4, TF.pil_to_tensor, workers=2))
+    assert [i for b in batches for i in b.indices] == [0, 3]
+    assert torch.equal(batches[0].pixels[0], TF.pil_to_tensor(load_rgb(requests[0].path)))
+    failures = dict(f for b in batches for f in b.failures)
+    assert [failure_reason(failures[i]) for i in (1, 2)] == ["not_a_regular_file", "missing_image"]

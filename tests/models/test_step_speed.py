@@ -47,7 +47,8 @@ def test_cnns_are_told_from_transformers_and_a_cpu_step_is_left_as_it_was() -> N
 def test_pacl_training_with_gpu_step_settings_matches_the_plain_step(speed: StepSpeed,
                                                                       tmp_path: Path) -> None:
     data, images = training_set()
-    run = config(epochs=3, accumulation_steps=2)
+    # Small steps, so later steps' weights stay close enough to compare their gradients.
+    run = config(epochs=3, accumulation_steps=2, backbone_lr=1e-4, head_lr=1e-3)
     plain = train_pacl(run, data, images, tmp_path / "plain")
     fast = train_pacl(run, data, images, tmp_path / "fast", speed=speed)
     # The first step sees the same weights: its gradient agrees to float rounding. Later steps

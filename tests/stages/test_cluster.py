@@ -23,7 +23,7 @@ from torchvision.transforms.v2 import functional as TF
 from affectflow.core.atomic import write_json, write_parquet
 from affectflow.core.columns import column_vectors, vector_column
 from affectflow.core.errors import UserError
-from affectflow.core.hashing import hash_value
+from affectflow.core.hashing import hash_file, hash_value
 from affectflow.core.images import load_rgb
 from affectflow.core.runner import StageJob, run_stage
 from affectflow.core.runs import RunStore
@@ -257,7 +257,7 @@ def test_samples_missing_upstream_become_rejects_with_reasons(scored: ScoredRun,
     bad_file = tmp_path / "not-an-image.jpg"
     bad_file.write_bytes(b"no pixels here")
     listing.loc[listing["sample_id"] == broken_image, ["image_path", "image_sha256"]] = \
-        [str(bad_file), "changed"]
+        [str(bad_file), hash_file(bad_file)]  # the bytes ingest saw, which do not decode
     rewrite_shard(ingest, 0, pa.Table.from_pandas(listing, schema=ingest.read_shard(0).schema))
 
     manifest = run_cluster(run, ks=[2])
