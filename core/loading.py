@@ -83,10 +83,14 @@ def dataloader_options(workers: int, device: torch.device) -> dict[str, Any]:
 
 
 def _worker_streams(_worker_id: int) -> None:
-    """Point a worker's stdout / stderr at the process's real streams: the Python objects it
-    inherited may be a log capture (pytest's, Prefect's) that is closed while the persistent
-    worker lives on, and a write to it would kill the worker."""
+    """Make a forked worker forget what belongs to its parent. Its stdout / stderr point at the
+    process's real streams: the Python objects it inherited may be a log capture (pytest's,
+    Prefect's) that is closed while the persistent worker lives on, and a write to it would
+    kill the worker. The parent's thread-exit hooks are dropped: a process that ran a Prefect
+    flow has registered its services' drain there (`threading._register_atexit`), and a worker
+    that ran them on its way out would fail there and exit with code 1."""
     sys.stdout, sys.stderr = sys.__stdout__, sys.__stderr__
+    threading._threading_atexits.clear()  # type: ignore[attr-defined]
 
 
 @dataclass

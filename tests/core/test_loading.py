@@ -197,3 +197,22 @@ def test_model_preprocessing_loads_reject_what_is_no_regular_file(tmp_path: Path
     assert torch.equal(batches[0].pixels[0], TF.pil_to_tensor(load_rgb(requests[0].path)))
     failures = dict(f for b in batches for f in b.failures)
     assert [failure_reason(failures[i]) for i in (1, 2)] == ["not_a_regular_file", "missing_image"]
+
+
+def test_workers_leave_the_parents_thread_exit_hooks_alone() -> None:
+    """A process that ran a Prefect flow has registered its services' drain as a thread-exit
+    hook; a worker that inherited and ran it on its way out would exit with code 1."""
+    import threading
+
+    def parents_only() -> None:
+        raise RuntimeError("a hook of the parent ran in a worker")
+    threading._register_atexit(parents_only)  # type: ignore[attr-defined]
+    hook = threading._threading_atexits[-1]  # type: ignore[attr-defined]
+    try:
+        loader = ImageLoader(Pid(), workers=2)
+        try:
+            assert len({int(p) for b in loader.batches(["a"] * 8, 4) for p in b.pixels}) == 2
+        finally:
+            loader.close()  # raised "worker exited unexpectedly with exit code 1" before
+    finally:
+        threading._threading_atexits.remove(hook)  # type: ignore[attr-defined]
