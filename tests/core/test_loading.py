@@ -27,6 +27,7 @@ from affectflow.core.loading import (
     pixel_batches,
     shared_loader,
 )
+from affectflow.core.loading import _worker_streams as forget_parent
 from affectflow.core.pixel_cache import PixelStore
 from affectflow.core.pixels import PixelTransform, load_pixels
 from affectflow.stages.batching import prefetched_image_batches
@@ -170,6 +171,7 @@ def test_a_kept_aspect_transform_bounds_elongated_images(tmp_path: Path) -> None
 
 
 def _child_pass(results: multiprocessing.Queue) -> None:  # type: ignore[type-arg]
+    forget_parent(0)  # a fork of a test process that ran a Prefect flow: drop its exit hooks
     pids = {int(p) for b in shared_loader(Pid(), 2).batches(["a"] * 4, 2) for p in b.pixels}
     results.put(sorted(pids))
 

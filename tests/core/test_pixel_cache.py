@@ -16,6 +16,7 @@ from PIL import Image
 from affectflow.core import codeversion, pixel_cache
 from affectflow.core.hashing import hash_file
 from affectflow.core.loading import PixelRequest, fill_cache, pixel_batches
+from affectflow.core.loading import _worker_streams as forget_parent
 from affectflow.core.pixel_cache import SHARD_SUFFIX, PixelStore, list_cache, prune, transform_key
 from affectflow.core.pixels import PixelTransform, load_pixels
 from affectflow.pipelines.cli import main
@@ -168,6 +169,7 @@ def test_a_disabled_cache_decodes_everything_and_writes_nothing(
 
 
 def _fill(root: str, requests: list[PixelRequest]) -> None:
+    forget_parent(0)  # a fork of a test process that ran a Prefect flow: drop its exit hooks
     fill_cache(requests, PixelStore(Path(root), SQUARE, max_bytes=10**8), workers=1)
 
 
