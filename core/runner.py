@@ -235,6 +235,22 @@ def _start_repair(job: StageJob, damaged: dict[str, str]) -> None:
         os.link(final / relative, building / relative)
 
 
+def up_to_date(job: StageJob) -> bool:
+    """The stage's finished output has the fingerprint the stage would compute now and every
+    file matches its record: there is nothing to do (the plan's skip decision, without writing
+    anything, so an orchestrator can answer a no-change rerun before it starts)."""
+    recover_swap(job)
+    out = job.output
+    if not out.complete:
+        return False
+    try:
+        job.check_inputs()
+    except UserError:
+        return False  # a missing or damaged input: the full path reports it
+    fingerprint, _ = job.fingerprint()
+    return out.manifest.get("fingerprint") == fingerprint and not damaged_files(out.path, out.records() or {})
+
+
 def plan_stage(job: StageJob, force: bool = False) -> StagePlan:
     """Decide what to do: nothing (unchanged and intact), repair damaged shards, resume finished
     shards, or start over in a fresh build."""
@@ -457,10 +473,9 @@ def run_stage(job: StageJob, force: bool = False) -> dict[str, Any]:
         logger.info("%s: up to date (fingerprint %s), skipped", job.stage.name, plan.fingerprint[:12])
         return job.output.manifest
     try:
-        progress = Progress(job.stage.name, total=len(plan.pending), unit="shards")
         run_shards = _run_shards_overlapped if job.stage.shard_parallel else _run_shards_in_order
-        run_shards(job, plan, progress)
-        progress.close()
+        with Progress(job.stage.name, total=len(plan.pending), unit="shards") as progress:
+            run_shards(job, plan, progress)
         return finalize_stage(job, plan.fingerprint)
     except BaseException as error:
         job.run.update_stage(job.stage.name, status="failed", error=str(error)[:500],

@@ -1,20 +1,22 @@
 """`affectflow` command line: demo data, runs, single-stage reruns, inspection.
 
-Every failure a user can fix prints one line and a hint; `--debug` shows the traceback.
+Every failure prints one line and a hint; `--debug` (before or after the command) shows the
+traceback. Commands that only read (`runs`, `inspect`, `export`, `check`, `config`) and every
+config error finish without starting Prefect or importing torch.
 """
 
 from __future__ import annotations
 
 import argparse
-import logging
 import sys
 from pathlib import Path
 from typing import Any
 
+from affectflow.core.console import Verbosity, setup_console
+from affectflow.core.display import printable
 from affectflow.core.errors import UserError
+from affectflow.core.progress import stop_display
 from affectflow.pipelines.prefect_env import configure_prefect_env
-
-LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 
 
 def _cmd_demo_data(args: argparse.Namespace) -> int:
@@ -34,14 +36,19 @@ def _cmd_demo_models(args: argparse.Namespace) -> int:
     return 0
 
 
-def _print_stage_lines(stages: dict[str, dict[str, Any]]) -> None:
+def _print_stage_lines(ref: Any, stages: dict[str, dict[str, Any]]) -> None:
+    """The run-end summary: per stage its status, accounting, time and key result."""
+    from affectflow.pipelines.inspect import stage_headline
+
     for name, summary in stages.items():
         reasons = ", ".join(f"{k}: {v}" for k, v in summary["rejects_by_reason"].items())
         print(f"  {name:<12} {summary['status']:<8} {summary['rows_in']} in = {summary['rows_out']} out + "
               f"{summary['rows_rejected']} rejected{f' ({reasons})' if reasons else ''}"
               f"  [{summary['timings']['seconds']:.1f}s]")
-        for line in summary.get("headline", []):
-            print(f"               {line}")
+        # result lines the stage's summary offers, then the view's key result for the stage
+        lines = [*summary.get("headline", []), stage_headline(ref.store, name)]
+        for line in filter(None, lines):
+            print(f"  {'':<12} {line}")
 
 
 def _cmd_check(args: argparse.Namespace) -> int:
@@ -59,22 +66,29 @@ def _cmd_check(args: argparse.Namespace) -> int:
 
 def _cmd_run(args: argparse.Namespace) -> int:
     from affectflow.pipelines.config import load_config
-    from affectflow.pipelines.execution import run_ref
+    from affectflow.pipelines.execution import run_ref, skip_if_up_to_date
     from affectflow.pipelines.preflight import require_ready
+    from affectflow.stages.registry import get_stage
 
     # Config errors, missing weights and wrong dataset layouts fail before Prefect starts and
     # before the run folder exists.
     config = load_config(Path(args.config), args.set)
+    for name in args.force or []:
+        get_stage(name)
     require_ready(config, args.config)
     ref = run_ref(config, args.run_id)
     with ref.store.writer():  # a second writer fails now, not after Prefect has started
-        from affectflow.pipelines.flows import cternet_flow, pretrain_flow
+        # A rerun with nothing to do is answered from the artifact store; Prefect (and its
+        # temporary server) starts only for real work.
+        result = None if args.force else skip_if_up_to_date(ref, config)
+        if result is None:
+            from affectflow.pipelines.flows import cternet_flow, pretrain_flow
 
-        flow = {"pretrain": pretrain_flow, "cternet": cternet_flow}[args.flow]
-        result = flow(config_path=args.config, overrides=args.set, run_id=ref.run_id,
-                      force=args.force or [])
+            flow = {"pretrain": pretrain_flow, "cternet": cternet_flow}[args.flow]
+            result = flow(config_path=args.config, overrides=args.set, run_id=ref.run_id,
+                          force=args.force or [])
     print(f"run {result['run_id']} finished: {result['run_dir']}")
-    _print_stage_lines(result["stages"])
+    _print_stage_lines(ref, result["stages"])
     return 0
 
 
@@ -91,11 +105,11 @@ def _cmd_stage(args: argparse.Namespace) -> int:
 
         result = rerun_stage_flow(run_id=args.run, stage=args.name, artifact_root=args.artifact_root,
                                   overrides=args.set, force=args.force)
-    _print_stage_lines({args.name: result["stage"]})
+    _print_stage_lines(ref, {args.name: result["stage"]})
     stale = result["stale"]
     print("downstream stages now stale: " + (", ".join(stale) if stale else "none"))
-    if stale:
-        print(f"  rerun them with: affectflow run pretrain --config <config> --run-id {args.run}")
+    for name in stale:
+        print(f"  rerun with: affectflow stage {name} --run {args.run}")
     return 0
 
 
@@ -108,7 +122,7 @@ def _cmd_runs(args: argparse.Namespace) -> int:
 
 def _cmd_inspect(args: argparse.Namespace) -> int:
     from affectflow.core.runs import RunStore
-    from affectflow.pipelines.inspect import run_overview, stage_report
+    from affectflow.pipelines.inspect import markdown_report, run_overview, stage_report
 
     store = RunStore(Path(args.artifact_root), args.run_id)
     if args.html and args.stage != "partition":
@@ -139,6 +153,9 @@ def _cmd_inspect(args: argparse.Namespace) -> int:
         print(knowledge_report(store, args.stage, args.samples))
         return 0
     print(stage_report(store.stage(args.stage), args.samples))
+    report = markdown_report(store.stage(args.stage))
+    if report:
+        print(report)
     return 0
 
 
@@ -167,11 +184,21 @@ def _cmd_bench(args: argparse.Namespace) -> int:
     return subprocess.run(command, cwd=checkout).returncode
 
 
+def _console_options(parser: argparse.ArgumentParser, default: Any) -> None:
+    """--debug / --quiet, on the main parser (default False) and on every command (SUPPRESS, so
+    an option given before the command is not reset by the command's parser)."""
+    parser.add_argument("--debug", action="store_true", default=default,
+                        help="debug logs, and the traceback of an error")
+    parser.add_argument("--quiet", action="store_true", default=default,
+                        help="errors and the final summary only")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="affectflow", description=__doc__.splitlines()[0])
-    parser.add_argument("--debug", action="store_true", help="show tracebacks on errors")
-    parser.add_argument("--quiet", action="store_true", help="only warnings and errors in logs")
-    commands = parser.add_subparsers(dest="command", required=True)
+    _console_options(parser, False)
+    common = argparse.ArgumentParser(add_help=False)
+    _console_options(common, argparse.SUPPRESS)
+    commands = parser.add_subparsers(dest="command", required=True, parser_class=_subparser(common))
 
     demo = commands.add_parser("demo-data", help="write the seeded demo datasets")
     demo.add_argument("dir", help="output folder")
@@ -249,13 +276,26 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _subparser(common: argparse.ArgumentParser) -> type[argparse.ArgumentParser]:
+    """Command parsers that all accept the console options after the command too."""
+
+    class CommandParser(argparse.ArgumentParser):
+        def __init__(self, **kwargs: Any) -> None:
+            super().__init__(**{**kwargs, "parents": [*kwargs.get("parents", []), common]})
+
+    return CommandParser
+
+
+def _verbosity(args: argparse.Namespace) -> Verbosity:
+    if args.debug:
+        return Verbosity.DEBUG
+    return Verbosity.QUIET if args.quiet else Verbosity.NORMAL
+
+
 def main(argv: list[str] | None = None) -> int:
     configure_prefect_env()  # before anything imports Prefect, which reads its settings early
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO,
-                        format=LOG_FORMAT, stream=sys.stderr)
-    for noisy in ("httpx", "httpcore"):
-        logging.getLogger(noisy).setLevel(logging.WARNING)
+    setup_console(_verbosity(args))
     try:
         return int(args.func(args))
     except UserError as error:
@@ -270,9 +310,12 @@ def main(argv: list[str] | None = None) -> int:
     except Exception as error:
         if args.debug:
             raise
-        print(f"error: {type(error).__name__}: {error}", file=sys.stderr)
+        first_line = (str(error).strip().splitlines() or [""])[0]
+        print(f"error: {type(error).__name__}: {printable(first_line, 300)}", file=sys.stderr)
         print("hint: rerun with --debug for the traceback", file=sys.stderr)
         return 1
+    finally:
+        stop_display()
 
 
 if __name__ == "__main__":

@@ -13,7 +13,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model, field_validator
 
-from affectflow.core.errors import UserError
+from affectflow.core.errors import UserError, did_you_mean
 from affectflow.pipelines.task_runners import check_runner_installed
 from affectflow.stages.registry import PRETRAIN_CHAIN, STAGES
 
@@ -59,7 +59,8 @@ class RunSettings(BaseModel):
     def _known_stages(cls, value: list[str]) -> list[str]:
         unknown = [name for name in value if name not in STAGES]
         if unknown:
-            raise ValueError(f"unknown stages {unknown}; known: {list(STAGES)}")
+            raise ValueError(f"unknown stage '{unknown[0]}'{did_you_mean(unknown[0], STAGES)} "
+                             f"(known: {', '.join(STAGES)})")
         return value
 
 
@@ -96,30 +97,63 @@ def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]
     return raw
 
 
+BOUNDS = {"greater_than_equal": (">=", "ge"), "less_than_equal": ("<=", "le"),
+          "greater_than": (">", "gt"), "less_than": ("<", "lt")}
+"""pydantic's range error types -> the comparison and the name of the bound in the error's ctx."""
+
+
+def section_fields(section: str) -> dict[str, Any]:
+    """The pydantic fields of a config section (`run` or a stage name); {} for an unknown one."""
+    model = RunSettings if section == "run" else getattr(STAGES.get(section), "Params", None)
+    return dict(model.model_fields) if model is not None else {}
+
+
+def _unknown_key(loc: tuple[Any, ...], source: str) -> tuple[str, str]:
+    key = ".".join(map(str, loc))
+    if len(loc) == 1:
+        known = ["run", *STAGES]
+        return (f"unknown section '{key}'{did_you_mean(key, known)}",
+                f"sections are 'run' and the stage names ({', '.join(STAGES)})")
+    section = ".".join(map(str, loc[:-1]))
+    known = section_fields(str(loc[0])) if len(loc) == 2 else {}
+    return (f"unknown key '{key}'{did_you_mean(str(loc[-1]), known)}",
+            f"fix it in {source}; the keys of '{section}': affectflow config show {section} "
+            f"(or configs/README.md)")
+
+
+def _range_error(key: str, item: dict[str, Any], source: str) -> tuple[str, str]:
+    comparison, bound_name = BOUNDS[item["type"]]
+    bound = item.get("ctx", {}).get(bound_name)
+    return (f"'{key}' must be {comparison} {bound}, got {item.get('input')!r}",
+            f"set '{key}' to a value {comparison} {bound} in {source} or with --set {key}=...")
+
+
 def _format_errors(error: ValidationError, source: str) -> UserError:
     lines = []
     hint = ""
     for item in error.errors():
-        key = ".".join(str(p) for p in item["loc"])
+        loc = tuple(item["loc"])
+        key = ".".join(str(p) for p in loc)
         kind = item["type"]
         if kind == "extra_forbidden":
-            section = ".".join(str(p) for p in item["loc"][:-1])
-            lines.append(f"unknown key '{key}'")
-            hint = (f"remove it or fix its spelling (see the fields of "
-                    f"'{section or 'the top level'}' in configs/README.md)")
+            line, hint = _unknown_key(loc, source)
         elif kind == "missing":
-            lines.append(f"missing key '{key}'")
-            hint = f"add '{item['loc'][-1]}: <value>' under '{'.'.join(map(str, item['loc'][:-1]))}'"
+            line = f"missing key '{key}'"
+            hint = f"add '{loc[-1]}: <value>' under '{'.'.join(map(str, loc[:-1]))}' in {source}"
+        elif kind in BOUNDS:
+            line, hint = _range_error(key, item, source)
         else:
-            lines.append(f"'{key}': {item['msg']} (got {item.get('input')!r})")
-            hint = f"fix '{key}' in {source} or with --set {key}=<value>"
+            line = f"'{key}': {item['msg']} (got {item.get('input')!r})"
+            hint = f"fix '{key}' in {source}" + (f" or with --set {key}=..." if len(loc) > 1 else "")
+        lines.append(line)
     return UserError(f"invalid config {source}: " + "; ".join(lines), hint=hint)
 
 
 def load_config(path: Path | None, overrides: list[str] | None = None,
-                raw: dict[str, Any] | None = None) -> BaseModel:
-    """Read, override and validate; every problem is reported before any stage runs."""
-    source = str(path) if path else "<config>"
+                raw: dict[str, Any] | None = None, source: str | None = None) -> BaseModel:
+    """Read, override and validate; every problem is reported before any stage runs. `source`
+    names a config that is not a file (a run's saved config) in error messages."""
+    source = source or str(path)
     if raw is None:
         if path is None or not path.is_file():
             raise UserError(f"config file not found: {path}", hint="pass --config configs/demo.yaml")

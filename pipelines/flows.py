@@ -17,6 +17,7 @@ from prefect import flow, task
 from prefect.cache_policies import NO_CACHE
 from prefect.futures import PrefectFuture, wait
 
+from affectflow.core.progress import set_stage_order
 from affectflow.core.runner import finalize_stage, plan_stage, run_shard, run_stage
 from affectflow.pipelines.config import config_snapshot, load_config, stage_params
 from affectflow.pipelines.execution import (
@@ -84,6 +85,7 @@ def run_chain(ref: RunRef, stages: list[str], force: list[str]) -> dict[str, Any
     """Submit stages in order; each waits only for its own inputs, so independent ones overlap."""
     futures: dict[str, PrefectFuture[dict[str, Any]]] = {}
     config = run_config(ref)
+    set_stage_order(stages)
     for name in stages:
         inputs = make_job(ref, config, name).stage.input_names(stage_params(config, name))
         upstream = [futures[dep] for dep in inputs if dep in futures]
