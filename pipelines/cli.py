@@ -169,6 +169,24 @@ def _cmd_export(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_config(args: argparse.Namespace) -> int:
+    """`config show SECTION` prints a section's keys; `config reference [--write]` the README's
+    generated key reference (written into configs/README.md with --write)."""
+    from affectflow.pipelines.config import REFERENCE_FILE, readme_with_reference, reference_markdown, section_text
+
+    if args.action == "show":
+        if not args.section:
+            raise UserError("config show needs a section", hint="affectflow config show ingest")
+        print(section_text(args.section))
+    elif args.write:
+        REFERENCE_FILE.write_text(readme_with_reference(REFERENCE_FILE.read_text(encoding="utf-8")),
+                                  encoding="utf-8")
+        print(f"key reference written to {REFERENCE_FILE}")
+    else:
+        print(reference_markdown(), end="")
+    return 0
+
+
 def _cmd_bench(args: argparse.Namespace) -> int:
     """Runs `python -m bench` from the checkout (benchmarks are not part of the installed package)."""
     import subprocess
@@ -264,6 +282,14 @@ def build_parser() -> argparse.ArgumentParser:
                                             "partial_factual, weak); default: all")
     export.add_argument("--out", required=True, help="output file: *.parquet or *.csv")
     export.set_defaults(func=_cmd_export)
+
+    config = commands.add_parser("config", help="the config keys of a section (types, defaults, meaning)")
+    config.add_argument("action", choices=["show", "reference"],
+                        help="show SECTION: one section's keys; reference: every section as markdown")
+    config.add_argument("section", nargs="?", help="run or a stage name, e.g. ingest")
+    config.add_argument("--write", action="store_true",
+                        help="reference: write it into configs/README.md")
+    config.set_defaults(func=_cmd_config)
 
     bench = commands.add_parser("bench", help="run the benchmarks in bench/ and print one table")
     bench.add_argument("--quick", action="store_true", help="smaller sizes, fewer repeats")

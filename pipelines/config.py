@@ -13,6 +13,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model, field_validator
 
+from affectflow.core.display import printable
 from affectflow.core.errors import UserError, did_you_mean
 from affectflow.pipelines.task_runners import check_runner_installed
 from affectflow.stages.registry import PRETRAIN_CHAIN, STAGES
@@ -220,3 +221,71 @@ def stage_params(config: BaseModel, stage_name: str) -> Any:
 
 def config_snapshot(config: BaseModel) -> dict[str, Any]:
     return config.model_dump(mode="json", exclude_none=True)
+
+
+REFERENCE_FILE = Path(__file__).resolve().parents[1] / "configs" / "README.md"
+REFERENCE_START = ("<!-- key reference: generated from the params models by "
+                   "`affectflow config reference --write`; do not edit by hand -->")
+REFERENCE_END = "<!-- end of key reference -->"
+
+
+def _type_name(annotation: Any) -> str:
+    text = getattr(annotation, "__name__", None) if not getattr(annotation, "__args__", None) else None
+    text = text or str(annotation)
+    for noise in ("typing.", "pathlib.", "NoneType", "annotated_types.", "affectflow.stages.param_types."):
+        text = text.replace(noise, "None" if noise == "NoneType" else "")
+    return text
+
+
+def _default_text(info: Any) -> str:
+    if info.is_required():
+        return "required"
+    default = info.get_default(call_default_factory=True)
+    return "none" if default is None else printable(default if not isinstance(default, Path) else str(default), 60)
+
+
+def section_reference(section: str) -> list[tuple[str, str, str, str]]:
+    """(key, type, default, description) of every key of a config section, from its model."""
+    fields = section_fields(section)
+    if not fields:
+        raise UserError(f"unknown config section {section!r}{did_you_mean(section, ['run', *STAGES])}",
+                        hint=f"sections: run, {', '.join(STAGES)}")
+    return [(name, _type_name(info.annotation), _default_text(info), info.description or "")
+            for name, info in fields.items()]
+
+
+def section_text(section: str) -> str:
+    """`affectflow config show SECTION`: one key per line with type, default and description."""
+    rows = section_reference(section)
+    width = max(len(key) for key, *_ in rows)
+    lines = [f"{section}:"]
+    for key, kind, default, description in rows:
+        lines.append(f"  {key:<{width}}  {kind}  (default: {default})")
+        if description:
+            lines.append(f"  {'':<{width}}  {description}")
+    return "\n".join(lines)
+
+
+def _cell(text: str) -> str:
+    return text.replace("|", "\\|")
+
+
+def reference_markdown() -> str:
+    """The key reference of every config section, as configs/README.md holds it."""
+    lines = [REFERENCE_START, "", "## Key reference", "",
+             "Every key of every section, with its type and default (from the stages' params "
+             "models; `affectflow config show SECTION` prints the same).", ""]
+    for section in ["run", *STAGES]:
+        lines += [f"### `{section}`", "", "| key | type | default | meaning |", "| --- | --- | --- | --- |"]
+        lines += [f"| `{key}` | {_cell(kind)} | {_cell(default)} | {_cell(description)} |"
+                  for key, kind, default, description in section_reference(section)]
+        lines.append("")
+    lines.append(REFERENCE_END)
+    return "\n".join(lines) + "\n"
+
+
+def readme_with_reference(readme: str) -> str:
+    """configs/README.md with its generated key reference replaced (or appended)."""
+    head = readme.split(REFERENCE_START)[0].rstrip("\n")
+    tail = readme.split(REFERENCE_END, 1)[1].lstrip("\n") if REFERENCE_END in readme else ""
+    return head + "\n\n" + reference_markdown() + (("\n" + tail) if tail else "")

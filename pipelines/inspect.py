@@ -174,12 +174,12 @@ def _scalar(value: Any, width: int) -> str:
 
 
 def markdown_report(artifact: StageArtifact) -> str:
-    """The report file a stage writes beside its tables (probe's before/after table, CTERNet's
-    metrics), as printable lines; '' for stages without one."""
-    from affectflow.stages.cternet.evaluate import REPORT_FILE
-    from affectflow.stages.probe.stage import RESULTS_FILE
-
-    name = {"probe": RESULTS_FILE, "cternet_eval": REPORT_FILE}.get(artifact.manifest["stage"])
+    """The markdown report a stage lists in its summary (probe's before/after table, CTERNet's
+    metrics), as printable lines; '' for stages without one. Read by name from the manifest, so
+    `inspect` imports no stage code."""
+    summary = artifact.manifest.get("summary") or {}
+    listed = [summary.get("report"), *summary.get("files", [])]
+    name = next((item for item in listed if isinstance(item, str) and item.endswith(".md")), None)
     if name is None or not (artifact.path / name).is_file():
         return ""
     artifact.check_intact()

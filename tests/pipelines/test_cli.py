@@ -31,7 +31,8 @@ def run_cli(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, s
 
 
 def test_pretrain_rerun_runs_and_inspect(prefect_harness: None, workdir: Path,
-                                         capsys: pytest.CaptureFixture[str]) -> None:
+                                         capsys: pytest.CaptureFixture[str],
+                                         monkeypatch: pytest.MonkeyPatch) -> None:
     code, out, err = run_cli(capsys, "run", "pretrain", "--config", "configs/demo.yaml",
                              "--run-id", "demo1", "--set", "ingest.shard_size=16")
     assert code == 0, err
@@ -44,9 +45,16 @@ def test_pretrain_rerun_runs_and_inspect(prefect_harness: None, workdir: Path,
     assert (workdir / "artifacts/runs/demo1/ingest/rejects.parquet").is_file()
     assert len(list((workdir / "artifacts/runs/demo1/ingest").glob("part-*.parquet"))) == 4
 
-    code, out, _ = run_cli(capsys, "run", "pretrain", "--config", "configs/demo.yaml",
-                           "--run-id", "demo1", "--set", "ingest.shard_size=16")
-    assert code == 0 and "skipped" in out
+    # A no-change rerun is answered from the artifact store: the flow (and Prefect) never starts.
+    with monkeypatch.context() as patched:
+        def no_flow(**_: object) -> None:
+            raise AssertionError("a no-change rerun started the Prefect flow")
+
+        patched.setattr("affectflow.pipelines.flows.pretrain_flow", no_flow)
+        code, out, err = run_cli(capsys, "run", "pretrain", "--config", "configs/demo.yaml",
+                                 "--run-id", "demo1", "--set", "ingest.shard_size=16")
+    assert code == 0, err
+    assert "skipped" in out and "running" not in out
 
     code, out, _ = run_cli(capsys, "stage", "ingest", "--run", "demo1",
                            "--set", "ingest.min_image_side=100")
