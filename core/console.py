@@ -12,16 +12,18 @@ the project's INFO lines when the console is quiet:
 
 A warning with the same logger and text is shown once per command (later copies are counted and
 the count is reported at exit). Python `warnings` go through logging, so they are shown once
-too. Prefect's own report of a failed task or flow (a traceback) stays in Prefect's run logs and
-is left off the console unless `--debug`: the command prints the error itself, as one line and a
-hint. On a terminal, records are printed through the same rich console as the live progress
-display (`core/progress.py`), so they appear above it; elsewhere they are plain lines.
+too, and Hugging Face's own progress bars are off. Prefect's own report of a failed task or flow
+(a traceback) stays in Prefect's run logs and is left off the console unless `--debug`: the
+command prints the error itself, as one line and a hint. On a terminal, records are printed
+through the same rich console as the live progress display (`core/progress.py`), so they appear
+above it; elsewhere they are plain lines.
 """
 
 from __future__ import annotations
 
 import atexit
 import logging
+import os
 import sys
 import threading
 import warnings
@@ -133,6 +135,10 @@ def setup_console(verbosity: Verbosity) -> None:
     logging.captureWarnings(True)
     if verbosity is not Verbosity.DEBUG:
         warnings.simplefilter("default")  # once per place; the console filter dedupes the text
+    if verbosity is not Verbosity.DEBUG:
+        # Hugging Face's own tqdm bars ("Loading weights") bypass logging; the live display
+        # shows the stage's progress instead. Read when huggingface_hub is first imported.
+        os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
     _STATE["handler"] = handler
     _STATE["verbosity"] = verbosity
     if not _STATE.get("atexit"):

@@ -9,7 +9,6 @@ from typing import Annotated
 
 from pydantic import AfterValidator, Field
 
-from affectflow.models.encoder_runtime import resolve_device
 from affectflow.models.specs import SpecKind, check_spec
 
 
@@ -24,6 +23,8 @@ class ModelSpecField:
 
 
 def _device_available(value: str | None) -> str | None:
+    from affectflow.models.encoder_runtime import resolve_device
+
     resolve_device(value)
     return value
 

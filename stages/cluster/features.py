@@ -17,15 +17,11 @@ import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
-import torch
-import torch.nn.functional as F
-from PIL import Image
-from torchvision import transforms
 
 from affectflow.core.atomic import write_json, write_parquet
 from affectflow.core.codeversion import code_record
@@ -34,11 +30,14 @@ from affectflow.core.errors import UserError
 from affectflow.core.hashing import hash_value
 from affectflow.core.progress import Progress
 from affectflow.core.store import SAMPLE_ID, SOURCE_ID
-from affectflow.models.encoder_runtime import inference_context, resolve_device
-from affectflow.models.pacl.model import PretrainedWeightsError, VisualBackbone, build_visual_encoder
 from affectflow.models.specs import weights_fingerprint
-from affectflow.stages.batching import prefetched_image_batches
 from affectflow.stages.ingest.stage import IMAGE_PATH, IMAGE_SHA256
+
+if TYPE_CHECKING:
+    import torch
+    from PIL import Image
+
+    from affectflow.models.pacl.model import VisualBackbone
 
 logger = logging.getLogger(__name__)
 
@@ -63,6 +62,8 @@ class EncoderSpec:
 
 def eval_transform(backbone: VisualBackbone) -> Callable[[Image.Image], torch.Tensor]:
     """Resize the short side to the encoder's input size, centre-crop, normalise."""
+    from torchvision import transforms
+
     return transforms.Compose([
         transforms.Resize(min(backbone.image_size),
                           interpolation=transforms.InterpolationMode.BICUBIC),
@@ -76,6 +77,11 @@ class ImageEncoder:
     """The visual backbone in eval mode on its device, returning L2-normalised pooled features."""
 
     def __init__(self, encoder: EncoderSpec, device: str | None) -> None:
+        import torch
+
+        from affectflow.models.encoder_runtime import resolve_device
+        from affectflow.models.pacl.model import PretrainedWeightsError, build_visual_encoder
+
         torch.manual_seed(encoder.seed)
         try:
             backbone = build_visual_encoder(encoder.spec, pretrained=encoder.pretrained)
@@ -89,6 +95,10 @@ class ImageEncoder:
         self.dim = backbone.feature_dim
 
     def encode(self, pixels: torch.Tensor) -> np.ndarray:
+        import torch.nn.functional as F
+
+        from affectflow.models.encoder_runtime import inference_context
+
         with inference_context(self.device):
             features = self.module(pixels.to(self.device, non_blocking=True))
         return F.normalize(features.float(), dim=-1).cpu().numpy()
@@ -152,6 +162,8 @@ def ensure_image_features(cache: FeatureCache, encoder_spec: EncoderSpec,
                           listing: dict[int, pa.Table], batch_size: int, workers: int,
                           device: str | None) -> int:
     """Encode the shards the cache lacks (loading the encoder only then); return images encoded."""
+    from affectflow.stages.batching import prefetched_image_batches
+
     missing = cache.missing(sorted(listing))
     if not missing:
         logger.info("cluster: image features reused from cache %s", cache.key[:16])

@@ -20,11 +20,10 @@ import json
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import pyarrow as pa
 import pyarrow.compute as pc
-import torch
 from pydantic import Field, field_validator, model_validator
 
 from affectflow.core.atomic import write_json, write_parquet
@@ -33,7 +32,6 @@ from affectflow.core.hashing import hash_file, tree_fingerprint
 from affectflow.core.stage import ShardOutput, Stage, StageContext, StageParams, TableRef
 from affectflow.core.store import MAIN_TABLE, SAMPLE_ID, SOURCE_ID, StageArtifact, make_rejects
 from affectflow.core.torchrun import TorchrunNodes, runs_in_process
-from affectflow.models.cternet.classifier import save_classifier
 from affectflow.models.cternet.config import (
     Branches,
     ChannelAttentionKind,
@@ -45,21 +43,13 @@ from affectflow.models.cternet.config import (
     Precision,
     SentimentMap,
 )
-from affectflow.models.cternet.data import LabelledImages
-from affectflow.models.cternet.distributed import JOB_FILE, TrainingJob, launch, write_job
-from affectflow.models.cternet.train import (
-    Runtime,
-    TrainingOutcome,
-    TrainingRecipe,
-    best_model_state,
-    read_outcome,
-    train_cternet,
-)
-from affectflow.models.encoder_runtime import resolve_device
-from affectflow.stages.cternet.figures import draw_training_curves
 from affectflow.stages.cternet.polarity import POLARITY_CLASSES, NoPolarity, PolarityMap, Task, target_class
 from affectflow.stages.ingest.stage import IMAGE_PATH, IMAGE_SHA256, LABEL, SPLIT, TEST, TRAIN, VAL
 from affectflow.stages.param_types import Device
+
+if TYPE_CHECKING:
+    from affectflow.models.cternet.data import LabelledImages
+    from affectflow.models.cternet.train import TrainingOutcome, TrainingRecipe
 
 HISTORY = "history"
 CURVES_FIGURE = "training_curves.png"
@@ -161,6 +151,8 @@ class CTERNetTrainParams(StageParams, TorchrunNodes):
 
     @model_validator(mode="after")
     def _consistent(self) -> CTERNetTrainParams:
+        import torch
+
         if self.task == "polarity":
             if self.polarity_map is None:
                 raise ValueError("task polarity needs polarity_map: fi, emotion6, artphoto or "
@@ -192,6 +184,8 @@ class CTERNetTrainParams(StageParams, TorchrunNodes):
             precision=self.precision, eval_crop=self.eval_crop)
 
     def recipe(self) -> TrainingRecipe:
+        from affectflow.models.cternet.train import TrainingRecipe
+
         return TrainingRecipe(epochs=self.epochs, batch_size=self.batch_size, lr=self.lr,
                               momentum=self.momentum, step_size=self.step_size,
                               lr_decay=self.lr_decay, weight_decay=self.weight_decay,
@@ -298,6 +292,10 @@ class CTERNetTrainStage(Stage[CTERNetTrainParams]):
 
     def finalize(self, ctx: StageContext[CTERNetTrainParams]) -> dict[str, Any]:
         """Train (resuming from the latest checkpoint), then export the selected epoch."""
+        from affectflow.models.cternet.classifier import save_classifier
+        from affectflow.models.cternet.train import best_model_state
+        from affectflow.stages.cternet.figures import draw_training_curves
+
         params = ctx.params
         classes = json.loads((ctx.work_dir / CLASSES_FILE).read_text(encoding="utf-8"))
         config = params.model_config_for(len(classes))
@@ -335,6 +333,10 @@ class CTERNetTrainStage(Stage[CTERNetTrainParams]):
                train: LabelledImages, val: LabelledImages) -> TrainingOutcome:
         """In this process, or on `processes` torchrun processes per node that share the work
         folder (on a shared filesystem when there are several nodes)."""
+        from affectflow.models.cternet.distributed import JOB_FILE, TrainingJob, launch, write_job
+        from affectflow.models.cternet.train import Runtime, read_outcome, train_cternet
+        from affectflow.models.encoder_runtime import resolve_device
+
         device = resolve_device(params.device)
         # Loader processes pay off feeding a GPU; on a CPU they would compete with the model.
         loader_workers = ctx.settings.workers if device.type == "cuda" else 0
@@ -365,6 +367,8 @@ def _require_enough(train: LabelledImages, val: LabelledImages,
 def _training_images(ctx: StageContext[CTERNetTrainParams]
                      ) -> tuple[LabelledImages, LabelledImages]:
     """The kept rows of each training split with their image paths, in table order."""
+    from affectflow.models.cternet.data import LabelledImages
+
     rows = StageArtifact(ctx.output_dir).read_all(columns=[SAMPLE_ID, SPLIT, CLASS_INDEX])
     paths = ctx.input("ingest").read_all(columns=[SAMPLE_ID, IMAGE_PATH])
     path_of = dict(zip(paths[SAMPLE_ID].to_pylist(), paths[IMAGE_PATH].to_pylist()))

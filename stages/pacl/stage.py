@@ -14,31 +14,31 @@ row per optimiser step), `loss_curve.png`, and the summary in the manifest.
 
 from __future__ import annotations
 
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
-import torch
 
 from affectflow.core.columns import column_vectors
 from affectflow.core.errors import UserError
 from affectflow.core.hashing import hash_value
 from affectflow.core.stage import ShardOutput, Stage, StageContext, TableRef
 from affectflow.core.store import MAIN_TABLE, SAMPLE_ID, SOURCE_ID, StageArtifact, make_rejects
-from affectflow.models.checkpoints import load_torch
-from affectflow.models.pacl.checkpoint import INITIAL_FILE
 from affectflow.models.pacl.losses import ALL_PARTITIONS
-from affectflow.models.pacl.train import PaclTrainingSet
 from affectflow.models.specs import weights_fingerprint
-from affectflow.stages.batching import prefetched_image_batches
 from affectflow.stages.cluster.stage import label_column
 from affectflow.stages.ingest.stage import IMAGE_PATH, SPLIT, TRAIN
-from affectflow.stages.pacl import outputs, worker
+from affectflow.stages.pacl import outputs
 from affectflow.stages.pacl.outputs import HISTORY, HISTORY_SCHEMA, LOSS_CURVE_FILE
 from affectflow.stages.pacl.params import PaclParams
 from affectflow.stages.partition.stage import PARTITION
 from affectflow.stages.teacher import TEXT_FEATURE, TEXT_FEATURES, TeacherParams
+
+if TYPE_CHECKING:
+    import torch
+
+    from affectflow.models.pacl.train import PaclTrainingSet
 
 PARTITION_IDS = {part.key: int(part) for part in ALL_PARTITIONS}
 JOB_DIR = "training"
@@ -57,6 +57,8 @@ SCHEMA = pa.schema([
 
 def _decoded(image: Any) -> torch.Tensor:
     """Preprocess for the image check: decoding is the check, the pixels are not kept."""
+    import torch
+
     return torch.ones(1)
 
 
@@ -131,6 +133,8 @@ class PaclStage(Stage[PaclParams]):
     def _check_images(self, ctx: StageContext[PaclParams], rows: list[dict[str, Any]]
                       ) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
         """Decode every training image once, so a broken file is a reject, not a crash later."""
+        from affectflow.stages.batching import prefetched_image_batches
+
         train = [row for row in rows if row[SPLIT] == TRAIN]
         failed: dict[str, str] = {}
         for batch in prefetched_image_batches([row[IMAGE_PATH] for row in train], 64, _decoded,
@@ -143,11 +147,15 @@ class PaclStage(Stage[PaclParams]):
 
     def finalize(self, ctx: StageContext[PaclParams]) -> dict[str, Any]:
         """Train on the split == "train" rows, then write models, history and the loss curve."""
+        from affectflow.models.checkpoints import load_torch
+        from affectflow.models.pacl.checkpoint import INITIAL_FILE
+        from affectflow.stages.pacl.worker import launch, write_job
+
         params = ctx.params
         image_paths, training, counts = self._training_set(ctx)
-        job = worker.write_job(ctx.work_dir / JOB_DIR, params.train_config(), image_paths,
+        job = write_job(ctx.work_dir / JOB_DIR, params.train_config(), image_paths,
                                training, ctx.settings.workers, params.device, params.cpu_threads)
-        final = worker.launch(job.folder, params.processes, nodes=params)
+        final = launch(job.folder, params.processes, nodes=params)
         initial = load_torch(job.checkpoints / INITIAL_FILE)
         teacher = TeacherParams.model_construct(**ctx.input("teacher").manifest["params"])
         text_encoder = teacher.encoder_settings()
@@ -166,6 +174,10 @@ class PaclStage(Stage[PaclParams]):
     def _training_set(self, ctx: StageContext[PaclParams]
                       ) -> tuple[list[str], PaclTrainingSet, dict[str, int]]:
         """Image paths, text features and labels of the training rows, ordered by sample_id."""
+        import torch
+
+        from affectflow.models.pacl.train import PaclTrainingSet
+
         rows = StageArtifact(ctx.output_dir).read_all()
         rows = rows.filter(pc.equal(rows[SPLIT], TRAIN)).sort_by(SAMPLE_ID)
         if rows.num_rows == 0:
