@@ -24,6 +24,8 @@ from affectflow.pipelines.config import (
 from affectflow.pipelines.inspect import HEADLINES, readable
 
 REPO = Path(__file__).resolve().parents[2]
+HEAVY = ("torch", "prefect", "open_clip", "transformers", "faiss", "timm", "sklearn", "matplotlib", "spacy")
+"""Libraries a command that computes nothing must not import (seconds each on a busy machine)."""
 
 
 def record(name: str, level: int, message: str) -> logging.LogRecord:
@@ -176,11 +178,29 @@ def test_read_only_commands_import_neither_torch_nor_prefect(tmp_path: Path) -> 
               f"for argv in (['runs', '--artifact-root', {str(tmp_path)!r}],"
               f" ['inspect', 'r1', '--artifact-root', {str(tmp_path)!r}]):\n"
               "    assert main(argv) == 0\n"
-              "heavy = [m for m in ('torch', 'prefect', 'open_clip', 'transformers', 'faiss') if m in sys.modules]\n"
+              f"heavy = [m for m in {HEAVY!r} if m in sys.modules]\n"
               "print('heavy:', heavy)\n")
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
     assert "heavy: []" in done.stdout
+
+
+def test_config_errors_and_unknown_stages_import_no_heavy_library(tmp_path: Path) -> None:
+    """Every stage module is imported (the registry) and a config validated; nothing heavy loads."""
+    config = tmp_path / "exp.yaml"
+    config.write_text("run:\n  stages: [ingest, factual, emotional, partition]\ningest:\n  nope: 1\n")
+    script = ("import sys\nfrom affectflow.core.errors import UserError\n"
+              "from affectflow.pipelines.config import load_config\n"
+              "from affectflow.stages.registry import STAGES, get_stage\n"
+              "for attempt in (lambda: load_config(__import__('pathlib').Path(sys.argv[1])),"
+              " lambda: get_stage('partiton')):\n"
+              "    try:\n        attempt()\n    except UserError as error:\n        print(error.message)\n"
+              f"print('heavy:', [m for m in {HEAVY!r} if m in sys.modules], len(STAGES))\n")
+    done = subprocess.run([sys.executable, "-c", script, str(config)], capture_output=True, text=True,
+                          timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert "unknown key 'ingest.nope'" in done.stdout and "did you mean 'partition'" in done.stdout
+    assert "heavy: [] 13" in done.stdout
 
 
 def test_python_dash_m_affectflow() -> None:
