@@ -134,8 +134,11 @@ def _cmd_inspect(args: argparse.Namespace) -> int:
     if args.maps:
         from affectflow.stages.cternet.maps import write_sentiment_maps
 
-        out = store.stage("cternet_eval").path / "maps"
-        print(f"sentiment maps: {write_sentiment_maps(store, args.maps, out)}")
+        if not args.out:
+            raise UserError("--maps needs --out: the folder the pictures and their index go to",
+                            hint=f"affectflow inspect {args.run_id} cternet_eval --maps {args.maps} "
+                                 f"--out maps-{args.run_id}")
+        print(f"sentiment maps: {write_sentiment_maps(store, args.maps, Path(args.out))}")
         return 0
     if args.stage == "partition":
         from affectflow.stages.partition.view import partition_report
@@ -272,7 +275,8 @@ def build_parser() -> argparse.ArgumentParser:
     inspect.add_argument("--per-partition", type=int, default=60,
                          help="gallery cards per partition (default 60)")
     inspect.add_argument("--maps", type=int, default=0, metavar="N",
-                         help="cternet: write sentiment-map overlays of N test images")
+                         help="cternet: write sentiment-map overlays of N test images, across classes")
+    inspect.add_argument("--out", metavar="DIR", help="--maps: folder for the pictures and index.html")
     inspect.set_defaults(func=_cmd_inspect)
 
     export = commands.add_parser("export", help="write a stage's rows for external tools")

@@ -33,11 +33,11 @@ from affectflow.models.cternet.checkpoint import LAST_CHECKPOINT
 from affectflow.models.cternet.classifier import load_classifier
 from affectflow.models.cternet.data import eval_transform
 from affectflow.stages.cternet.evaluate import CTERNetEvalParams, CTERNetEvalStage
-from affectflow.stages.cternet.maps import write_sentiment_maps
+from affectflow.stages.cternet.maps import across_classes, write_sentiment_maps
 from affectflow.stages.cternet.metrics import grouped_polarity_accuracy
 from affectflow.stages.cternet.report import render_report
 from affectflow.stages.cternet.train import CTERNetTrainParams, CTERNetTrainStage
-from affectflow.stages.ingest.stage import IngestParams, IngestStage
+from affectflow.stages.ingest.stage import LABEL, IngestParams, IngestStage
 from affectflow.stages.metrics import classification_metrics
 from tests.conftest import write_image
 from tests.stages.helpers import record_edit
@@ -316,7 +316,12 @@ def test_sentiment_maps_are_written_with_escaped_text(baseline: RunStore, tmp_pa
     assert all(f'src="{picture.name}"' in page for picture in pictures)
     assert "&lt;img src=x onerror=alert(1)&gt;&amp;fear" in page and "<img src=x" not in page
     with Image.open(pictures[0]) as image:
-        assert image.size == (448, 224)
+        width, height = image.size  # crop, overlay, colour bar and caption at 100 dpi
+        assert width > 448 and height > 224
+    labels = [row[LABEL] for row in across_classes(baseline.stage("cternet_eval").read_all(
+        columns=[LABEL]).to_pylist(), 16)]
+    classes = sorted(set(labels))
+    assert len(classes) > 1 and labels[:len(classes)] == classes  # one of each class first
     with pytest.raises(UserError, match="no finished cternet_eval"):
         write_sentiment_maps(RunStore(tmp_path, "absent"), 4, tmp_path / "none")
 
