@@ -79,9 +79,13 @@ def _partition_headline(summary: dict[str, Any]) -> str:
 
 
 def _probe_headline(summary: dict[str, Any]) -> str:
-    return "; ".join(f"{row['evaluation']} acc {_pct(row['accuracy_before'])} -> "
-                     f"{_pct(row['accuracy_after'])} (Δ {100 * row['accuracy_delta']:+.1f} pts)"
-                     for row in summary.get("table", []))
+    """The first metric of each (task, evaluation, level) row of the before/after table."""
+    parts: dict[str, str] = {}
+    for row in summary.get("table", []):
+        where = "/".join(str(part) for part in (row["task"], row["evaluation"], row.get("level")) if part)
+        parts.setdefault(where, f"{where} {row['metric']} {row['before']:.3f} -> {row['after']:.3f} "
+                                f"(Δ {row['delta']:+.3f})")
+    return "; ".join(parts.values())
 
 
 def _cternet_eval_headline(summary: dict[str, Any]) -> str:

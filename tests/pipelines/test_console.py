@@ -165,9 +165,9 @@ def test_readable_summary_and_headlines() -> None:
     assert any("… (20 values)" in line for line in lines)
     assert "    - evaluation linear, accuracy_delta 0.1" in lines
     assert "\x1b" not in "\n".join(lines)
-    probe = {"table": [{"evaluation": "linear", "accuracy_before": 0.5, "accuracy_after": 0.6,
-                        "accuracy_delta": 0.1}]}
-    assert HEADLINES["probe"](probe) == "linear acc 50.0% -> 60.0% (Δ +10.0 pts)"
+    rows = [{"task": "single_label", "evaluation": "linear", "level": None, "metric": metric,
+             "before": 0.5, "after": 0.625, "delta": 0.125} for metric in ("Acc", "wF1")]
+    assert HEADLINES["probe"]({"table": rows}) == "single_label/linear Acc 0.500 -> 0.625 (Δ +0.125)"
 
 
 def test_read_only_commands_import_neither_torch_nor_prefect(tmp_path: Path) -> None:
