@@ -169,8 +169,8 @@ class Progress:
                     self._task = None
                 return
             now = time.perf_counter()
-            if now - self._last_log >= self.interval or self.done >= self.total:
-                self._last_log = now
+            if now - self._last_log >= self.interval and self.done < self.total:
+                self._last_log = now  # the finished work's line is close()'s summary
                 logger.info(self.line())
 
     def __enter__(self) -> Progress:
