@@ -85,7 +85,8 @@ def run_chain(ref: RunRef, stages: list[str], force: list[str]) -> dict[str, Any
     """Submit stages in order; each waits only for its own inputs, so independent ones overlap."""
     futures: dict[str, PrefectFuture[dict[str, Any]]] = {}
     config = run_config(ref)
-    set_stage_order(stages)
+    # progress rows place a stage in the run's whole chain, also when only part of it reruns
+    set_stage_order(list(config.run.stages) if set(stages) <= set(config.run.stages) else stages)
     for name in stages:
         inputs = make_job(ref, config, name).stage.input_names(stage_params(config, name))
         upstream = [futures[dep] for dep in inputs if dep in futures]
