@@ -1,8 +1,7 @@
 """The console of a command: which log records reach the terminal, and how they look.
 
-One home for console levels and handlers. Levels are set on the records' way to the terminal,
-not on the loggers, so whatever else listens to a logger (Prefect's run-log handler) still gets
-the project's INFO lines when the console is quiet:
+One home for console levels and handlers. Which records reach the terminal is decided per
+origin by the one handler's filter, not by the libraries' loggers:
 
 - default: the project's own loggers (`affectflow.*`) at INFO; every other library (faiss'
   loader, open_clip's root-logger lines, httpx, transformers, Prefect's task and flow chatter)
@@ -127,11 +126,10 @@ def setup_console(verbosity: Verbosity) -> None:
         root.removeHandler(previous)
     handler = _handler(verbosity)
     root.addHandler(handler)
-    root.setLevel(logging.DEBUG if verbosity is Verbosity.DEBUG else logging.WARNING)
-    # The project's records are made at INFO whatever the console shows: Prefect's run logs
-    # (which forward the `affectflow` logger) keep them under --quiet too.
-    logging.getLogger(PROJECT_LOGGER).setLevel(logging.DEBUG if verbosity is Verbosity.DEBUG
-                                               else logging.INFO)
+    # Records are made down to the level something may show (the handler's filter then decides
+    # per origin); under --quiet the project's INFO records are not made at all.
+    root.setLevel({Verbosity.DEBUG: logging.DEBUG, Verbosity.NORMAL: logging.INFO,
+                   Verbosity.QUIET: logging.WARNING}[verbosity])
     logging.captureWarnings(True)
     if verbosity is not Verbosity.DEBUG:
         warnings.simplefilter("default")  # once per place; the console filter dedupes the text
