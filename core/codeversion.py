@@ -80,8 +80,9 @@ def _imported_names(module: str, source: str) -> set[str]:
             else:
                 target = node.module or ""
             names.add(target)
-            # `from package import submodule` names a module too.
-            if _is_project(target):
+            # `from package import submodule` names a module too. Only a package has
+            # submodules; asking for `module.name` would import `module` (and its libraries).
+            if _is_project(target) and source_is_package(target):
                 names.update(f"{target}.{alias.name}" for alias in node.names
                              if _is_module(f"{target}.{alias.name}"))
     return names
