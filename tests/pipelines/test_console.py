@@ -204,6 +204,16 @@ def test_config_errors_and_unknown_stages_import_no_heavy_library(tmp_path: Path
     assert f"heavy: [] {len(STAGES)}" in done.stdout
 
 
+def test_code_versions_are_computed_without_importing_the_stages_libraries() -> None:
+    """A no-change rerun hashes every stage's import closure; that must not load torch & co."""
+    script = ("import sys\nfrom affectflow.stages.registry import STAGES\n"
+              "versions = [stage().code()['version'] for stage in STAGES.values()]\n"
+              f"print('heavy:', [m for m in {HEAVY!r} if m in sys.modules], len(set(versions)))\n")
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.startswith("heavy: [] ")
+
+
 def test_python_dash_m_affectflow() -> None:
     done = subprocess.run([sys.executable, "-m", "affectflow", "--help"], capture_output=True,
                           text=True, timeout=120)
