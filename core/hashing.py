@@ -5,6 +5,9 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
 from pathlib import Path
 from typing import Any
 
@@ -42,15 +45,34 @@ def fingerprint_mode(settings: Any) -> str:
     return str(getattr(settings, "fingerprint", "stat"))
 
 
+_BY_CONTENT: ContextVar[bool] = ContextVar("fingerprint_files_by_content", default=False)
+
+
+@contextmanager
+def external_files_fingerprinted(settings: Any) -> Iterator[None]:
+    """Inside this block, file and tree fingerprints follow the run's `run.fingerprint` mode.
+
+    The runner wraps every stage's `source_fingerprint` in it, so one setting covers each kind
+    of external file a stage names (dataset trees, manifest-listed images, local model folders
+    and checkpoints) without every stage and model helper passing the mode along."""
+    token = _BY_CONTENT.set(fingerprint_mode(settings) == "content")
+    try:
+        yield
+    finally:
+        _BY_CONTENT.reset(token)
+
+
 def _file_entry(name: str, path: str, size: int, mtime_ns: int, content: bool) -> tuple[Any, ...]:
     """What a fingerprint records of one file: its name and size, and its mtime or, in content
     mode, the hash of its bytes (so a copy with new mtimes fingerprints the same)."""
     return (name, size, hash_file(Path(path)) if content else mtime_ns)
 
 
-def files_fingerprint(paths: list[str], base: Path, content: bool = False) -> str:
-    """Hash of each listed file's path (relative to `base`), size and mtime or content; a
-    missing file counts as missing, so creating it later changes the fingerprint."""
+def files_fingerprint(paths: list[str], base: Path, content: bool | None = None) -> str:
+    """Hash of each listed file's path (relative to `base`), size and mtime or content (default:
+    the mode of `external_files_fingerprinted`); a missing file counts as missing, so creating
+    it later changes the fingerprint."""
+    content = _BY_CONTENT.get() if content is None else content
     entries = []
     for path in paths:
         name = os.path.relpath(path, base)
@@ -64,7 +86,7 @@ def files_fingerprint(paths: list[str], base: Path, content: bool = False) -> st
     return hash_value(entries)
 
 
-def tree_fingerprint(root: Path, content: bool = False) -> str:
+def tree_fingerprint(root: Path, content: bool | None = None) -> str:
     """Hash of every file's relative path, size and mtime (or content) below `root`, or of the
     file itself.
 
@@ -72,8 +94,9 @@ def tree_fingerprint(root: Path, content: bool = False) -> str:
     million files must not take minutes to fingerprint) and changes whenever a file is added,
     removed, rewritten or touched. Content mode reads every byte instead of trusting mtimes.
     Symlinked folders are not followed; a dangling symlink counts as itself; only regular files
-    are read.
+    are read. `content=None` follows `external_files_fingerprinted`.
     """
+    content = _BY_CONTENT.get() if content is None else content
     if root.is_file():
         stat = root.stat()
         return hash_value([_file_entry(root.name, str(root), stat.st_size, stat.st_mtime_ns, content)])

@@ -101,9 +101,20 @@ def _write_record(fd: int, record: dict[str, Any]) -> None:
     os.fsync(fd)
 
 
+_COMMAND: list[str] = []
+
+
+def set_command(argv: list[str]) -> None:
+    """The command this process runs, as a person typed it (the CLI calls this; otherwise the
+    process's own argv is shown)."""
+    _COMMAND[:] = argv
+
+
 def command_line() -> str:
+    """What holders and history entries record as the command."""
+    argv = _COMMAND or sys.argv
     return " ".join(os.path.basename(arg) if index == 0 else arg
-                    for index, arg in enumerate(sys.argv))[:300]
+                    for index, arg in enumerate(argv))[:300]
 
 
 @contextmanager

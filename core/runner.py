@@ -31,7 +31,7 @@ import pyarrow.parquet as pq
 import affectflow
 from affectflow.core.atomic import write_json, write_parquet
 from affectflow.core.errors import UserError
-from affectflow.core.hashing import hash_value
+from affectflow.core.hashing import external_files_fingerprinted, hash_value
 from affectflow.core.integrity import (
     FileRecord,
     IntegrityError,
@@ -102,7 +102,8 @@ class StageJob:
     def fingerprint(self) -> tuple[str, str | None]:
         """hash(stage name, params, input fingerprints, code version, external source), and the
         external source's own fingerprint (computed once: it may stat a whole dataset)."""
-        source = self.stage.source_fingerprint(self.params, self.settings)
+        with external_files_fingerprinted(self.settings):
+            source = self.stage.source_fingerprint(self.params, self.settings)
         return hash_value({
             "stage": self.stage.name,
             "params": self.params.model_dump(mode="json"),
@@ -385,6 +386,7 @@ def finalize_stage(job: StageJob, fingerprint: str) -> dict[str, Any]:
         "params": job.params.model_dump(mode="json"),
         "fingerprint": fingerprint,
         "inputs": {name: art.fingerprint for name, art in ctx.inputs.items()},
+        "input_digests": {name: art.digest for name, art in ctx.inputs.items()},
         "source_fingerprint": plan["source_fingerprint"],
         "code_version": code["version"],
         "code": {"modules": code["modules"], "libraries": code["libraries"]},
@@ -477,7 +479,6 @@ def run_stage(job: StageJob, force: bool = False) -> dict[str, Any]:
         with Progress(job.stage.name, total=len(plan.pending), unit="shards") as progress:
             run_shards(job, plan, progress)
         return finalize_stage(job, plan.fingerprint)
-    except BaseException as error:
-        job.run.update_stage(job.stage.name, status="failed", error=str(error)[:500],
-                             finished=utc_now())
+    except Exception as error:  # Ctrl-C or a kill leaves it running: derived as interrupted
+        job.run.record_failure(job.stage.name, error)
         raise

@@ -6,24 +6,31 @@ every update of `run.json` is a locked read-modify-write followed by an atomic r
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import fcntl
+import getpass
 import json
+import os
 import re
 import secrets
+import socket
+import traceback
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from affectflow.core.atomic import write_json
+from affectflow.core.atomic import write_json, write_text
 from affectflow.core.errors import UserError
-from affectflow.core.locks import run_writer
+from affectflow.core.locks import command_line, run_writer
 from affectflow.core.store import StageArtifact
 
 RUN_FILE = "run.json"
 RUN_ID_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}")
+ERRORS_DIR = "errors"
+"""Under a run folder: the full text of each stage's last error (`<stage>.txt`)."""
 WORK_DIR = ".work"
 """Under a run folder: stages being built, moved into place when finished (core/runner.py)."""
 
@@ -107,14 +114,56 @@ class RunStore:
                 fcntl.flock(lock, fcntl.LOCK_UN)
 
     def create(self, config: dict[str, Any], code_version: dict[str, str]) -> None:
-        """Write a fresh run.json, or refresh the config of an existing run (keeping stages)."""
+        """Write a fresh run.json, or refresh the config of an existing run (keeping stages).
+
+        A new run records the folder it was made in (`base_dir`): the config's relative paths
+        (datasets, models) mean that folder, whichever folder later commands run in."""
         with self._locked():
             record = json.loads(self.run_file.read_text()) if self.run_file.is_file() else {
-                "run_id": self.run_id, "created": utc_now(), "stages": {}}
+                "run_id": self.run_id, "created": utc_now(), "stages": {},
+                "base_dir": os.getcwd(), "history": [history_entry({})]}
             record["config"] = config
             record["code_version"] = code_version
             record["updated"] = utc_now()
             write_json(self.run_file, record)
+
+    def update_config(self, config: dict[str, Any], code_version: dict[str, str] | None = None
+                      ) -> dict[str, list[Any]]:
+        """Save a changed config as the run's own, with a history entry of what changed (who,
+        when, which command); returns the changes (`key -> [old, new]`)."""
+        with self._locked():
+            record = self.read()
+            changes = config_changes(record.get("config", {}), config)
+            if changes:
+                record["config"] = config
+                record.setdefault("history", []).append(history_entry(changes))
+            if code_version is not None:
+                record["code_version"] = code_version
+            record["updated"] = utc_now()
+            write_json(self.run_file, record)
+            return changes
+
+    @contextmanager
+    def base_folder(self) -> Iterator[None]:
+        """Work in the folder the run was made in (its relative paths mean that folder), when it
+        still exists; a run moved to another machine keeps the current folder."""
+        base = self.read().get("base_dir")
+        if base and Path(base).is_dir() and Path(base) != Path.cwd():
+            with contextlib.chdir(base):
+                yield
+        else:
+            yield
+
+    def record_failure(self, stage: str, error: BaseException) -> None:
+        """The stage's attempt failed: its error's first line in run.json, the full text (with
+        the traceback) in `errors/<stage>.txt`."""
+        error_file = self.path / ERRORS_DIR / f"{stage}.txt"
+        text = "".join(traceback.format_exception(error))
+        write_text(error_file, text)
+        first = (str(error).strip().splitlines() or [type(error).__name__])[0]
+        self.update_stage(stage, status="failed", error=f"{type(error).__name__}: {first}"[:500],
+                          error_file=error_file.relative_to(self.path).as_posix(),
+                          finished=utc_now())
 
     def update_stage(self, stage: str, **fields: Any) -> None:
         with self._locked():
@@ -122,6 +171,36 @@ class RunStore:
             record.setdefault("stages", {}).setdefault(stage, {}).update(fields)
             record["updated"] = utc_now()
             write_json(self.run_file, record)
+
+
+IGNORED_IN_CHANGES = ("run.artifact_root",)
+"""Where a run lives is given by the command (`--artifact-root`), not by its config."""
+
+
+def _flat(value: Any, prefix: str = "") -> dict[str, Any]:
+    if isinstance(value, dict) and value:
+        flat: dict[str, Any] = {}
+        for key, item in value.items():
+            flat.update(_flat(item, f"{prefix}{key}."))
+        return flat
+    return {prefix.rstrip("."): value}
+
+
+def config_changes(before: dict[str, Any], after: dict[str, Any]) -> dict[str, list[Any]]:
+    """`dotted.key -> [old, new]` for every setting that differs (None: not set)."""
+    old, new = _flat(before), _flat(after)
+    return {key: [old.get(key), new.get(key)] for key in sorted(set(old) | set(new))
+            if old.get(key) != new.get(key) and key not in IGNORED_IN_CHANGES}
+
+
+def history_entry(changes: dict[str, list[Any]]) -> dict[str, Any]:
+    """Who changed a run's config, when, with which command, and what changed."""
+    try:
+        user = getpass.getuser()
+    except (KeyError, OSError):
+        user = "?"
+    return {"when": utc_now(), "who": f"{user}@{socket.gethostname()}", "command": command_line(),
+            "changes": changes}
 
 
 def list_runs(artifact_root: Path) -> list[dict[str, Any]]:

@@ -15,6 +15,7 @@ from typing import Any
 from affectflow.core.console import Verbosity, setup_console
 from affectflow.core.display import printable
 from affectflow.core.errors import UserError
+from affectflow.core.locks import set_command
 from affectflow.core.progress import stop_display
 from affectflow.pipelines.prefect_env import configure_prefect_env
 
@@ -66,27 +67,29 @@ def _cmd_check(args: argparse.Namespace) -> int:
 
 def _cmd_run(args: argparse.Namespace) -> int:
     from affectflow.pipelines.config import load_config
-    from affectflow.pipelines.execution import run_ref, skip_if_up_to_date
+    from affectflow.pipelines.execution import check_config_change, run_ref, skip_if_up_to_date
     from affectflow.pipelines.preflight import require_ready
     from affectflow.stages.registry import get_stage
 
-    # Config errors, missing weights and wrong dataset layouts fail before Prefect starts and
-    # before the run folder exists.
-    config = load_config(Path(args.config), args.set)
+    # Config errors, a changed config of an existing run, missing weights and wrong dataset
+    # layouts fail before Prefect starts and before the run folder exists.
+    overrides = [*args.set, *([f"run.artifact_root={args.artifact_root}"] if args.artifact_root else [])]
+    config = load_config(Path(args.config), overrides)
     for name in args.force or []:
         get_stage(name)
-    require_ready(config, args.config)
     ref = run_ref(config, args.run_id)
+    check_config_change(ref, config, args.update)
+    require_ready(config, args.config)
     with ref.store.writer():  # a second writer fails now, not after Prefect has started
         # A rerun with nothing to do is answered from the artifact store; Prefect (and its
         # temporary server) starts only for real work.
-        result = None if args.force else skip_if_up_to_date(ref, config)
+        result = None if args.force else skip_if_up_to_date(ref, config, args.update)
         if result is None:
             from affectflow.pipelines.flows import cternet_flow, pretrain_flow
 
             flow = {"pretrain": pretrain_flow, "cternet": cternet_flow}[args.flow]
-            result = flow(config_path=args.config, overrides=args.set, run_id=ref.run_id,
-                          force=args.force or [])
+            result = flow(config_path=args.config, overrides=overrides, run_id=ref.run_id,
+                          force=args.force or [], update=args.update)
     print(f"run {result['run_id']} finished: {result['run_dir']}")
     _print_stage_lines(ref, result["stages"])
     return 0
@@ -99,7 +102,8 @@ def _cmd_stage(args: argparse.Namespace) -> int:
 
     get_stage(args.name)
     ref = RunRef(args.artifact_root, args.run)
-    require_ready(run_config(ref, args.set), f"run {args.run}", [args.name])
+    with ref.store.base_folder():  # the saved config's relative paths mean the run's folder
+        require_ready(run_config(ref, args.set), f"run {args.run}", [args.name])
     with ref.store.writer():
         from affectflow.pipelines.flows import rerun_stage_flow
 
@@ -108,28 +112,69 @@ def _cmd_stage(args: argparse.Namespace) -> int:
     _print_stage_lines(ref, {args.name: result["stage"]})
     stale = result["stale"]
     print("downstream stages now stale: " + (", ".join(stale) if stale else "none"))
-    for name in stale:
-        print(f"  rerun with: affectflow stage {name} --run {args.run}")
+    if stale:
+        print(f"  compute them again with: affectflow resume {args.run}")
+    return 0
+
+
+def _cmd_resume(args: argparse.Namespace) -> int:
+    from affectflow.core.runs import RunStore
+    from affectflow.pipelines.execution import RunRef, run_config
+    from affectflow.pipelines.inspect import state_line
+    from affectflow.pipelines.preflight import require_ready
+    from affectflow.pipelines.state import TO_RESUME, stage_states
+
+    store = RunStore(Path(args.artifact_root), args.run_id)
+    with store.base_folder():
+        pending = [state for state in stage_states(store) if state.state in TO_RESUME]
+        if pending:  # missing weights or datasets fail now, before Prefect starts
+            require_ready(run_config(RunRef(args.artifact_root, args.run_id)), f"run {args.run_id}",
+                          [state.stage for state in pending])
+    if not pending:
+        print(f"run {args.run_id} is up to date: nothing to resume")
+        return 0
+    print(f"resuming run {args.run_id}:")
+    for state in pending:
+        print(state_line(state))
+    with store.writer():
+        from affectflow.pipelines.flows import resume_flow
+
+        result = resume_flow(run_id=args.run_id, artifact_root=args.artifact_root)
+    print(f"run {args.run_id} resumed: {result['run_dir']}")
+    _print_stage_lines(RunRef(args.artifact_root, args.run_id), result["stages"])
     return 0
 
 
 def _cmd_runs(args: argparse.Namespace) -> int:
-    from affectflow.pipelines.inspect import runs_table
+    from affectflow.core.runs import RunStore
+    from affectflow.pipelines.inspect import run_report, runs_table
 
-    print(runs_table(Path(args.artifact_root)))
+    if args.run_id:
+        store = RunStore(Path(args.artifact_root), args.run_id)
+        with store.base_folder():
+            print(run_report(store))
+    else:
+        print(runs_table(Path(args.artifact_root)))
     return 0
 
 
 def _cmd_inspect(args: argparse.Namespace) -> int:
     from affectflow.core.runs import RunStore
-    from affectflow.pipelines.inspect import markdown_report, run_overview, stage_report
 
     store = RunStore(Path(args.artifact_root), args.run_id)
     if args.html and args.stage != "partition":
         raise UserError("--html is only available for the partition stage",
                         hint=f"affectflow inspect {args.run_id} partition --html FILE")
+    html = Path(args.html).resolve() if args.html else None  # the caller's folder, not the run's
+    with store.base_folder():
+        return _inspect(args, store, html)
+
+
+def _inspect(args: argparse.Namespace, store: Any, html: Path | None) -> int:
+    from affectflow.pipelines.inspect import markdown_report, run_report, stage_report
+
     if not args.stage:
-        print(run_overview(store))
+        print(run_report(store))
         return 0
     if args.maps:
         from affectflow.stages.cternet.maps import write_sentiment_maps
@@ -144,10 +189,10 @@ def _cmd_inspect(args: argparse.Namespace) -> int:
         from affectflow.stages.partition.view import partition_report
 
         print(partition_report(store, args.samples))
-        if args.html:
+        if html is not None:
             from affectflow.stages.partition.gallery import write_gallery
 
-            path = write_gallery(store, Path(args.html), per_partition=args.per_partition)
+            path = write_gallery(store, html, per_partition=args.per_partition)
             print(f"gallery written to {path}")
         return 0
     from affectflow.stages.knowledge.view import KNOWLEDGE_STAGES, knowledge_report
@@ -167,7 +212,9 @@ def _cmd_export(args: argparse.Namespace) -> int:
     from affectflow.stages.partition.export import export_partition
 
     store = RunStore(Path(args.artifact_root), args.run_id)
-    rows = export_partition(store, Path(args.out), args.partition)
+    out = Path(args.out).resolve()  # the caller's folder, not the run's
+    with store.base_folder():
+        rows = export_partition(store, out, args.partition)
     print(f"{rows} rows of run {args.run_id} written to {args.out}")
     return 0
 
@@ -246,6 +293,11 @@ def build_parser() -> argparse.ArgumentParser:
                      help="override a config key, e.g. --set ingest.shard_size=64")
     run.add_argument("--force", action="append", metavar="STAGE",
                      help="recompute this stage even if its fingerprint is unchanged")
+    run.add_argument("--update", action="store_true",
+                     help="an existing run: replace its saved config with this one (the changes "
+                          "are recorded in its history); without it a changed config is refused")
+    run.add_argument("--artifact-root", help="folder holding runs/ (default: the config's "
+                                             "run.artifact_root)")
     run.set_defaults(func=_cmd_run)
 
     check = commands.add_parser("check", help="validate a config and look for every model and dataset "
@@ -255,6 +307,11 @@ def build_parser() -> argparse.ArgumentParser:
                        help="override a config key, e.g. --set ingest.path=/data/TumEmo")
     check.set_defaults(func=_cmd_check)
 
+    resume = commands.add_parser("resume", help="compute again the stages of a run that are "
+                                                "not done (stale, failed, interrupted, not run)")
+    resume.add_argument("run_id")
+    resume.set_defaults(func=_cmd_resume)
+
     stage = commands.add_parser("stage", help="rerun one stage of an existing run")
     stage.add_argument("name", help="stage name, e.g. ingest")
     stage.add_argument("--run", required=True, help="run id")
@@ -263,7 +320,9 @@ def build_parser() -> argparse.ArgumentParser:
                        help="override a config key of the run")
     stage.set_defaults(func=_cmd_stage)
 
-    runs = commands.add_parser("runs", help="list runs with per-stage status")
+    runs = commands.add_parser("runs", help="list runs (one line each), or one run's stages "
+                                            "with their state")
+    runs.add_argument("run_id", nargs="?", help="show this run's stages in DAG order")
     runs.set_defaults(func=_cmd_runs)
 
     inspect = commands.add_parser("inspect", help="show a run or one stage's artifact")
@@ -300,7 +359,7 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--only", nargs="*", help="benchmark module names")
     bench.set_defaults(func=_cmd_bench)
 
-    for sub in (stage, runs, inspect, export):
+    for sub in (stage, resume, runs, inspect, export):
         sub.add_argument("--artifact-root", default="artifacts",
                          help="folder holding runs/ (default: artifacts)")
     return parser
@@ -324,6 +383,7 @@ def _verbosity(args: argparse.Namespace) -> Verbosity:
 
 def main(argv: list[str] | None = None) -> int:
     configure_prefect_env()  # before anything imports Prefect, which reads its settings early
+    set_command(["affectflow", *(sys.argv[1:] if argv is None else argv)])
     args = build_parser().parse_args(argv)
     setup_console(_verbosity(args))
     try:

@@ -11,10 +11,11 @@ from typing import Any
 from pydantic import BaseModel
 
 import affectflow
+from affectflow.core.errors import UserError
 from affectflow.core.runner import StageJob, up_to_date
-from affectflow.core.runs import RunStore, new_run_id, validate_run_id
+from affectflow.core.runs import RunStore, config_changes, new_run_id, validate_run_id
 from affectflow.pipelines.config import config_snapshot, load_config, stage_params
-from affectflow.stages.registry import STAGES, downstream_of, get_stage
+from affectflow.stages.registry import get_stage
 
 logger = logging.getLogger(__name__)
 
@@ -49,10 +50,29 @@ def run_ref(config: BaseModel, run_id: str | None) -> RunRef:
     return RunRef(str(config.run.artifact_root), validate_run_id(run_id) if run_id else new_run_id())
 
 
-def open_run(config: BaseModel, run_id: str | None) -> RunRef:
-    """Create (or reopen) the run folder and save the resolved config in run.json."""
+def check_config_change(ref: RunRef, config: BaseModel, update: bool) -> dict[str, list[Any]]:
+    """The changes `config` makes to an existing run's saved config (empty for a new run); a
+    change without `update` is refused, since the saved config is the run's source of truth."""
+    if not ref.store.exists():
+        return {}
+    changes = config_changes(ref.store.read()["config"], config_snapshot(config))
+    if changes and not update:
+        lines = "; ".join(f"{key}: {old!r} -> {new!r}" for key, (old, new) in changes.items())
+        raise UserError(f"run {ref.run_id} exists with another config ({lines})",
+                        hint=f"to record these changes in the run, add --update; to continue it "
+                             f"as saved: affectflow resume {ref.run_id}")
+    return changes
+
+
+def open_run(config: BaseModel, run_id: str | None, update: bool = False) -> RunRef:
+    """Create the run folder with the resolved config in run.json, or reopen an existing run
+    (its saved config changes only with `update`, recorded in its history)."""
     ref = run_ref(config, run_id)
-    ref.store.create(config_snapshot(config), code_version())
+    if ref.store.exists():
+        check_config_change(ref, config, update)
+        ref.store.update_config(config_snapshot(config), code_version())
+    else:
+        ref.store.create(config_snapshot(config), code_version())
     return ref
 
 
@@ -67,27 +87,7 @@ def make_job(ref: RunRef, config: BaseModel, stage_name: str) -> StageJob:
                     params=stage_params(config, stage_name), settings=config.run)
 
 
-def stale_downstream(ref: RunRef, config: BaseModel, stage_name: str) -> list[str]:
-    """Downstream stages whose recorded input fingerprints no longer match their inputs."""
-    stale = []
-    for name in downstream_of(stage_name, config.run.stages):
-        artifact = ref.store.stage(name)
-        if not artifact.complete:
-            stale.append(name)
-            continue
-        recorded = artifact.manifest.get("inputs", {})
-        for dep in STAGES[name]().input_names(stage_params(config, name)):
-            dep_artifact = ref.store.stage(dep)
-            if not dep_artifact.complete or recorded.get(dep) != dep_artifact.fingerprint:
-                stale.append(name)
-                break
-            if dep in stale:
-                stale.append(name)
-                break
-    return stale
-
-
-def skip_if_up_to_date(ref: RunRef, config: BaseModel) -> dict[str, Any] | None:
+def skip_if_up_to_date(ref: RunRef, config: BaseModel, update: bool = False) -> dict[str, Any] | None:
     """When every configured stage of an existing run is up to date: refresh the run's config,
     record the stages as skipped and return what the flow would (None when there is work)."""
     if not ref.store.exists():
@@ -95,7 +95,7 @@ def skip_if_up_to_date(ref: RunRef, config: BaseModel) -> dict[str, Any] | None:
     stages = list(config.run.stages)
     if not all(up_to_date(make_job(ref, config, name)) for name in stages):
         return None
-    open_run(config, ref.run_id)
+    open_run(config, ref.run_id, update)
     for name in stages:
         ref.store.update_stage(name, status="skipped", fingerprint=ref.store.stage(name).fingerprint)
     logger.info("every stage of run %s is up to date: nothing to run", ref.run_id)

@@ -10,30 +10,24 @@ store's job (fingerprints), so Prefect's result caching and persistence are off.
 
 from __future__ import annotations
 
+import datetime as dt
 from pathlib import Path
 from typing import Any
 
 from prefect import flow, task
 from prefect.cache_policies import NO_CACHE
+from prefect.exceptions import UpstreamTaskError
 from prefect.futures import PrefectFuture, wait
 
+from affectflow.core.errors import UserError
 from affectflow.core.progress import set_stage_order
 from affectflow.core.runner import finalize_stage, plan_stage, run_shard, run_stage
 from affectflow.pipelines.config import config_snapshot, load_config, stage_params
-from affectflow.pipelines.execution import (
-    RunRef,
-    code_version,
-    make_job,
-    open_run,
-    run_config,
-    run_ref,
-    stage_summary,
-    stale_downstream,
-)
+from affectflow.pipelines.execution import RunRef, make_job, open_run, run_config, run_ref, stage_summary
 from affectflow.pipelines.prefect_env import guard_ephemeral_server
 from affectflow.pipelines.publish import publish_partition_artifacts
 from affectflow.pipelines.task_runners import make_task_runner
-from affectflow.stages.registry import STAGES
+from affectflow.stages.registry import STAGES, downstream_of
 
 TASK_OPTIONS: dict[str, Any] = {"cache_policy": NO_CACHE, "persist_result": False}
 # Tag of tasks that run a model; `prefect concurrency-limit create affectflow-gpu <GPUs>` makes
@@ -92,7 +86,19 @@ def run_chain(ref: RunRef, stages: list[str], force: list[str]) -> dict[str, Any
         upstream = [futures[dep] for dep in inputs if dep in futures]
         futures[name] = submit_stage(ref, name, name in force, upstream)
     wait(list(futures.values()))
-    return {name: future.result() for name, future in futures.items()}
+    results, first_error = {}, None
+    for name, future in futures.items():
+        try:
+            results[name] = future.result()
+        except UpstreamTaskError:
+            continue  # never started: an input failed, and that failure is recorded
+        except Exception as error:
+            # Plan and shard tasks end a shard-parallel stage without `run_stage`'s record.
+            ref.store.record_failure(name, error)
+            first_error = first_error or error
+    if first_error is not None:
+        raise first_error
+    return results
 
 
 @flow(name="stage-chain")
@@ -110,41 +116,81 @@ def run_stages_on_configured_runner(ref: RunRef, config: Any, stages: list[str],
     return chain_flow.with_options(task_runner=runner)(ref, stages, force)
 
 
+def expand_run_id(run_id: str | None) -> str | None:
+    """A run id, with `{scheduled:FORMAT}` (the flow run's scheduled start, UTC; now outside a
+    scheduled run) and `{flow}` filled in: `nightly-{scheduled:%Y%m%d}` gives each night its own
+    run, a plain id makes every scheduled run continue (resume) the same one."""
+    if not run_id or "{" not in run_id:
+        return run_id
+    from prefect.runtime import flow_run
+
+    scheduled = flow_run.scheduled_start_time or dt.datetime.now(dt.UTC)
+    try:
+        return run_id.format(scheduled=scheduled.astimezone(dt.UTC), flow=flow_run.flow_name or "run")
+    except (KeyError, ValueError, IndexError) as error:
+        raise UserError(f"bad run id template {run_id!r}: {error}",
+                        hint="use {scheduled:%Y%m%d} and {flow}, e.g. nightly-{scheduled:%Y%m%d}") from None
+
+
 def run_configured_flow(config_path: str, overrides: list[str] | None, run_id: str | None,
-                        force: list[str] | None) -> dict[str, Any]:
-    """Shared body of the named flows: validate, open the run, run its configured stage chain."""
+                        force: list[str] | None, update: bool) -> dict[str, Any]:
+    """Shared body of the named flows: validate, open the run (an existing run only with its
+    saved config, unless `update`), run its configured stage chain."""
     guard_ephemeral_server()
     config = load_config(Path(config_path), overrides or [])
-    ref = run_ref(config, run_id)
+    ref = run_ref(config, expand_run_id(run_id))
     with ref.store.writer():
-        open_run(config, ref.run_id)
+        open_run(config, ref.run_id, update=update)
         stages = run_stages_on_configured_runner(ref, config, list(config.run.stages), force or [])
     return {"run_id": ref.run_id, "run_dir": str(ref.store.path), "stages": stages}
 
 
 @flow(name="pretrain")
 def pretrain_flow(config_path: str, overrides: list[str] | None = None,
-                  run_id: str | None = None, force: list[str] | None = None) -> dict[str, Any]:
+                  run_id: str | None = None, force: list[str] | None = None,
+                  update: bool = False) -> dict[str, Any]:
     """Ingest -> scoring -> partition -> ... -> the configured stage chain of a pretraining run."""
-    return run_configured_flow(config_path, overrides, run_id, force)
+    return run_configured_flow(config_path, overrides, run_id, force, update)
 
 
 @flow(name="cternet")
 def cternet_flow(config_path: str, overrides: list[str] | None = None,
-                 run_id: str | None = None, force: list[str] | None = None) -> dict[str, Any]:
+                 run_id: str | None = None, force: list[str] | None = None,
+                 update: bool = False) -> dict[str, Any]:
     """Ingest a labelled image folder, train CTERNet, evaluate it (configs/cternet_*.yaml)."""
-    return run_configured_flow(config_path, overrides, run_id, force)
+    return run_configured_flow(config_path, overrides, run_id, force, update)
+
+
+@flow(name="resume")
+def resume_flow(run_id: str, artifact_root: str = "artifacts") -> dict[str, Any]:
+    """Compute again exactly the stages of a run that are not done (stale, failed, interrupted,
+    not run), from the run's saved config."""
+    from affectflow.pipelines.state import TO_RESUME, stage_states
+
+    guard_ephemeral_server()
+    ref = RunRef(artifact_root, run_id)
+    with ref.store.writer(), ref.store.base_folder():
+        config = run_config(ref)
+        pending = [state.stage for state in stage_states(ref.store) if state.state in TO_RESUME]
+        stages = run_stages_on_configured_runner(ref, config, pending, []) if pending else {}
+    return {"run_id": run_id, "run_dir": str(ref.store.path), "stages": stages}
 
 
 @flow(name="rerun-stage")
 def rerun_stage_flow(run_id: str, stage: str, artifact_root: str = "artifacts",
                      overrides: list[str] | None = None, force: bool = False) -> dict[str, Any]:
-    """Rerun one stage of an existing run (with optional overrides) and report what is now stale."""
+    """Rerun one stage of an existing run (overrides are recorded in the run's saved config) and
+    report the downstream stages that are not done now."""
+    from affectflow.pipelines.state import DONE, stage_states
+
     guard_ephemeral_server()
     ref = RunRef(artifact_root, run_id)
-    config = run_config(ref, overrides or [])
-    with ref.store.writer():
+    with ref.store.writer(), ref.store.base_folder():
+        config = run_config(ref, overrides or [])
         if overrides:
-            ref.store.create(config_snapshot(config), code_version())
+            ref.store.update_config(config_snapshot(config))
         summary = run_stages_on_configured_runner(ref, config, [stage], [stage] if force else [])[stage]
-    return {"run_id": run_id, "stage": summary, "stale": stale_downstream(ref, config, stage)}
+        after = downstream_of(stage, config.run.stages)
+        stale = [state.stage for state in stage_states(ref.store)
+                 if state.stage in after and state.state != DONE]
+    return {"run_id": run_id, "stage": summary, "stale": stale}

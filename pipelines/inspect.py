@@ -1,12 +1,14 @@
 """Text views of runs and stage artifacts for `affectflow runs` and `affectflow inspect`.
 
 Everything shown comes from files that hold untrusted text (posts, file names, error messages),
-so every value goes through `printable` before it reaches the terminal.
+so every value goes through `printable` before it reaches the terminal. Stage states are derived
+(pipelines/state.py), never read back from run.json.
 """
 
 from __future__ import annotations
 
 import textwrap
+from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -14,9 +16,11 @@ from typing import Any
 import pandas as pd
 
 from affectflow.core.display import printable
-from affectflow.core.locks import live_writer, read_holder
+from affectflow.core.errors import UserError
+from affectflow.core.locks import live_writer
 from affectflow.core.runs import RunStore, list_runs
 from affectflow.core.store import StageArtifact
+from affectflow.pipelines.state import StageState, stage_states, unknown_states
 
 
 def _shorten(value: Any, width: int = 60) -> Any:
@@ -27,45 +31,66 @@ def _shorten(value: Any, width: int = 60) -> Any:
     return value
 
 
-def shown_status(run_path: Path, record: dict[str, Any], stage: dict[str, Any]) -> str:
-    """A stage's recorded status, except that `running` without a live writer is `interrupted`
-    (its writer was killed before it could record an end)."""
-    status = str(stage.get("status", "?"))
-    if status != "running":
-        return status
-    writer = live_writer(run_path)
-    if writer is not None:
-        return f"running (pid {writer.pid})"
-    gone = read_holder(run_path)
-    since = f"writer pid {gone.pid} gone, " if gone else ""
-    return f"interrupted ({since}last update {record.get('updated', '?')})"
+def state_line(state: StageState) -> str:
+    """`  stage  state  in = out + rejected  seconds  reason`, one terminal-safe line."""
+    counts = (f"{state.rows[0]} in = {state.rows[1]} out + {state.rows[2]} rejected"
+              if state.rows else "-")
+    seconds = f"{state.seconds:.1f}s" if isinstance(state.seconds, (int, float)) else "-"
+    reason = f"  {printable(state.reason, 300)}" if state.reason else ""
+    return f"  {state.stage:<13} {state.state:<11} {counts:<32} {seconds:>7}{reason}"
+
+
+def shown_states(store: RunStore) -> tuple[list[StageState], str | None]:
+    """The run's derived stage states; where its saved config cannot be checked on this machine,
+    its stages as `unknown` and why."""
+    try:
+        with store.base_folder():
+            return stage_states(store), None
+    except UserError as error:
+        return unknown_states(store), error.message
+
+
+def _summary(store: RunStore) -> str:
+    """`7 done, 2 stale, 1 failed` for one run (and why, where states are unknown)."""
+    states, problem = shown_states(store)
+    counts = Counter(state.state for state in states)
+    order = ("running", "interrupted", "failed", "stale", "unknown", "not run", "done")
+    summary = ", ".join(f"{counts[name]} {name}" for name in order if counts[name])
+    return summary + (f" ({printable(problem, 160)})" if problem else "")
 
 
 def runs_table(artifact_root: Path) -> str:
+    """All runs under the root, newest first, one line each."""
     records = list_runs(artifact_root)
     if not records:
         return f"no runs under {artifact_root / 'runs'}"
     lines = []
     for record in records:
-        run_path = artifact_root / "runs" / str(record["run_id"])
-        lines.append(f"{printable(record['run_id'])}  created {record.get('created', '?')}"
-                     + (f"  ({printable(record['error'])})" if "error" in record else ""))
-        for name, stage in record.get("stages", {}).items():
-            counts = (f"{stage.get('rows_in', '-')} in / {stage.get('rows_out', '-')} out / "
-                      f"{stage.get('rows_rejected', '-')} rejected")
-            seconds = stage.get("seconds")
-            lines.append(f"  {name:<12} {shown_status(run_path, record, stage):<8} {counts}"
-                         + (f"  {seconds:.1f}s" if isinstance(seconds, (int, float)) else ""))
+        run_id = str(record["run_id"])
+        if "error" in record:
+            lines.append(f"{printable(run_id)}  {printable(record['error'])}")
+            continue
+        store = RunStore(artifact_root, run_id)
+        writer = live_writer(store.path)
+        lines.append(f"{printable(run_id):<28} created {record.get('created', '?')}  "
+                     f"{_summary(store)}" + (f"  [written by pid {writer.pid}]" if writer else ""))
     return "\n".join(lines)
 
 
-def run_overview(store: RunStore) -> str:
+def run_report(store: RunStore) -> str:
+    """One run: where it is, its config history, and its stages in DAG order with their state."""
     record = store.read()
-    lines = [f"run {record['run_id']} at {store.path}", f"created {record.get('created')}",
-             f"code {record.get('code_version', {})}", "stages:"]
-    for name, stage in record.get("stages", {}).items():
-        lines.append(f"  {name:<12} {shown_status(store.path, record, stage):<8} rows out "
-                     f"{stage.get('rows_out', '-')}, rejected {stage.get('rows_rejected', '-')}")
+    lines = [f"run {printable(record['run_id'])} at {store.path}",
+             f"created {record.get('created')}, code {printable(record.get('code_version', {}))}"]
+    history = record.get("history", [])
+    if len(history) > 1:
+        lines.append(f"config changed {len(history) - 1} time(s), last {history[-1]['when']} by "
+                     f"{printable(history[-1].get('command', '?'), 120)}")
+    states, problem = shown_states(store)
+    if problem:
+        lines.append(f"states unknown: {printable(problem, 600)}")
+    lines.append(f"  {'stage':<13} {'state':<11} {'rows':<32} {'time':>7}  reason")
+    lines += [state_line(state) for state in states]
     return "\n".join(lines)
 
 

@@ -12,7 +12,7 @@ from PIL import Image
 
 from affectflow.demo.generate import generate_demo
 from affectflow.demo.models import build_demo_models
-from affectflow.pipelines.prefect_env import configure_prefect_env
+from affectflow.pipelines.prefect_env import configure_prefect_env, guard_ephemeral_server
 
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 
@@ -32,6 +32,7 @@ def prefect_harness(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
     from prefect.testing.utilities import prefect_test_harness
 
     with prefect_test_harness(server_startup_timeout=120):
+        guard_ephemeral_server()  # a killed test session leaves no server behind
         yield
 
 

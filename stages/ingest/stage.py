@@ -19,7 +19,7 @@ from pydantic import Field, field_validator, model_validator
 
 from affectflow.core.atomic import write_json, write_parquet
 from affectflow.core.files import real_roots
-from affectflow.core.hashing import files_fingerprint, fingerprint_mode, hash_value, tree_fingerprint
+from affectflow.core.hashing import files_fingerprint, hash_value, tree_fingerprint
 from affectflow.core.stage import ShardOutput, Stage, StageContext, StageParams
 from affectflow.core.store import MAIN_TABLE, SAMPLE_ID, SOURCE_ID, StageArtifact, make_rejects
 from affectflow.stages.ingest.annotations import LabelLevel, check_hierarchy, hierarchy_classes
@@ -301,13 +301,12 @@ class IngestStage(Stage[IngestParams]):
     def source_fingerprint(self, params: IngestParams, settings: Any) -> str:
         """Every file the source lists or holds: the folders' trees, and for a manifest the
         manifest itself plus each image it names (by stat, or by content with
-        `run.fingerprint: content`)."""
-        content = fingerprint_mode(settings) == "content"
+        `run.fingerprint: content`, which the runner applies)."""
         roots = [params.path] + [p for p in (params.image_dir, params.text_dir, params.split_dir) if p]
-        parts = [tree_fingerprint(root, content=content) for root in roots]
+        parts = [tree_fingerprint(root) for root in roots]
         if params.source == "manifest":
             listed = [record.image_path for record in manifest_records(params)]
-            parts.append(files_fingerprint(listed, params.path.parent, content=content))
+            parts.append(files_fingerprint(listed, params.path.parent))
         return hash_value(parts)
 
     def prepare(self, ctx: StageContext[IngestParams]) -> list[int]:

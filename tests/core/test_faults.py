@@ -27,7 +27,7 @@ from affectflow.core.runs import RunStore, validate_run_id
 from affectflow.core.stage import ShardOutput, StageContext
 from affectflow.core.store import MAIN_TABLE, MANIFEST
 from affectflow.pipelines.cli import main
-from affectflow.pipelines.inspect import run_overview, runs_table
+from affectflow.pipelines.inspect import run_report, runs_table
 from tests.conftest import write_tumemo
 from tests.core.test_runner import CALLS, NumbersStage, ScaleStage, job
 
@@ -200,17 +200,21 @@ def test_a_second_writer_is_refused_at_once_naming_the_first(tmp_path: Path) -> 
 def test_the_lock_of_a_killed_writer_is_taken_over_with_a_warning(
         tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     store = RunStore(tmp_path, "run")
-    store.create({}, {})
-    store.update_stage("numbers", status="running")
+    posts = write_tumemo(tmp_path / "posts", {"1": ("Calm", "calm")})
+    store.create({"run": {"stages": ["ingest"]}, "ingest": {"source": "tumemo", "path": str(posts)}},
+                 {})
+    store.update_stage("ingest", status="running", started="2026-01-01T00:00:00+00:00")
     holder = hold_lock(tmp_path, 60)
     holder.send_signal(signal.SIGKILL)
     holder.wait()
     assert read_holder(store.path).pid == holder.pid and live_writer(store.path) is None
-    assert f"interrupted (writer pid {holder.pid} gone" in runs_table(tmp_path)
-    assert "interrupted" in run_overview(store)
+    assert "1 interrupted" in runs_table(tmp_path)
+    assert (f"interrupted {'-':<32} {'-':>7}  started 2026-01-01T00:00:00+00:00; its writer "
+            f"(pid {holder.pid}) is gone") in run_report(store)
     with caplog.at_level(logging.WARNING), store.writer():
         assert live_writer(store.path).pid == os.getpid()
-        assert "running (pid" in runs_table(tmp_path)
+        assert f"[written by pid {os.getpid()}]" in runs_table(tmp_path)
+        assert "running" in run_report(store)
     assert f"taking over the lock of pid {holder.pid}" in caplog.text
     assert (store.path / LOCK_FILE).read_text() == ""  # released cleanly
 

@@ -32,7 +32,8 @@ def run_cli(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, s
 
 def test_pretrain_rerun_runs_and_inspect(prefect_harness: None, workdir: Path,
                                          capsys: pytest.CaptureFixture[str],
-                                         monkeypatch: pytest.MonkeyPatch) -> None:
+                                         monkeypatch: pytest.MonkeyPatch,
+                                         tmp_path_factory: pytest.TempPathFactory) -> None:
     code, out, err = run_cli(capsys, "run", "pretrain", "--config", "configs/demo.yaml",
                              "--run-id", "demo1", "--set", "ingest.shard_size=16")
     assert code == 0, err
@@ -63,8 +64,8 @@ def test_pretrain_rerun_runs_and_inspect(prefect_harness: None, workdir: Path,
     run = json.loads((workdir / "artifacts/runs/demo1/run.json").read_text())
     assert run["config"]["ingest"]["min_image_side"] == 100
 
-    code, out, _ = run_cli(capsys, "runs")
-    assert code == 0 and "demo1" in out and "ingest" in out
+    code, out, _ = run_cli(capsys, "runs")  # one line per run: its stages counted by state
+    assert code == 0 and "demo1" in out and " done" in out and "stale" in out
 
     code, out, _ = run_cli(capsys, "inspect", "demo1", "ingest", "--samples", "2")
     assert code == 0
@@ -78,6 +79,31 @@ def test_pretrain_rerun_runs_and_inspect(prefect_harness: None, workdir: Path,
 
     code, out, _ = run_cli(capsys, "inspect", "demo1")
     assert code == 0 and "ingest" in out
+
+    # The run folder copied to another place where the folder it was made in (its config,
+    # its dataset) does not exist: its outputs still inspect and export from any folder.
+    copied = tmp_path_factory.mktemp("copied")
+    shutil.copytree(workdir / "artifacts/runs/demo1", copied / "runs" / "demo1")
+    gone = workdir.with_name(workdir.name + "-gone")
+    with contextlib.chdir(tmp_path_factory.mktemp("another-folder")):
+        workdir.rename(gone)
+        try:
+            code, out, err = run_cli(capsys, "inspect", "demo1", "partition", "--artifact-root",
+                                     str(copied))
+            assert code == 0 and "strong" in out, err
+            code, out, err = run_cli(capsys, "export", "demo1", "partition", "--partition",
+                                     "strong", "--out", "strong.csv", "--artifact-root", str(copied))
+            assert code == 0, err
+            assert int(out.split()[0]) > 0 and Path("strong.csv").is_file()
+            # Its dataset is not here: states cannot be compared, and say why; resume refuses.
+            code, out, err = run_cli(capsys, "runs", "demo1", "--artifact-root", str(copied))
+            assert code == 0 and "not on this machine" in out, err
+            assert all(line.split()[1] == "unknown" for line in out.splitlines()
+                       if line.startswith("  ") and line.split()[0] in ("ingest", "partition"))
+            code, out, err = run_cli(capsys, "resume", "demo1", "--artifact-root", str(copied))
+            assert code == 2 and "does not validate here" in err and "--update" in err
+        finally:
+            gone.rename(workdir)
 
 
 @pytest.mark.parametrize(("argv", "message"), [
@@ -99,7 +125,8 @@ def test_errors_are_one_line_with_a_hint(workdir: Path, capsys: pytest.CaptureFi
 
 
 def test_every_command_has_help(capsys: pytest.CaptureFixture[str]) -> None:
-    for command in ("demo-data", "demo-models", "run", "stage", "runs", "inspect", "export", "bench"):
+    for command in ("demo-data", "demo-models", "run", "stage", "resume", "runs", "inspect", "export",
+                    "bench"):
         with pytest.raises(SystemExit) as exited:
             main([command, "--help"])
         assert exited.value.code == 0

@@ -73,9 +73,17 @@ def test_process_runners_write_the_same_content_as_threads(process_runner: str, 
 
 
 def _dask_worker_pids() -> list[int]:
-    me = psutil.Process()
-    return [child.pid for child in me.children(recursive=True)
-            if "distributed" in " ".join(child.cmdline()) or "spawn_main" in " ".join(child.cmdline())]
+    """Live Dask worker processes below this one; a zombie (a helper that exited and is not
+    reaped yet) has no command line and is no worker."""
+    pids = []
+    for child in psutil.Process().children(recursive=True):
+        try:
+            command = " ".join(child.cmdline())
+        except (psutil.ZombieProcess, psutil.NoSuchProcess):
+            continue
+        if "distributed" in command or "spawn_main" in command:
+            pids.append(child.pid)
+    return pids
 
 
 @needs_extra("dask")

@@ -15,6 +15,7 @@ import pyarrow as pa
 import pytest
 from PIL import Image
 
+from affectflow.core.hashing import external_files_fingerprinted
 from affectflow.core.images import EXIF_ORIENTATION, load_rgb
 from affectflow.core.runs import RunStore
 from affectflow.pipelines.inspect import stage_report
@@ -157,14 +158,18 @@ def test_a_manifests_fingerprint_covers_the_images_it_lists(tmp_path: Path) -> N
     image = write_image(tmp_path / "images" / "a.jpg")
     path = manifest(tmp_path, [{"id": "a", "image": "../images/a.jpg", "text": "t"}])
     params = IngestParams(source="manifest", path=path, roots=[tmp_path])
-    stage = IngestStage()
     stat_mode, content_mode = ContentSettings(fingerprint="stat"), ContentSettings()
-    before = {mode: stage.source_fingerprint(params, mode) for mode in (stat_mode, content_mode)}
+
+    def source(settings: ContentSettings) -> str | None:
+        with external_files_fingerprinted(settings):  # as the runner calls it
+            return IngestStage().source_fingerprint(params, settings)
+
+    before = {mode: source(mode) for mode in (stat_mode, content_mode)}
     os.utime(image, ns=(time.time_ns(), time.time_ns() + 10**9))  # touched: same bytes
-    assert stage.source_fingerprint(params, stat_mode) != before[stat_mode]
-    assert stage.source_fingerprint(params, content_mode) == before[content_mode]
+    assert source(stat_mode) != before[stat_mode]
+    assert source(content_mode) == before[content_mode]
     write_image(image, colour=(1, 2, 3))  # new bytes
-    assert stage.source_fingerprint(params, content_mode) != before[content_mode]
+    assert source(content_mode) != before[content_mode]
 
 
 def test_inspect_prints_no_terminal_control_characters(tmp_path: Path) -> None:
