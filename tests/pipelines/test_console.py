@@ -3,7 +3,6 @@ config messages, the generated key reference, read-only commands without torch o
 
 from __future__ import annotations
 
-import json
 import logging
 import subprocess
 import sys
@@ -14,13 +13,16 @@ import pytest
 from affectflow.core import progress as progress_module
 from affectflow.core.console import ConsoleFilter, Verbosity
 from affectflow.core.errors import UserError
+from affectflow.core.runs import RunStore
 from affectflow.pipelines.cli import build_parser
 from affectflow.pipelines.config import (
     REFERENCE_FILE,
+    config_snapshot,
     load_config,
     readme_with_reference,
     section_text,
 )
+from affectflow.pipelines.execution import code_version
 from affectflow.pipelines.inspect import HEADLINES, readable
 from affectflow.stages.registry import STAGES
 
@@ -172,9 +174,9 @@ def test_readable_summary_and_headlines() -> None:
 
 
 def test_read_only_commands_import_neither_torch_nor_prefect(tmp_path: Path) -> None:
-    run = tmp_path / "runs" / "r1"
-    run.mkdir(parents=True)
-    (run / "run.json").write_text(json.dumps({"run_id": "r1", "created": "2026-01-01", "stages": {}}))
+    # A run as `affectflow run` creates it (its saved config, no stage computed yet).
+    config = write(tmp_path, f"run:\n  stages: [ingest]\ningest:\n  source: tumemo\n  path: {tmp_path}\n")
+    RunStore(tmp_path, "r1").create(config_snapshot(load_config(config)), code_version())
     script = ("import sys\nfrom affectflow.pipelines.cli import main\n"
               f"for argv in (['runs', '--artifact-root', {str(tmp_path)!r}],"
               f" ['inspect', 'r1', '--artifact-root', {str(tmp_path)!r}]):\n"
