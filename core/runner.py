@@ -14,12 +14,14 @@ finalized and swapped in as usual.
 
 from __future__ import annotations
 
+import contextvars
 import json
 import logging
 import os
 import shutil
 import threading
 import time
+from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor, as_completed
 from dataclasses import dataclass
 from typing import Any
@@ -435,6 +437,13 @@ def _file_records(job: StageJob, markers: list[dict[str, Any]]) -> dict[str, Fil
     return stage_file_records(building, recorded)
 
 
+def in_this_context(function: Callable[..., Any]) -> Callable[..., Any]:
+    """`function` to run on a pool thread with a copy of the caller's context variables, so what
+    it logs is attributed to the caller's run (an orchestrator keeps its run in them)."""
+    context = contextvars.copy_context()
+    return lambda *args: context.run(function, *args)
+
+
 def _run_shards_in_order(job: StageJob, plan: StagePlan, progress: Progress) -> None:
     """One shard at a time (stages that hold a model), each written while the next computes."""
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="shard-writer") as writer:
@@ -444,8 +453,8 @@ def _run_shards_in_order(job: StageJob, plan: StagePlan, progress: Progress) -> 
             output = compute_shard(job, plan.fingerprint, shard_id)
             if pending_write is not None:
                 pending_write.result()
-            pending_write = writer.submit(commit_shard, job, plan.fingerprint, shard_id,
-                                          output, time.perf_counter() - start)
+            pending_write = writer.submit(in_this_context(commit_shard), job, plan.fingerprint,
+                                          shard_id, output, time.perf_counter() - start)
             progress.advance(1, rows=output.rows_in)
         if pending_write is not None:
             pending_write.result()
@@ -458,7 +467,7 @@ def _run_shards_overlapped(job: StageJob, plan: StagePlan, progress: Progress) -
         progress.advance(1, rows=run_shard(job, plan.fingerprint, shard_id))
 
     with ThreadPoolExecutor(max_workers=SHARDS_IN_FLIGHT, thread_name_prefix="shard") as shards:
-        futures = [shards.submit(one_shard, shard_id) for shard_id in plan.pending]
+        futures = [shards.submit(in_this_context(one_shard), shard_id) for shard_id in plan.pending]
         try:
             for future in as_completed(futures):
                 future.result()

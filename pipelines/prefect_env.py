@@ -2,7 +2,9 @@
 
 Ephemeral mode keeps its SQLite state under `./.prefect` (the project's working area, not the
 user's home) and telemetry is off (Prefect's, and Ray's when the ray runner is used). Values the
-user already set in the environment win. The temporary server ephemeral mode starts is stopped
+user already set in the environment win. The project's log lines reach Prefect's run logs
+through `pipelines/prefect_logging.py`, which every flow calls, not through an environment
+variable a worker's environment may lack. The temporary server ephemeral mode starts is stopped
 when this process ends, however it ends (`guard_ephemeral_server`).
 """
 
@@ -20,7 +22,6 @@ def configure_prefect_env(home: Path | None = None) -> None:
         "DO_NOT_TRACK": "1",
         "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
         "RAY_USAGE_STATS_ENABLED": "0",
-        "PREFECT_LOGGING_EXTRA_LOGGERS": "affectflow",
         "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "90",
     }
     for key, value in defaults.items():

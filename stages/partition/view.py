@@ -1,7 +1,9 @@
-"""`affectflow inspect RUN partition`: the share table beside the paper's, and samples per partition.
+"""`affectflow inspect RUN partition` and the partition's Prefect artifacts: the share table
+beside the paper's, thresholds, the planted-mismatch check, samples per partition, the gallery.
 
 Post texts, captions and ANPs are untrusted; control and format characters (ANSI escapes,
-bidi overrides) are printed as visible escapes so a post cannot drive the terminal.
+bidi overrides) are printed as visible escapes so a post cannot drive the terminal. The
+artifacts hold numbers and the run id only, never post text (the gallery escapes what it shows).
 """
 
 from __future__ import annotations
@@ -11,12 +13,16 @@ from typing import Any
 from affectflow.core.display import printable
 from affectflow.core.runs import RunStore
 from affectflow.stages.knowledge.view import format_knowledge_label
+from affectflow.stages.partition.gallery import write_gallery
 from affectflow.stages.partition.samples import PartitionSample, partition_summary, select_samples, share_rows
 from affectflow.stages.partition.stage import SCORES
+from affectflow.stages.views import MISSING, StageView, file_link, views_dir
+
+GALLERY_FILE = "partition-gallery.html"
 
 
 def _percent(value: float | None) -> str:
-    return "-" if value is None else f"{value:.1%}"
+    return MISSING if value is None else f"{value:.1%}"
 
 
 def share_records(summary: dict[str, Any]) -> list[dict[str, Any]]:
@@ -45,6 +51,16 @@ def summary_markdown(run_id: str, summary: dict[str, Any]) -> str:
             lines.append(f"- {kind}: precision {_percent(facts['precision'])}, "
                          f"recall {_percent(facts['recall'])}")
     return "\n".join(lines)
+
+
+def prefect_views(run: RunStore, stage: str) -> list[StageView]:
+    """The share table, and the summary with a link to a freshly written HTML gallery."""
+    summary = partition_summary(run)
+    gallery = write_gallery(run, views_dir(run) / GALLERY_FILE)
+    markdown = summary_markdown(run.run_id, summary) + f"\n\nGallery: {file_link(gallery, GALLERY_FILE)}"
+    return [StageView("shares", f"partition shares of run {run.run_id} beside the paper's",
+                      table=share_records(summary)),
+            StageView("summary", f"partition summary of run {run.run_id}", markdown=markdown)]
 
 
 def share_table(summary: dict[str, Any]) -> list[str]:

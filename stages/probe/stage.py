@@ -13,6 +13,7 @@ test predictions (side table `predictions`).
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import partial
@@ -50,6 +51,8 @@ if TYPE_CHECKING:
     from affectflow.models.pacl.augment import ViewConfig
     from affectflow.models.pacl.model import PaclModel
     from affectflow.stages.probe.evaluate import Evaluated, ProbeSet
+
+logger = logging.getLogger(__name__)
 
 FEATURES = "features"
 PREDICTIONS = "predictions"
@@ -337,7 +340,12 @@ class ProbeStage(Stage[ProbeParams]):
             markdown += (f"\nWarning: {duplicates[VAL]} val and {duplicates[TEST]} test images are "
                          "byte-identical to a train image (the data set repeats them).\n")
         write_text(ctx.output_dir / RESULTS_FILE, markdown)
-        return {"table": results_table(task_results),
+        table = results_table(task_results)
+        for row in table:
+            logger.info("probe %s %s%s: test %s %.4f before PACL, %.4f after (%+.4f)", row["task"],
+                        row["evaluation"], f" {row['level']}" if row["level"] else "", row["metric"],
+                        row["before"], row["after"], row["delta"])
+        return {"table": table,
                 "details": {item.task.kind: {key: {encoder: result.to_dict()
                                                    for encoder, result in by_encoder.items()}
                                              for key, by_encoder in item.results.items()}

@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from affectflow.pipelines.cli import main
+from tests.prefect_readback import artifacts_with_prefix, flow_runs_named, flush_logs, log_lines
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -45,6 +46,7 @@ def test_pretrain_rerun_runs_and_inspect(prefect_harness: None, workdir: Path,
     assert (workdir / "artifacts/runs/demo1/ingest/_manifest.json").is_file()
     assert (workdir / "artifacts/runs/demo1/ingest/rejects.parquet").is_file()
     assert len(list((workdir / "artifacts/runs/demo1/ingest").glob("part-*.parquet"))) == 4
+    check_prefect_window(run["config"]["run"]["stages"])
 
     # A no-change rerun is answered from the artifact store: the flow (and Prefect) never starts.
     with monkeypatch.context() as patched:
@@ -104,6 +106,33 @@ def test_pretrain_rerun_runs_and_inspect(prefect_harness: None, workdir: Path,
             assert code == 2 and "does not validate here" in err and "--update" in err
         finally:
             gone.rename(workdir)
+
+
+def check_prefect_window(stages: list[str]) -> None:
+    """What the demo run left in Prefect: flow runs named by the run id, the project's log lines
+    (accounting, losses per epoch, k-means, probe accuracies) without per-task chatter, and every stage's artifacts."""
+    flush_logs()
+    assert len(flow_runs_named("demo1")) == 1
+    [chain] = flow_runs_named("demo1 · stages")
+    lines = log_lines(chain)
+    messages = [message for _, message in lines]
+    assert any(m.startswith("ingest: 61 in = 57 out + 4 rejected (") for m in messages)
+    assert any(m.startswith("pacl epoch 45/45 (") for m in messages)
+    assert any(m.startswith("cluster factual k=2: ") for m in messages)
+    assert any(m.startswith("probe single_label linear: test Acc ") and "before PACL" in m
+               for m in messages)
+    assert not [m for name, m in lines if name == "prefect.task_runs" and m.startswith("Finished in state")]
+    found = artifacts_with_prefix("demo1-")
+    views = {"partition-shares", "partition-summary", "cluster-sweep", "pacl-losses", "probe-results"}
+    assert set(found) == ({f"demo1-{stage.replace('_', '-')}-accounting" for stage in stages}
+                          | {f"demo1-{view}" for view in views})
+    assert "data:image/png;base64," in found["demo1-pacl-losses"]
+    assert "| weighted total |" in found["demo1-pacl-losses"]
+    assert "| factual | 2 |" in found["demo1-cluster-sweep"]
+    assert "Linear probe" in found["demo1-probe-results"] and "Zero-shot" in found["demo1-probe-results"]
+    ingest = {row["rows"]: row["count"] for row in json.loads(found["demo1-ingest-accounting"])}
+    assert ingest["in"] == 61 and ingest["out"] == 57 and ingest["rejected"] == 4
+    assert sum(count for rows, count in ingest.items() if rows.startswith("rejected: ")) == 4
 
 
 @pytest.mark.parametrize(("argv", "message"), [

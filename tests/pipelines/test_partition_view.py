@@ -3,6 +3,7 @@ Prefect artifacts."""
 
 from __future__ import annotations
 
+import json
 import logging
 import shutil
 import subprocess
@@ -16,13 +17,14 @@ from PIL import Image
 
 from affectflow.core.errors import UserError
 from affectflow.core.runs import RunStore
-from affectflow.pipelines.publish import publish_partition_artifacts
+from affectflow.pipelines.publish import publish_stage
 from affectflow.stages.partition.export import export_partition
 from affectflow.stages.partition.gallery import render_gallery, write_gallery
 from affectflow.stages.partition.stage import PARTITIONS
 from affectflow.stages.partition.view import partition_report, printable
 from tests.conftest import write_image
 from tests.partition_data import new_run, run_partition, sample_ids, write_artifact
+from tests.prefect_readback import artifacts_with_prefix
 
 SCRIPT_POST = ("<script>document.title='pwned';"
                "document.body.setAttribute('data-pwned','script')</script> nice day")
@@ -257,23 +259,31 @@ def test_views_work_without_optional_stages(tmp_path: Path) -> None:
 def test_publishing_outside_a_flow_is_a_logged_no_op(run: RunStore,
                                                      caplog: pytest.LogCaptureFixture) -> None:
     with caplog.at_level(logging.INFO, logger="affectflow.pipelines.publish"):
-        assert publish_partition_artifacts(run) is False
-    assert "not inside a Prefect flow run" in caplog.text
+        assert publish_stage(run, "partition") == []
+    assert "not inside a Prefect flow run: partition artifacts not published" in caplog.text
 
 
-def test_publishing_inside_a_flow_creates_both_artifacts(prefect_harness: None,
-                                                         run: RunStore) -> None:
+def test_publishing_inside_a_flow_creates_accounting_shares_and_summary(prefect_harness: None,
+                                                                        run: RunStore) -> None:
     from prefect import flow
-    from prefect.artifacts import Artifact
-    from prefect.client.schemas.objects import Artifact as StoredArtifact
 
     @flow
-    def publish() -> bool:
-        return publish_partition_artifacts(run)
+    def publish() -> list[str]:
+        return publish_stage(run, "partition")
 
-    assert publish() is True
-    table = Artifact.get("partition-shares")
-    markdown = Artifact.get("partition-summary")
-    assert isinstance(table, StoredArtifact) and isinstance(markdown, StoredArtifact)
-    assert "strong" in str(table.data) and "22.0%" in str(table.data)
-    assert "view-run" in str(markdown.data) and "| strong | 3 | 25.0% | 22.0% |" in str(markdown.data)
+    keys = ["view-run-partition-accounting", "view-run-partition-shares", "view-run-partition-summary"]
+    assert publish() == keys
+    found = artifacts_with_prefix("view-run-partition-")
+    assert sorted(found) == keys
+    shares = json.loads(found["view-run-partition-shares"])
+    assert {"partition": "strong", "count": 3, "share": "25.0%", "paper (sigma 0.7)": "22.0%"} in shares
+    cells = [value for row in shares for value in row.values()]
+    assert "-" not in cells and "n/a" in cells  # no bare dash: it renders as a list bullet
+    summary = str(found["view-run-partition-summary"])
+    assert "view-run" in summary and "| strong | 3 | 25.0% | 22.0% |" in summary
+    gallery = run.path / "views" / "partition-gallery.html"
+    assert f"({gallery.resolve().as_uri()})" in summary
+    assert parse(gallery.read_text()).find("article")
+    accounting = {row["rows"]: row["count"] for row in json.loads(found["view-run-partition-accounting"])}
+    manifest = run.stage("partition").manifest
+    assert accounting["in"] == manifest["rows_in"] == accounting["out"] + accounting["rejected"]

@@ -3,7 +3,9 @@ selection, the test split never read, exact resume, metrics equal to scikit-lear
 
 from __future__ import annotations
 
+import base64
 import random
+import re
 import shutil
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -32,6 +34,7 @@ from affectflow.models.cternet import train as cternet_train
 from affectflow.models.cternet.checkpoint import LAST_CHECKPOINT
 from affectflow.models.cternet.classifier import load_classifier
 from affectflow.models.cternet.data import eval_transform
+from affectflow.pipelines.publish import key_part, publish_stage
 from affectflow.stages.cternet.evaluate import CTERNetEvalParams, CTERNetEvalStage
 from affectflow.stages.cternet.maps import across_classes, write_sentiment_maps
 from affectflow.stages.cternet.metrics import grouped_polarity_accuracy
@@ -40,6 +43,7 @@ from affectflow.stages.cternet.train import CTERNetTrainParams, CTERNetTrainStag
 from affectflow.stages.ingest.stage import LABEL, IngestParams, IngestStage
 from affectflow.stages.metrics import classification_metrics
 from tests.conftest import write_image
+from tests.prefect_readback import artifacts_with_prefix
 from tests.stages.helpers import record_edit
 
 CONFIGS = Path(__file__).resolve().parents[2] / "configs"
@@ -297,6 +301,32 @@ def test_eval_report_and_figure_put_the_papers_figures_beside_ours(baseline: Run
     assert "random weights" in report
     assert summary["paper_accuracy_percent"] == 72.71
     assert (folder / "confusion_matrix.png").stat().st_size > 0
+
+
+def test_prefect_artifacts_hold_the_metrics_and_the_confusion_matrix(prefect_harness: None,
+                                                                      baseline: RunStore) -> None:
+    from prefect import flow
+
+    @flow
+    def publish() -> list[str]:
+        return publish_stage(baseline, "cternet_train") + publish_stage(baseline, "cternet_eval")
+
+    prefix = key_part(baseline.run_id)
+    assert publish() == [f"{prefix}-cternet-train-accounting", f"{prefix}-cternet-train-training",
+                         f"{prefix}-cternet-eval-accounting", f"{prefix}-cternet-eval-report"]
+    found = artifacts_with_prefix(f"{prefix}-cternet-")
+    report = str(found[f"{prefix}-cternet-eval-report"])
+    summary = baseline.stage("cternet_eval").manifest["summary"]
+    assert f"| accuracy (8-class) | {100 * summary['accuracy']:.2f} | 72.71 |" in report
+    embedded = re.search(r"!\[confusion matrix\]\(data:image/png;base64,([A-Za-z0-9+/=]+)\)", report)
+    assert embedded is not None
+    picture = baseline.stage("cternet_eval").path / "confusion_matrix.png"
+    assert base64.b64decode(embedded.group(1)) == picture.read_bytes()
+    assert f"`{picture.resolve()}`" in report and baseline.run_id in report
+    training = str(found[f"{prefix}-cternet-train-training"])
+    train_summary = baseline.stage("cternet_train").manifest["summary"]
+    assert f"Epoch {train_summary['best_epoch']} of {train_summary['epochs']} selected on val" in training
+    assert "data:image/png;base64," in training
 
 
 def test_grouped_polarity_accuracy_groups_fi_classes_by_polarity() -> None:
