@@ -251,7 +251,13 @@ def up_to_date(job: StageJob) -> bool:
     except UserError:
         return False  # a missing or damaged input: the full path reports it
     fingerprint, _ = job.fingerprint()
-    return out.manifest.get("fingerprint") == fingerprint and not damaged_files(out.path, out.records() or {})
+    return _finished_with(out, fingerprint) and not damaged_files(out.path, out.records() or {})
+
+
+def _finished_with(out: StageArtifact, fingerprint: str) -> bool:
+    """The stage's output is complete and was computed with this fingerprint (the one rule for
+    "nothing to do" shared by the plan and `up_to_date`; damaged files are checked by each)."""
+    return out.complete and out.manifest.get("fingerprint") == fingerprint
 
 
 def plan_stage(job: StageJob, force: bool = False) -> StagePlan:
@@ -262,7 +268,7 @@ def plan_stage(job: StageJob, force: bool = False) -> StagePlan:
     job.check_inputs()
     fingerprint, source_fingerprint = job.fingerprint()
     out = job.output
-    if not force and out.complete and out.manifest.get("fingerprint") == fingerprint:
+    if not force and _finished_with(out, fingerprint):
         damaged = damaged_files(out.path, out.records() or {})
         if not damaged:
             ids = out.manifest.get("shard_ids", [])
