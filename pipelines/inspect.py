@@ -13,8 +13,6 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import pandas as pd
-
 from affectflow.core.display import printable
 from affectflow.core.errors import UserError
 from affectflow.core.locks import live_writer
@@ -240,6 +238,8 @@ def stage_report(artifact: StageArtifact, samples: int) -> str:
         lines.append("summary:")
         lines += readable(manifest["summary"])
     if samples > 0 and manifest["rows_out"]:
+        import pandas as pd  # only for sample rows: `runs` and summaries stay free of it
+
         frame = artifact.read_shard(manifest["shard_ids"][0]).to_pandas().head(samples)
         frame = frame.map(_shorten)
         with pd.option_context("display.width", 200, "display.max_columns", 30,

@@ -45,7 +45,7 @@ from affectflow.models.cternet.config import (
 )
 from affectflow.stages.cternet.polarity import POLARITY_CLASSES, NoPolarity, PolarityMap, Task, target_class
 from affectflow.stages.ingest.stage import IMAGE_PATH, IMAGE_SHA256, LABEL, SPLIT, TEST, TRAIN, VAL
-from affectflow.stages.param_types import Device
+from affectflow.stages.param_types import Device, TimmModel
 
 if TYPE_CHECKING:
     from affectflow.models.cternet.data import LabelledImages
@@ -81,8 +81,9 @@ class CTERNetTrainParams(StageParams, TorchrunNodes):
     """The CTERNet architecture (as CTERNetConfig), the paper's training recipe, and where it
     trains: `processes` per node and the torchrun node fields (`nnodes`, `rdzv_endpoint`, ...)."""
 
-    backbone: str = Field("res2net101d", description="timm model name (convolutional)")
-    pretrained: bool = Field(True, description="timm hub weights; random init when unreachable")
+    backbone: TimmModel = "res2net101d"
+    pretrained: bool = Field(True, description="timm hub weights (the preflight stops if they are "
+                             "not cached offline)")
     backbone_checkpoint: Path | None = Field(
         None, description="state dict of the same timm architecture, e.g. PACL's backbone.pt")
     classes: list[str] | None = Field(
@@ -151,8 +152,6 @@ class CTERNetTrainParams(StageParams, TorchrunNodes):
 
     @model_validator(mode="after")
     def _consistent(self) -> CTERNetTrainParams:
-        import torch
-
         if self.task == "polarity":
             if self.polarity_map is None:
                 raise ValueError("task polarity needs polarity_map: fi, emotion6, artphoto or "
@@ -164,12 +163,23 @@ class CTERNetTrainParams(StageParams, TorchrunNodes):
             raise ValueError(f"num_classes {self.num_classes} differs from the {len(self.classes)} "
                              "names in classes; remove num_classes")
         self.model_config_for(self.num_classes or len(self.classes or ()) or 2)
+        if self.processes > 1:
+            self._check_gpus_for_processes()
+        return self
+
+    def _check_gpus_for_processes(self) -> None:
+        import torch
+
         gpus = torch.cuda.device_count()
         on_gpus = self.device != "cpu" and (self.device is not None or gpus > 0)
-        if self.processes > 1 and on_gpus and gpus < self.processes:
+        if on_gpus and gpus < self.processes:
             raise ValueError(f"processes {self.processes} needs one GPU each, {gpus} visible; "
                              "lower processes or set device: cpu")
-        return self
+
+    @property
+    def loads_pretrained_weights(self) -> bool:
+        """Whether timm's hub weights are loaded: a backbone_checkpoint replaces them."""
+        return self.pretrained and self.backbone_checkpoint is None
 
     def model_config_for(self, num_classes: int) -> CTERNetConfig:
         """The CTERNetConfig these params describe; its checks name the offending key."""

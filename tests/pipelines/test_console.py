@@ -175,7 +175,10 @@ def test_readable_summary_and_headlines() -> None:
 
 def test_read_only_commands_import_neither_torch_nor_prefect(tmp_path: Path) -> None:
     # A run as `affectflow run` creates it (its saved config, no stage computed yet).
-    config = write(tmp_path, f"run:\n  stages: [ingest]\ningest:\n  source: tumemo\n  path: {tmp_path}\n")
+    # Every stage's params are validated when a run's state is derived: CTERNet's names a timm
+    # model, whose registry is asked only at preflight.
+    config = write(tmp_path, f"run:\n  stages: [ingest, cternet_train]\ningest:\n  source: tumemo\n"
+                             f"  path: {tmp_path}\ncternet_train:\n  backbone: res2net101d\n")
     RunStore(tmp_path, "r1").create(config_snapshot(load_config(config)), code_version())
     script = ("import sys\nfrom affectflow.pipelines.cli import main\n"
               f"for argv in (['runs', '--artifact-root', {str(tmp_path)!r}],"

@@ -441,7 +441,7 @@ def test_polarity_params_are_validated_up_front(values: dict[str, Any], message:
 
 
 @pytest.mark.parametrize(("key", "values"), [
-    ("backbone", {"backbone": "no_such_net"}),
+    ("backbone", {"backbone": ""}),
     ("crop_scale", {"crop_scale": [0.9, 0.5]}),
     ("backbone_checkpoint", {"backbone_checkpoint": "/nonexistent/backbone.pt"}),
     ("num_classes", {"classes": ["a", "b"], "num_classes": 3}),
