@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 AFFECTFLOW := $(VENV)/bin/affectflow
 DEMO_DATA := artifacts/demo-data
 
-.PHONY: demo test bench venv clean-demo
+.PHONY: demo test bench venv clean-demo config-reference
 
 $(STAMP): pyproject.toml
 	test -x $(VENV)/bin/python || $(PYTHON) -m venv $(VENV)
@@ -29,6 +29,10 @@ test: $(STAMP)
 
 bench: $(STAMP)
 	$(VENV)/bin/python -m bench --quick
+
+# configs/README.md's key reference, generated from the stages' params models (a test checks it)
+config-reference: $(STAMP)
+	$(AFFECTFLOW) config reference --write
 
 clean-demo:
 	rm -rf $(DEMO_DATA) artifacts/runs

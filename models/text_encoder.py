@@ -10,14 +10,14 @@ from __future__ import annotations
 
 import os
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
-import torch
-import torch.nn.functional as F
-from torch import Tensor, nn
-from transformers import AutoModel, AutoTokenizer, PreTrainedTokenizerBase
+if TYPE_CHECKING:
+    import torch
+    from torch import Tensor, nn
+    from transformers import PreTrainedTokenizerBase
 
-from affectflow.models.encoder_runtime import inference_context, resolve_device
-from affectflow.models.tweet_normalize import normalize_tweet
+
 
 DEFAULT_TEXT_ENCODER = "vinai/bertweet-base"
 POOLING_MODES = ("mean", "cls")
@@ -54,6 +54,8 @@ class TextEncoder:
     def token_counts(self, texts: Sequence[str]) -> list[int]:
         """Tokens of each text before truncation, special tokens included: more than
         `max_length` means `encode` saw only the first `max_length` of them."""
+        from affectflow.models.tweet_normalize import normalize_tweet
+
         prepared = [normalize_tweet(text) for text in texts] if self.normalize_tweets else list(texts)
         return [len(ids) for ids in self.tokenizer(prepared, truncation=False, verbose=False)["input_ids"]]
 
@@ -64,6 +66,10 @@ class TextEncoder:
         attention mask, padding does not change any embedding, so results do not depend on
         `batch_size` (up to float tolerance). Texts beyond `max_length` tokens are truncated.
         """
+        import torch
+
+        from affectflow.models.tweet_normalize import normalize_tweet
+
         if not isinstance(batch_size, int) or batch_size < 1:
             raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
         if isinstance(texts, str):
@@ -80,6 +86,10 @@ class TextEncoder:
         return embeddings
 
     def _encode_batch(self, texts: list[str]) -> Tensor:
+        import torch.nn.functional as F
+
+        from affectflow.models.encoder_runtime import inference_context
+
         batch = self.tokenizer(texts, padding=True, truncation=True, max_length=self.max_length, return_tensors="pt")
         batch = {name: values.to(self.device, non_blocking=True) for name, values in batch.items()}
         with inference_context(self.device):
@@ -107,6 +117,10 @@ def load_text_encoder(
     `max_length=None` uses the tokenizer's declared `model_max_length` (sentence-transformers
     caps all-MiniLM-L6-v2 at 256 instead; pass 256 to match it on very long texts).
     """
+    from transformers import AutoModel, AutoTokenizer
+
+    from affectflow.models.encoder_runtime import resolve_device
+
     if pooling not in POOLING_MODES:
         raise ValueError(f"pooling must be one of {POOLING_MODES}, got {pooling!r}")
     if max_length is not None and (not isinstance(max_length, int) or max_length < 2):

@@ -14,6 +14,7 @@ model stage, and a check of what is installed must not rerun finished stages whe
 
 from __future__ import annotations
 
+import difflib
 import os
 import urllib.error
 import urllib.request
@@ -40,6 +41,7 @@ _LOCAL_FORMS = {
     "transformers": "a local folder saved with save_pretrained",
     "clip": "'<arch>:<checkpoint file>' or an open_clip model folder",
     "timm": "'timm:<name>:<checkpoint file>'",
+    "timm_backbone": "backbone_checkpoint: <state dict file> instead (or pretrained: false for random init)",
     "open_clip": "'open_clip:<arch>:<checkpoint file>' or 'open_clip:local-dir:<folder>'",
 }
 
@@ -156,7 +158,7 @@ def _open_clip_tag(architecture: str, tag: str, local_form: str, cache_dir: Path
     return _url_download(config["url"], Path("~/.cache/clip").expanduser(), local_form)
 
 
-def _timm_name(name: str, cache_dir: Path | None) -> Located:
+def _timm_name(name: str, local_form: str, cache_dir: Path | None) -> Located:
     """What timm loads for a pretrained model name: its hub repo (preferred) or URL download."""
     import timm
     import torch.hub
@@ -164,14 +166,36 @@ def _timm_name(name: str, cache_dir: Path | None) -> Located:
     config = timm.models.get_pretrained_cfg(name)
     if config is None:
         return Located(False, f"timm has no pretrained weights for {name!r}",
-                       fix=f"name a tagged model (see timm.list_pretrained('{name}*')) or "
-                           f"{_LOCAL_FORMS['timm']}")
+                       fix=f"name a tagged model (see timm.list_pretrained('{name}*')) or {local_form}")
     if config.hf_hub_id:
         files = (config.hf_hub_filename,) if config.hf_hub_filename else TIMM_WEIGHTS
-        return _hub(HubFiles(config.hf_hub_id, (), files), _LOCAL_FORMS["timm"], cache_dir)
+        return _hub(HubFiles(config.hf_hub_id, (), files), local_form, cache_dir)
     if config.url:
-        return _url_download(config.url, Path(torch.hub.get_dir()) / "checkpoints", _LOCAL_FORMS["timm"])
-    return Located(False, f"timm names no download for {name!r}", fix=f"name {_LOCAL_FORMS['timm']}")
+        return _url_download(config.url, Path(torch.hub.get_dir()) / "checkpoints", local_form)
+    return Located(False, f"timm names no download for {name!r}", fix=f"name {local_form}")
+
+
+def unknown_architecture(kind: SpecKind, spec: str) -> str | None:
+    """Why a spec's timm model name is not one timm knows (with the closest names), else None.
+
+    Checked here, at preflight, rather than when the config is validated: asking timm's
+    registry imports torch, and config validation must stay fast for read-only commands.
+    """
+    if kind == "timm":
+        name = spec
+    elif kind == "visual" and (visual := parse_visual_spec(spec)).family == "timm" \
+            and not visual.has_schema:
+        name = visual.name
+    else:
+        return None
+    import timm
+
+    if timm.is_model(name):
+        return None
+    close = difflib.get_close_matches(name, timm.list_models(), n=3)
+    suggestion = f"did you mean {', '.join(repr(n) for n in close)}?" if close else \
+        "see timm.list_models() for the names"
+    return f"timm has no model {name!r}; {suggestion}"
 
 
 def locate_weights(kind: SpecKind, spec: str, pretrained: bool = True,
@@ -200,6 +224,8 @@ def locate_weights(kind: SpecKind, spec: str, pretrained: bool = True,
         return _open_clip_tag(parsed.architecture or "", parsed.source or "", _LOCAL_FORMS["clip"], cache_dir)
     if not pretrained:
         return None
+    if kind == "timm":
+        return _timm_name(spec, _LOCAL_FORMS["timm_backbone"], cache_dir)
     visual = parse_visual_spec(spec)
     if visual.local_weights is not None:
         return _local(visual.local_weights)
@@ -211,4 +237,4 @@ def locate_weights(kind: SpecKind, spec: str, pretrained: bool = True,
         return _hub(HubFiles(repo_id, ("config.json",), TIMM_WEIGHTS), local_form, cache_dir)
     if visual.family == "open_clip":
         return _open_clip_tag(visual.name, visual.weights or "", local_form, cache_dir)
-    return _timm_name(visual.name, cache_dir)
+    return _timm_name(visual.name, local_form, cache_dir)

@@ -1,21 +1,23 @@
 """`affectflow` command line: demo data, runs, single-stage reruns, inspection.
 
-Every failure a user can fix prints one line and a hint; `--debug` shows the traceback.
+Every failure prints one line and a hint; `--debug` (before or after the command) shows the
+traceback. Commands that only read (`runs`, `inspect`, `export`, `check`, `config`) and every
+config error finish without starting Prefect or importing torch.
 """
 
 from __future__ import annotations
 
 import argparse
-import logging
 import sys
 from pathlib import Path
 from typing import Any
 
+from affectflow.core.console import Verbosity, setup_console
+from affectflow.core.display import printable
 from affectflow.core.errors import UserError
 from affectflow.core.locks import set_command
+from affectflow.core.progress import stop_display
 from affectflow.pipelines.prefect_env import configure_prefect_env
-
-LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 
 
 def _cmd_demo_data(args: argparse.Namespace) -> int:
@@ -35,14 +37,19 @@ def _cmd_demo_models(args: argparse.Namespace) -> int:
     return 0
 
 
-def _print_stage_lines(stages: dict[str, dict[str, Any]]) -> None:
+def _print_stage_lines(ref: Any, stages: dict[str, dict[str, Any]]) -> None:
+    """The run-end summary: per stage its status, accounting, time and key result."""
+    from affectflow.pipelines.inspect import stage_headline
+
     for name, summary in stages.items():
         reasons = ", ".join(f"{k}: {v}" for k, v in summary["rejects_by_reason"].items())
         print(f"  {name:<12} {summary['status']:<8} {summary['rows_in']} in = {summary['rows_out']} out + "
               f"{summary['rows_rejected']} rejected{f' ({reasons})' if reasons else ''}"
               f"  [{summary['timings']['seconds']:.1f}s]")
-        for line in summary.get("headline", []):
-            print(f"               {line}")
+        # result lines the stage's summary offers, then the view's key result for the stage
+        lines = [*summary.get("headline", []), stage_headline(ref.store, name)]
+        for line in filter(None, lines):
+            print(f"  {'':<12} {line}")
 
 
 def _cmd_check(args: argparse.Namespace) -> int:
@@ -60,24 +67,31 @@ def _cmd_check(args: argparse.Namespace) -> int:
 
 def _cmd_run(args: argparse.Namespace) -> int:
     from affectflow.pipelines.config import load_config
-    from affectflow.pipelines.execution import check_config_change, run_ref
+    from affectflow.pipelines.execution import check_config_change, run_ref, skip_if_up_to_date
     from affectflow.pipelines.preflight import require_ready
+    from affectflow.stages.registry import get_stage
 
     # Config errors, a changed config of an existing run, missing weights and wrong dataset
     # layouts fail before Prefect starts and before the run folder exists.
     overrides = [*args.set, *([f"run.artifact_root={args.artifact_root}"] if args.artifact_root else [])]
     config = load_config(Path(args.config), overrides)
+    for name in args.force or []:
+        get_stage(name)
     ref = run_ref(config, args.run_id)
     check_config_change(ref, config, args.update)
     require_ready(config, args.config)
     with ref.store.writer():  # a second writer fails now, not after Prefect has started
-        from affectflow.pipelines.flows import cternet_flow, pretrain_flow
+        # A rerun with nothing to do is answered from the artifact store; Prefect (and its
+        # temporary server) starts only for real work.
+        result = None if args.force else skip_if_up_to_date(ref, config, args.update)
+        if result is None:
+            from affectflow.pipelines.flows import cternet_flow, pretrain_flow
 
-        flow = {"pretrain": pretrain_flow, "cternet": cternet_flow}[args.flow]
-        result = flow(config_path=args.config, overrides=overrides, run_id=ref.run_id,
-                      force=args.force or [], update=args.update)
+            flow = {"pretrain": pretrain_flow, "cternet": cternet_flow}[args.flow]
+            result = flow(config_path=args.config, overrides=overrides, run_id=ref.run_id,
+                          force=args.force or [], update=args.update)
     print(f"run {result['run_id']} finished: {result['run_dir']}")
-    _print_stage_lines(result["stages"])
+    _print_stage_lines(ref, result["stages"])
     return 0
 
 
@@ -95,7 +109,7 @@ def _cmd_stage(args: argparse.Namespace) -> int:
 
         result = rerun_stage_flow(run_id=args.run, stage=args.name, artifact_root=args.artifact_root,
                                   overrides=args.set, force=args.force)
-    _print_stage_lines({args.name: result["stage"]})
+    _print_stage_lines(ref, {args.name: result["stage"]})
     stale = result["stale"]
     print("downstream stages now stale: " + (", ".join(stale) if stale else "none"))
     if stale:
@@ -127,7 +141,7 @@ def _cmd_resume(args: argparse.Namespace) -> int:
 
         result = resume_flow(run_id=args.run_id, artifact_root=args.artifact_root)
     print(f"run {args.run_id} resumed: {result['run_dir']}")
-    _print_stage_lines(result["stages"])
+    _print_stage_lines(RunRef(args.artifact_root, args.run_id), result["stages"])
     return 0
 
 
@@ -157,7 +171,7 @@ def _cmd_inspect(args: argparse.Namespace) -> int:
 
 
 def _inspect(args: argparse.Namespace, store: Any, html: Path | None) -> int:
-    from affectflow.pipelines.inspect import run_report, stage_report
+    from affectflow.pipelines.inspect import markdown_report, run_report, stage_report
 
     if not args.stage:
         print(run_report(store))
@@ -165,8 +179,11 @@ def _inspect(args: argparse.Namespace, store: Any, html: Path | None) -> int:
     if args.maps:
         from affectflow.stages.cternet.maps import write_sentiment_maps
 
-        out = store.stage("cternet_eval").path / "maps"
-        print(f"sentiment maps: {write_sentiment_maps(store, args.maps, out)}")
+        if not args.out:
+            raise UserError("--maps needs --out: the folder the pictures and their index go to",
+                            hint=f"affectflow inspect {args.run_id} cternet_eval --maps {args.maps} "
+                                 f"--out maps-{args.run_id}")
+        print(f"sentiment maps: {write_sentiment_maps(store, args.maps, Path(args.out))}")
         return 0
     if args.stage == "partition":
         from affectflow.stages.partition.view import partition_report
@@ -184,6 +201,9 @@ def _inspect(args: argparse.Namespace, store: Any, html: Path | None) -> int:
         print(knowledge_report(store, args.stage, args.samples))
         return 0
     print(stage_report(store.stage(args.stage), args.samples))
+    report = markdown_report(store.stage(args.stage))
+    if report:
+        print(report)
     return 0
 
 
@@ -219,6 +239,24 @@ def _cmd_cache(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_config(args: argparse.Namespace) -> int:
+    """`config show SECTION` prints a section's keys; `config reference [--write]` the README's
+    generated key reference (written into configs/README.md with --write)."""
+    from affectflow.pipelines.config import REFERENCE_FILE, readme_with_reference, reference_markdown, section_text
+
+    if args.action == "show":
+        if not args.section:
+            raise UserError("config show needs a section", hint="affectflow config show ingest")
+        print(section_text(args.section))
+    elif args.write:
+        REFERENCE_FILE.write_text(readme_with_reference(REFERENCE_FILE.read_text(encoding="utf-8")),
+                                  encoding="utf-8")
+        print(f"key reference written to {REFERENCE_FILE}")
+    else:
+        print(reference_markdown(), end="")
+    return 0
+
+
 def _cmd_bench(args: argparse.Namespace) -> int:
     """Runs `python -m bench` from the checkout (benchmarks are not part of the installed package)."""
     import subprocess
@@ -240,11 +278,21 @@ def _cmd_bench(args: argparse.Namespace) -> int:
     return subprocess.run(command, cwd=checkout).returncode
 
 
+def _console_options(parser: argparse.ArgumentParser, default: Any) -> None:
+    """--debug / --quiet, on the main parser (default False) and on every command (SUPPRESS, so
+    an option given before the command is not reset by the command's parser)."""
+    parser.add_argument("--debug", action="store_true", default=default,
+                        help="debug logs, and the traceback of an error")
+    parser.add_argument("--quiet", action="store_true", default=default,
+                        help="errors and the final summary only")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="affectflow", description=__doc__.splitlines()[0])
-    parser.add_argument("--debug", action="store_true", help="show tracebacks on errors")
-    parser.add_argument("--quiet", action="store_true", help="only warnings and errors in logs")
-    commands = parser.add_subparsers(dest="command", required=True)
+    _console_options(parser, False)
+    common = argparse.ArgumentParser(add_help=False)
+    _console_options(common, argparse.SUPPRESS)
+    commands = parser.add_subparsers(dest="command", required=True, parser_class=_subparser(common))
 
     demo = commands.add_parser("demo-data", help="write the seeded demo datasets")
     demo.add_argument("dir", help="output folder")
@@ -312,7 +360,8 @@ def build_parser() -> argparse.ArgumentParser:
     inspect.add_argument("--per-partition", type=int, default=60,
                          help="gallery cards per partition (default 60)")
     inspect.add_argument("--maps", type=int, default=0, metavar="N",
-                         help="cternet: write sentiment-map overlays of N test images")
+                         help="cternet: write sentiment-map overlays of N test images, across classes")
+    inspect.add_argument("--out", metavar="DIR", help="--maps: folder for the pictures and index.html")
     inspect.set_defaults(func=_cmd_inspect)
 
     export = commands.add_parser("export", help="write a stage's rows for external tools")
@@ -331,6 +380,14 @@ def build_parser() -> argparse.ArgumentParser:
     cache.add_argument("--all", action="store_true", help="prune: delete every entry")
     cache.set_defaults(func=_cmd_cache)
 
+    config = commands.add_parser("config", help="the config keys of a section (types, defaults, meaning)")
+    config.add_argument("action", choices=["show", "reference"],
+                        help="show SECTION: one section's keys; reference: every section as markdown")
+    config.add_argument("section", nargs="?", help="run or a stage name, e.g. ingest")
+    config.add_argument("--write", action="store_true",
+                        help="reference: write it into configs/README.md")
+    config.set_defaults(func=_cmd_config)
+
     bench = commands.add_parser("bench", help="run the benchmarks in bench/ and print one table")
     bench.add_argument("--quick", action="store_true", help="smaller sizes, fewer repeats")
     bench.add_argument("--only", nargs="*", help="benchmark module names (with --gpu: sections)")
@@ -345,17 +402,27 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _subparser(common: argparse.ArgumentParser) -> type[argparse.ArgumentParser]:
+    """Command parsers that all accept the console options after the command too."""
+
+    class CommandParser(argparse.ArgumentParser):
+        def __init__(self, **kwargs: Any) -> None:
+            super().__init__(**{**kwargs, "parents": [*kwargs.get("parents", []), common]})
+
+    return CommandParser
+
+
+def _verbosity(args: argparse.Namespace) -> Verbosity:
+    if args.debug:
+        return Verbosity.DEBUG
+    return Verbosity.QUIET if args.quiet else Verbosity.NORMAL
+
+
 def main(argv: list[str] | None = None) -> int:
     configure_prefect_env()  # before anything imports Prefect, which reads its settings early
     set_command(["affectflow", *(sys.argv[1:] if argv is None else argv)])
     args = build_parser().parse_args(argv)
-    console = logging.StreamHandler(sys.stderr)
-    console.setFormatter(logging.Formatter(LOG_FORMAT))
-    # --quiet quiets the console handler only: Prefect's run logs keep INFO (prefect_logging.py)
-    console.setLevel(logging.WARNING if args.quiet else logging.NOTSET)
-    logging.basicConfig(level=logging.INFO, handlers=[console])
-    for noisy in ("httpx", "httpcore"):
-        logging.getLogger(noisy).setLevel(logging.WARNING)
+    setup_console(_verbosity(args))
     try:
         return int(args.func(args))
     except UserError as error:
@@ -370,9 +437,12 @@ def main(argv: list[str] | None = None) -> int:
     except Exception as error:
         if args.debug:
             raise
-        print(f"error: {type(error).__name__}: {error}", file=sys.stderr)
+        first_line = (str(error).strip().splitlines() or [""])[0]
+        print(f"error: {type(error).__name__}: {printable(first_line, 300)}", file=sys.stderr)
         print("hint: rerun with --debug for the traceback", file=sys.stderr)
         return 1
+    finally:
+        stop_display()
 
 
 if __name__ == "__main__":

@@ -13,7 +13,8 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model, field_validator
 
-from affectflow.core.errors import UserError
+from affectflow.core.display import printable
+from affectflow.core.errors import UserError, did_you_mean
 from affectflow.pipelines.task_runners import check_runner_installed
 from affectflow.stages.registry import PRETRAIN_CHAIN, STAGES
 
@@ -65,7 +66,8 @@ class RunSettings(BaseModel):
     def _known_stages(cls, value: list[str]) -> list[str]:
         unknown = [name for name in value if name not in STAGES]
         if unknown:
-            raise ValueError(f"unknown stages {unknown}; known: {list(STAGES)}")
+            raise ValueError(f"unknown stage '{unknown[0]}'{did_you_mean(unknown[0], STAGES)} "
+                             f"(known: {', '.join(STAGES)})")
         return value
 
 
@@ -102,30 +104,63 @@ def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]
     return raw
 
 
+BOUNDS = {"greater_than_equal": (">=", "ge"), "less_than_equal": ("<=", "le"),
+          "greater_than": (">", "gt"), "less_than": ("<", "lt")}
+"""pydantic's range error types -> the comparison and the name of the bound in the error's ctx."""
+
+
+def section_fields(section: str) -> dict[str, Any]:
+    """The pydantic fields of a config section (`run` or a stage name); {} for an unknown one."""
+    model = RunSettings if section == "run" else getattr(STAGES.get(section), "Params", None)
+    return dict(model.model_fields) if model is not None else {}
+
+
+def _unknown_key(loc: tuple[Any, ...], source: str) -> tuple[str, str]:
+    key = ".".join(map(str, loc))
+    if len(loc) == 1:
+        known = ["run", *STAGES]
+        return (f"unknown section '{key}'{did_you_mean(key, known)}",
+                f"sections are 'run' and the stage names ({', '.join(STAGES)})")
+    section = ".".join(map(str, loc[:-1]))
+    known = section_fields(str(loc[0])) if len(loc) == 2 else {}
+    return (f"unknown key '{key}'{did_you_mean(str(loc[-1]), known)}",
+            f"fix it in {source}; the keys of '{section}': affectflow config show {section} "
+            f"(or configs/README.md)")
+
+
+def _range_error(key: str, item: dict[str, Any], source: str) -> tuple[str, str]:
+    comparison, bound_name = BOUNDS[item["type"]]
+    bound = item.get("ctx", {}).get(bound_name)
+    return (f"'{key}' must be {comparison} {bound}, got {item.get('input')!r}",
+            f"set '{key}' to a value {comparison} {bound} in {source} or with --set {key}=...")
+
+
 def _format_errors(error: ValidationError, source: str) -> UserError:
     lines = []
     hint = ""
     for item in error.errors():
-        key = ".".join(str(p) for p in item["loc"])
+        loc = tuple(item["loc"])
+        key = ".".join(str(p) for p in loc)
         kind = item["type"]
         if kind == "extra_forbidden":
-            section = ".".join(str(p) for p in item["loc"][:-1])
-            lines.append(f"unknown key '{key}'")
-            hint = (f"remove it or fix its spelling (see the fields of "
-                    f"'{section or 'the top level'}' in configs/README.md)")
+            line, hint = _unknown_key(loc, source)
         elif kind == "missing":
-            lines.append(f"missing key '{key}'")
-            hint = f"add '{item['loc'][-1]}: <value>' under '{'.'.join(map(str, item['loc'][:-1]))}'"
+            line = f"missing key '{key}'"
+            hint = f"add '{loc[-1]}: <value>' under '{'.'.join(map(str, loc[:-1]))}' in {source}"
+        elif kind in BOUNDS:
+            line, hint = _range_error(key, item, source)
         else:
-            lines.append(f"'{key}': {item['msg']} (got {item.get('input')!r})")
-            hint = f"fix '{key}' in {source} or with --set {key}=<value>"
+            line = f"'{key}': {item['msg']} (got {item.get('input')!r})"
+            hint = f"fix '{key}' in {source}" + (f" or with --set {key}=..." if len(loc) > 1 else "")
+        lines.append(line)
     return UserError(f"invalid config {source}: " + "; ".join(lines), hint=hint)
 
 
 def load_config(path: Path | None, overrides: list[str] | None = None,
-                raw: dict[str, Any] | None = None) -> BaseModel:
-    """Read, override and validate; every problem is reported before any stage runs."""
-    source = str(path) if path else "<config>"
+                raw: dict[str, Any] | None = None, source: str | None = None) -> BaseModel:
+    """Read, override and validate; every problem is reported before any stage runs. `source`
+    names a config that is not a file (a run's saved config) in error messages."""
+    source = source or str(path)
     if raw is None:
         if path is None or not path.is_file():
             raise UserError(f"config file not found: {path}", hint="pass --config configs/demo.yaml")
@@ -192,3 +227,71 @@ def stage_params(config: BaseModel, stage_name: str) -> Any:
 
 def config_snapshot(config: BaseModel) -> dict[str, Any]:
     return config.model_dump(mode="json", exclude_none=True)
+
+
+REFERENCE_FILE = Path(__file__).resolve().parents[1] / "configs" / "README.md"
+REFERENCE_START = ("<!-- key reference: generated from the params models by "
+                   "`affectflow config reference --write`; do not edit by hand -->")
+REFERENCE_END = "<!-- end of key reference -->"
+
+
+def _type_name(annotation: Any) -> str:
+    text = getattr(annotation, "__name__", None) if not getattr(annotation, "__args__", None) else None
+    text = text or str(annotation)
+    for noise in ("typing.", "pathlib.", "NoneType", "annotated_types.", "affectflow.stages.param_types."):
+        text = text.replace(noise, "None" if noise == "NoneType" else "")
+    return text
+
+
+def _default_text(info: Any) -> str:
+    if info.is_required():
+        return "required"
+    default = info.get_default(call_default_factory=True)
+    return "none" if default is None else printable(default if not isinstance(default, Path) else str(default), 60)
+
+
+def section_reference(section: str) -> list[tuple[str, str, str, str]]:
+    """(key, type, default, description) of every key of a config section, from its model."""
+    fields = section_fields(section)
+    if not fields:
+        raise UserError(f"unknown config section {section!r}{did_you_mean(section, ['run', *STAGES])}",
+                        hint=f"sections: run, {', '.join(STAGES)}")
+    return [(name, _type_name(info.annotation), _default_text(info), info.description or "")
+            for name, info in fields.items()]
+
+
+def section_text(section: str) -> str:
+    """`affectflow config show SECTION`: one key per line with type, default and description."""
+    rows = section_reference(section)
+    width = max(len(key) for key, *_ in rows)
+    lines = [f"{section}:"]
+    for key, kind, default, description in rows:
+        lines.append(f"  {key:<{width}}  {kind}  (default: {default})")
+        if description:
+            lines.append(f"  {'':<{width}}  {description}")
+    return "\n".join(lines)
+
+
+def _cell(text: str) -> str:
+    return text.replace("|", "\\|")
+
+
+def reference_markdown() -> str:
+    """The key reference of every config section, as configs/README.md holds it."""
+    lines = [REFERENCE_START, "", "## Key reference", "",
+             "Every key of every section, with its type and default (from the stages' params "
+             "models; `affectflow config show SECTION` prints the same).", ""]
+    for section in ["run", *STAGES]:
+        lines += [f"### `{section}`", "", "| key | type | default | meaning |", "| --- | --- | --- | --- |"]
+        lines += [f"| `{key}` | {_cell(kind)} | {_cell(default)} | {_cell(description)} |"
+                  for key, kind, default, description in section_reference(section)]
+        lines.append("")
+    lines.append(REFERENCE_END)
+    return "\n".join(lines) + "\n"
+
+
+def readme_with_reference(readme: str) -> str:
+    """configs/README.md with its generated key reference replaced (or appended)."""
+    head = readme.split(REFERENCE_START)[0].rstrip("\n")
+    tail = readme.split(REFERENCE_END, 1)[1].lstrip("\n") if REFERENCE_END in readme else ""
+    return head + "\n\n" + reference_markdown() + (("\n" + tail) if tail else "")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import subprocess
 from dataclasses import dataclass
 from pathlib import Path
@@ -11,10 +12,12 @@ from pydantic import BaseModel
 
 import affectflow
 from affectflow.core.errors import UserError
-from affectflow.core.runner import StageJob
+from affectflow.core.runner import StageJob, up_to_date
 from affectflow.core.runs import RunStore, config_changes, new_run_id, validate_run_id
 from affectflow.pipelines.config import config_snapshot, load_config, stage_params
 from affectflow.stages.registry import get_stage
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -75,12 +78,29 @@ def open_run(config: BaseModel, run_id: str | None, update: bool = False) -> Run
 
 def run_config(ref: RunRef, overrides: list[str] | None = None) -> BaseModel:
     """The run's saved config, re-validated, with optional overrides applied."""
-    return load_config(None, overrides, raw=ref.store.read()["config"])
+    return load_config(None, overrides, raw=ref.store.read()["config"],
+                       source=f"the saved config of run {ref.run_id} ({ref.store.run_file})")
 
 
 def make_job(ref: RunRef, config: BaseModel, stage_name: str) -> StageJob:
     return StageJob(run=ref.store, stage=get_stage(stage_name),
                     params=stage_params(config, stage_name), settings=config.run)
+
+
+def skip_if_up_to_date(ref: RunRef, config: BaseModel, update: bool = False) -> dict[str, Any] | None:
+    """When every configured stage of an existing run is up to date: refresh the run's config,
+    record the stages as skipped and return what the flow would (None when there is work)."""
+    if not ref.store.exists():
+        return None
+    stages = list(config.run.stages)
+    if not all(up_to_date(make_job(ref, config, name)) for name in stages):
+        return None
+    open_run(config, ref.run_id, update)
+    for name in stages:
+        ref.store.update_stage(name, status="skipped", fingerprint=ref.store.stage(name).fingerprint)
+    logger.info("every stage of run %s is up to date: nothing to run", ref.run_id)
+    return {"run_id": ref.run_id, "run_dir": str(ref.store.path),
+            "stages": {name: stage_summary(ref, name) for name in stages}}
 
 
 def stage_summary(ref: RunRef, stage_name: str) -> dict[str, Any]:

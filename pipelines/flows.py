@@ -24,6 +24,7 @@ from prefect.exceptions import UpstreamTaskError
 from prefect.futures import PrefectFuture, wait
 
 from affectflow.core.errors import UserError
+from affectflow.core.progress import set_stage_order
 from affectflow.core.runner import StageJob, finalize_stage, plan_stage, run_shard, run_stage
 from affectflow.pipelines.config import config_snapshot, load_config, stage_params
 from affectflow.pipelines.execution import RunRef, make_job, open_run, run_config, run_ref, stage_summary
@@ -97,6 +98,8 @@ def run_chain(ref: RunRef, stages: list[str], force: list[str]) -> dict[str, Any
     """Submit stages in order; each waits only for its own inputs, so independent ones overlap."""
     futures: dict[str, PrefectFuture[dict[str, Any]]] = {}
     config = run_config(ref)
+    # progress rows place a stage in the run's whole chain, also when only part of it reruns
+    set_stage_order(list(config.run.stages) if set(stages) <= set(config.run.stages) else stages)
     for name in stages:
         inputs = make_job(ref, config, name).stage.input_names(stage_params(config, name))
         upstream = [futures[dep] for dep in inputs if dep in futures]

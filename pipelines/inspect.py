@@ -10,15 +10,13 @@ from __future__ import annotations
 import datetime as dt
 import textwrap
 from collections import Counter
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
-
-import pandas as pd
 
 from affectflow.core.display import printable
 from affectflow.core.errors import UserError
 from affectflow.core.locks import live_writer
-from affectflow.core.pixel_cache import list_cache
 from affectflow.core.runs import RunStore, list_runs
 from affectflow.core.store import StageArtifact
 from affectflow.pipelines.state import StageState, stage_states, unknown_states
@@ -84,6 +82,8 @@ def _size(size: float) -> str:
 
 def cache_table(cache_root: Path) -> str:
     """The pixel cache's transforms with their images, size and last use, and the total."""
+    from affectflow.core.pixel_cache import list_cache  # torch: the other views stay free of it
+
     entries = list_cache(cache_root)
     if not entries:
         return f"pixel cache {cache_root}: empty"
@@ -118,6 +118,128 @@ def run_report(store: RunStore) -> str:
     return "\n".join(lines)
 
 
+def _pct(value: Any) -> str:
+    return f"{100 * value:.1f}%" if isinstance(value, (int, float)) else "-"
+
+
+def _partition_headline(summary: dict[str, Any]) -> str:
+    shares = summary.get("partitions", {})
+    return "shares " + ", ".join(f"{name} {_pct(facts.get('share'))}" for name, facts in shares.items())
+
+
+def _probe_headline(summary: dict[str, Any]) -> str:
+    """The first metric of each (task, evaluation, level) row of the before/after table."""
+    parts: dict[str, str] = {}
+    for row in summary.get("table", []):
+        where = "/".join(str(part) for part in (row["task"], row["evaluation"], row.get("level")) if part)
+        parts.setdefault(where, f"{where} {row['metric']} {row['before']:.3f} -> {row['after']:.3f} "
+                                f"(Δ {row['delta']:+.3f})")
+    return "; ".join(parts.values())
+
+
+def _cternet_eval_headline(summary: dict[str, Any]) -> str:
+    binary = summary.get("binary_accuracy")
+    return (f"test accuracy {_pct(summary.get('accuracy'))}, weighted F1 {_pct(summary.get('weighted_f1'))}"
+            + (f", binary accuracy {_pct(binary)}" if binary is not None else ""))
+
+
+def _cternet_train_headline(summary: dict[str, Any]) -> str:
+    return (f"best val accuracy {_pct(summary.get('best_val_accuracy'))} at epoch "
+            f"{summary.get('best_epoch', '-')} of {summary.get('epochs', '-')}")
+
+
+def _pacl_headline(summary: dict[str, Any]) -> str:
+    first, last = summary.get("loss_first"), summary.get("loss_last")
+    losses = f"loss {first:.3f} -> {last:.3f}" if isinstance(first, float) and isinstance(last, float) else ""
+    return f"{summary.get('steps', '-')} steps, {losses}"
+
+
+def _cluster_headline(summary: dict[str, Any]) -> str:
+    parts = []
+    for side in ("factual", "emotional"):
+        by_k = summary.get(side, {}).get("by_k", {})
+        aris = [f"k={k} ARI {facts['ari']:.2f}" for k, facts in by_k.items() if facts.get("ari") is not None]
+        if aris:
+            parts.append(f"{side}: " + ", ".join(aris))
+    return "; ".join(parts)
+
+
+HEADLINES: dict[str, Callable[[dict[str, Any]], str]] = {
+    "partition": _partition_headline, "probe": _probe_headline, "pacl": _pacl_headline,
+    "cluster": _cluster_headline, "cternet_eval": _cternet_eval_headline,
+    "cternet_train": _cternet_train_headline,
+}
+"""The key result of a stage for the run-end summary, from its manifest's summary."""
+
+
+def stage_headline(store: RunStore, stage: str) -> str:
+    """One line with the stage's key result ('' for stages whose result is their rows)."""
+    make = HEADLINES.get(stage)
+    artifact = store.stage(stage)
+    if make is None or not artifact.complete:
+        return ""
+    try:
+        return printable(make(artifact.manifest.get("summary") or {}), 400)
+    except (KeyError, TypeError, ValueError, AttributeError):
+        return ""  # a summary of another version's shape: the accounting line stands alone
+
+
+def readable(value: Any, indent: int = 2, width: int = 100) -> list[str]:
+    """A manifest summary as indented `key: value` lines: long number lists are shortened,
+    lists of records become one line each, text goes through `printable`."""
+    pad = " " * indent
+    lines: list[str] = []
+    if isinstance(value, dict):
+        for key, item in value.items():
+            if isinstance(item, (dict, list)) and item and not _flat_list(item):
+                lines.append(f"{pad}{printable(key, 60)}:")
+                lines += readable(item, indent + 2, width)
+            else:
+                lines.append(f"{pad}{printable(key, 60)}: {_scalar(item, width)}")
+    elif isinstance(value, list):
+        for item in value:
+            if isinstance(item, dict) and all(not isinstance(v, (dict, list)) for v in item.values()):
+                lines.append(pad + "- " + ", ".join(f"{printable(k, 40)} {_scalar(v, 60)}"
+                                                    for k, v in item.items()))
+            elif isinstance(item, (dict, list)):
+                lines.append(f"{pad}-")
+                lines += readable(item, indent + 2, width)
+            else:
+                lines.append(f"{pad}- {_scalar(item, width)}")
+    else:
+        lines.append(pad + _scalar(value, width))
+    return lines
+
+
+def _flat_list(value: Any) -> bool:
+    return isinstance(value, list) and all(not isinstance(item, (dict, list)) for item in value)
+
+
+def _scalar(value: Any, width: int) -> str:
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    if isinstance(value, list):
+        shown = ", ".join(_scalar(item, 30) for item in value[:8])
+        return f"[{shown}{f', … ({len(value)} values)' if len(value) > 8 else ''}]"
+    if value is None:
+        return "-"
+    return printable(value, width)
+
+
+def markdown_report(artifact: StageArtifact) -> str:
+    """The markdown report a stage lists in its summary (probe's before/after table, CTERNet's
+    metrics), as printable lines; '' for stages without one. Read by name from the manifest, so
+    `inspect` imports no stage code."""
+    summary = artifact.manifest.get("summary") or {}
+    listed = [summary.get("report"), *summary.get("files", [])]
+    name = next((item for item in listed if isinstance(item, str) and item.endswith(".md")), None)
+    if name is None or not (artifact.path / name).is_file():
+        return ""
+    artifact.check_intact()
+    text = (artifact.path / name).read_text(encoding="utf-8")
+    return "\n".join(printable(line, 400) for line in text.splitlines())
+
+
 def stage_report(artifact: StageArtifact, samples: int) -> str:
     manifest = artifact.manifest
     artifact.check_intact()  # nothing damaged is shown as if it were whole
@@ -139,8 +261,11 @@ def stage_report(artifact: StageArtifact, samples: int) -> str:
             rejects = artifact.rejects().to_pandas().head(samples).map(_shorten)
             lines.append(textwrap.indent(rejects.to_string(index=False), "  "))
     if manifest.get("summary"):
-        lines.append(f"summary: {printable(manifest['summary'], 2000)}")
+        lines.append("summary:")
+        lines += readable(manifest["summary"])
     if samples > 0 and manifest["rows_out"]:
+        import pandas as pd  # only for sample rows: `runs` and summaries stay free of it
+
         frame = artifact.read_shard(manifest["shard_ids"][0]).to_pandas().head(samples)
         frame = frame.map(_shorten)
         with pd.option_context("display.width", 200, "display.max_columns", 30,

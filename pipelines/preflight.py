@@ -3,6 +3,7 @@
 `affectflow check` and the start of `affectflow run` validate the config (keys, types, local
 paths, devices: `pipelines/config.py`), then look for what validation cannot see:
 
+- every timm model name the config gives is one timm knows (a close name is suggested);
 - every model spec the run's stages name (found from the params' own types, `ModelSpecField`)
   resolves to weights on this machine: a local file or folder, a pip-packaged model, or the
   libraries' download caches (`models/weights_cache.py`). When the hub is unreachable
@@ -23,7 +24,12 @@ from typing import Any
 from pydantic import BaseModel
 
 from affectflow.core.errors import UserError
-from affectflow.models.weights_cache import hub_offline_reason, hub_repo_exists, locate_weights
+from affectflow.models.weights_cache import (
+    hub_offline_reason,
+    hub_repo_exists,
+    locate_weights,
+    unknown_architecture,
+)
 from affectflow.pipelines.config import stage_params
 from affectflow.stages.ingest.layout import describe_layout
 from affectflow.stages.ingest.stage import IngestParams
@@ -69,6 +75,10 @@ def preflight(config: Any, stages: list[str] | None = None) -> PreflightReport:
     needs = [need for name, params in sections.items() for need in model_needs(name, params)]
     unresolved = []
     for need in needs:
+        unknown = unknown_architecture(need.kind, need.spec)  # type: ignore[arg-type]
+        if unknown is not None:
+            report.problems.append(f"{need.key} = {need.spec!r}: {unknown}")
+            continue
         located = locate_weights(need.kind, need.spec, need.pretrained)  # type: ignore[arg-type]
         if located is None:
             report.found.append(f"{need.key} = {need.spec}: random init, no weights to load")

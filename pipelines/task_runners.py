@@ -10,8 +10,6 @@ from __future__ import annotations
 import importlib.util
 from typing import Any
 
-from prefect.task_runners import ThreadPoolTaskRunner
-
 from affectflow.core.errors import UserError
 
 EXTRAS = {"dask": ("prefect_dask", "affectflow[dask]"), "ray": ("prefect_ray", "affectflow[ray]")}
@@ -44,6 +42,8 @@ def worker_environment() -> dict[str, str]:
 def make_task_runner(settings: Any) -> Any:
     """Build the configured runner; local Dask or Ray gets `workers` single-task worker processes
     that report to this process's Prefect API."""
+    from prefect.task_runners import ThreadPoolTaskRunner
+
     if settings.task_runner == "threads":
         return ThreadPoolTaskRunner(max_workers=max(4, settings.workers))
     if settings.task_runner == "dask":

@@ -19,11 +19,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, ClassVar, Literal
+from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 import numpy as np
 import pyarrow as pa
-import torch
 from pydantic import Field, field_validator, model_validator
 
 from affectflow.core.columns import column_vectors, keyed_column
@@ -31,18 +30,18 @@ from affectflow.core.errors import UserError
 from affectflow.core.hashing import hash_file
 from affectflow.core.stage import ShardOutput, Stage, StageContext, TableRef
 from affectflow.core.store import MAIN_TABLE, SAMPLE_ID, SOURCE_ID, StageArtifact, make_rejects
-from affectflow.models.anp import AnpScorer, load_anp_vocabulary
-from affectflow.models.clip import ClipBundle, encode_images, load_clip
 from affectflow.models.specs import models_fingerprint
-from affectflow.models.text_encoder import TextEncoder
-from affectflow.stages.batching import prefetched_image_batches
 from affectflow.stages.factual import EMBEDDINGS, IMAGE_EMBEDDING
 from affectflow.stages.ground_truth import match_truth
 from affectflow.stages.ingest.stage import IMAGE_PATH, TEXT, TEXT_RAW
 from affectflow.stages.knowledge.caption import CAPTION
-from affectflow.stages.metrics import draw_roc_curves, roc_auc
 from affectflow.stages.param_types import ClipModel, Device, GroundTruthCsv
 from affectflow.stages.text_encoding import TextEncoderParams
+
+if TYPE_CHECKING:
+    from affectflow.models.anp import AnpScorer
+    from affectflow.models.clip import ClipBundle
+    from affectflow.models.text_encoder import TextEncoder
 
 EMOTIONAL_SCORE = "emotional_score"
 ANPS = "anps"
@@ -166,6 +165,11 @@ class EmotionalStage(Stage[EmotionalParams]):
         return ctx.input("ingest").shard_ids()
 
     def setup(self, ctx: StageContext[EmotionalParams]) -> EmotionalState:
+        import torch
+
+        from affectflow.models.anp import AnpScorer, load_anp_vocabulary
+        from affectflow.models.clip import load_clip
+
         params = ctx.params
         torch.manual_seed(params.seed)
         clip = load_clip(params.clip, device=params.device)
@@ -178,6 +182,9 @@ class EmotionalStage(Stage[EmotionalParams]):
                           shard_id: int, rows: pa.Table
                           ) -> tuple[dict[int, np.ndarray], list[tuple[int, str, str]]]:
         """Image embeddings by row index, and (index, reason, detail) for rows without one."""
+        from affectflow.models.clip import encode_images
+        from affectflow.stages.batching import prefetched_image_batches
+
         params = ctx.params
         index_of = {sid: i for i, sid in enumerate(rows[SAMPLE_ID].to_pylist())}
         if params.reuse_factual_embeddings:
@@ -204,6 +211,8 @@ class EmotionalStage(Stage[EmotionalParams]):
 
     def process(self, ctx: StageContext[EmotionalParams], state: EmotionalState,
                 shard_id: int) -> ShardOutput:
+        import torch
+
         params = ctx.params
         rows = ctx.input("ingest").read_shard(
             shard_id, columns=[SAMPLE_ID, SOURCE_ID, IMAGE_PATH, params.text_column])
@@ -280,6 +289,8 @@ class EmotionalStage(Stage[EmotionalParams]):
                     table: pa.Table) -> dict[str, Any]:
         """ROC AUC of each scored image text for the planted emotional matches (a matched post
         should score higher than a mismatched one), on the posts the ground truth labels."""
+        from affectflow.stages.metrics import draw_roc_curves, roc_auc
+
         params = ctx.params
         assert params.ground_truth is not None
         posts = ctx.input("ingest").read_all(columns=[SAMPLE_ID, SOURCE_ID])

@@ -7,21 +7,21 @@ float16 fixed-size lists) so later stages (ANP detection, inspection) reuse them
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, ClassVar, Literal
+from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 import numpy as np
 import pyarrow as pa
-import torch
 from pydantic import Field
 
 from affectflow.core.columns import vector_column
 from affectflow.core.stage import ShardOutput, Stage, StageContext, StageParams, TableRef
 from affectflow.core.store import MAIN_TABLE, SAMPLE_ID, SOURCE_ID, StageArtifact, make_rejects
-from affectflow.models.clip import ClipBundle, encode_images, encode_texts, load_clip
 from affectflow.models.specs import models_fingerprint
-from affectflow.stages.batching import prefetched_image_batches
 from affectflow.stages.ingest.stage import IMAGE_PATH, TEXT, TEXT_RAW
 from affectflow.stages.param_types import ClipModel, Device
+
+if TYPE_CHECKING:
+    from affectflow.models.clip import ClipBundle
 
 FACTUAL_SCORE = "factual_score"
 TEXT_TRUNCATED = "text_truncated"
@@ -61,12 +61,19 @@ class FactualStage(Stage[FactualParams]):
         return models_fingerprint(("clip", params.clip))
 
     def setup(self, ctx: StageContext[FactualParams]) -> FactualState:
+        import torch
+
+        from affectflow.models.clip import load_clip
+
         params = ctx.params
         torch.manual_seed(params.seed)
         return FactualState(load_clip(params.clip, device=params.device))
 
     def process(self, ctx: StageContext[FactualParams], state: FactualState,
                 shard_id: int) -> ShardOutput:
+        from affectflow.models.clip import encode_images, encode_texts
+        from affectflow.stages.batching import prefetched_image_batches
+
         params = ctx.params
         rows = ctx.input("ingest").read_shard(
             shard_id, columns=[SAMPLE_ID, SOURCE_ID, IMAGE_PATH, params.text_column])

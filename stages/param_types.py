@@ -9,21 +9,23 @@ from typing import Annotated
 
 from pydantic import AfterValidator, Field
 
-from affectflow.models.encoder_runtime import resolve_device
 from affectflow.models.specs import SpecKind, check_spec
 
 
 @dataclass(frozen=True)
 class ModelSpecField:
     """Marks a param as a model spec of `kind`, so the preflight finds every model a config
-    names from the params' own types. `weights_flag` names the bool param that says whether
-    the spec's weights are loaded at all (`pretrained: false` = random init, nothing to find)."""
+    names from the params' own types. `weights_flag` names the bool param (or property) that
+    says whether the spec's weights are loaded at all (`pretrained: false` = random init,
+    nothing to find)."""
 
     kind: SpecKind
     weights_flag: str | None = None
 
 
 def _device_available(value: str | None) -> str | None:
+    from affectflow.models.encoder_runtime import resolve_device
+
     resolve_device(value)
     return value
 
@@ -45,5 +47,8 @@ TransformersModel = Annotated[str, AfterValidator(partial(check_spec, "transform
 VisualEncoder = Annotated[str, AfterValidator(partial(check_spec, "visual")),
                          ModelSpecField("visual", weights_flag="pretrained")]
 """A visual encoder spec, `timm:...` or `open_clip:...`."""
+TimmModel = Annotated[str, ModelSpecField("timm", weights_flag="loads_pretrained_weights"),
+                     Field(description="timm model name (convolutional)")]
+"""A bare timm model name; timm's registry checks it at preflight (it imports torch)."""
 GroundTruthCsv = Annotated[Path | None, AfterValidator(_ground_truth_exists),
                            Field(description="the demo's ground_truth.csv, for recovery reports")]

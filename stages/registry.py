@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from affectflow.core.errors import UserError
+from affectflow.core.errors import UserError, did_you_mean
 from affectflow.core.stage import Stage
 from affectflow.stages.cluster.stage import ClusterStage
 from affectflow.stages.cternet.evaluate import CTERNetEvalStage
@@ -33,7 +33,8 @@ PRETRAIN_CHAIN: tuple[str, ...] = ("ingest", "caption", "triplets", "knowledge",
 
 def get_stage(name: str) -> Stage[Any]:
     if name not in STAGES:
-        raise UserError(f"unknown stage {name!r}", hint=f"known stages: {', '.join(STAGES)}")
+        raise UserError(f"unknown stage {name!r}{did_you_mean(name, STAGES)}",
+                        hint=f"known stages: {', '.join(STAGES)}")
     return STAGES[name]()
 
 

@@ -19,7 +19,7 @@ tokens than `max_length`: the features saw only the first `max_length`). Rejects
 
 from __future__ import annotations
 
-from typing import Any, ClassVar, Literal
+from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 import numpy as np
 import pyarrow as pa
@@ -30,10 +30,12 @@ from affectflow.core.columns import vector_column
 from affectflow.core.stage import ShardOutput, Stage, StageContext, TableRef
 from affectflow.core.store import MAIN_TABLE, SAMPLE_ID, SOURCE_ID, StageArtifact, make_rejects
 from affectflow.models.specs import models_fingerprint
-from affectflow.models.text_encoder import TextEncoder
 from affectflow.stages.ingest.stage import TEXT, TEXT_RAW
 from affectflow.stages.param_types import Device, TransformersModel
 from affectflow.stages.text_encoding import TextEncoderParams
+
+if TYPE_CHECKING:
+    from affectflow.models.text_encoder import TextEncoder
 
 TEXT_FEATURES = "text_features"
 TEXT_FEATURE = "text_feature"

@@ -47,11 +47,11 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, fields
 from enum import IntEnum
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
-import torch
-import torch.distributed as dist
-from torch import Tensor
+if TYPE_CHECKING:
+    from torch import Tensor
+
 
 DEFAULT_TEMPERATURE = 0.07
 
@@ -140,6 +140,8 @@ LOSS_WEIGHT_PRESETS: dict[str, PaclLossWeights] = {
 
 def lowest_index_argmax(values: Tensor, dim: int) -> Tensor:
     """Argmax that breaks ties by the lowest index on every device, so masks are reproducible."""
+    import torch
+
     size = values.shape[dim]
     index_shape = [1] * values.dim()
     index_shape[dim] = size
@@ -150,6 +152,8 @@ def lowest_index_argmax(values: Tensor, dim: int) -> Tensor:
 
 def build_partner_masks(sim: Tensor, factual: Tensor, emotional: Tensor) -> PartnerMasks:
     """m_f, m_e, their inverses and the best matches from an image-text similarity matrix."""
+    import torch
+
     with torch.no_grad():
         sim = sim.detach()
         best_text = lowest_index_argmax(sim, dim=1)
@@ -168,6 +172,8 @@ def build_partner_masks(sim: Tensor, factual: Tensor, emotional: Tensor) -> Part
 
 def contrastive_masks(partition: Partition, partners: PartnerMasks) -> ContrastiveMasks:
     """Positives and negatives of the loss L1..L4 that belongs to ``partition`` (Eq. 4-14)."""
+    import torch
+
     size = partners.best_text.shape[0]
     device = partners.best_text.device
     own_pair = torch.eye(size, dtype=torch.bool, device=device)
@@ -197,6 +203,8 @@ def one_direction_loss(logits: Tensor, positives: Tensor, negatives: Tensor, anc
     Per row: -log(sum_P exp(logit) / sum_{P ∪ N} exp(logit)), computed as logsumexp over
     P ∪ N minus logsumexp over P (P is non-empty in every row, so both terms are finite).
     """
+    import torch
+
     log_denominator = torch.logsumexp(logits.masked_fill(~(positives | negatives), float("-inf")), dim=1)
     log_numerator = torch.logsumexp(logits.masked_fill(~positives, float("-inf")), dim=1)
     per_anchor = log_denominator - log_numerator
@@ -244,6 +252,8 @@ def _partition_loss_on_sub_batch(logits_per_image: Tensor, members: Tensor, fact
                                  emotional: Tensor, part: Partition) -> Tensor:
     """Loss ``part`` over the sub-batch ``members`` alone: every member is an anchor and only
     members are partners (an empty sub-batch gives 0, still attached to the graph)."""
+    import torch
+
     if members.numel() == 0:
         return logits_per_image[:0].sum()  # exactly 0, and backward() still reaches the logits
     sub = logits_per_image.index_select(0, members).index_select(1, members)
@@ -266,6 +276,8 @@ def partitioned_loss_from_logits(
     ``logits_per_image[i, j]`` = sim(v_i, t_j) / tau. Returns the total and each active
     partition's detached loss keyed by ``Partition.key`` (inactive partitions are absent).
     """
+    import torch
+
     if not active:
         raise ValueError("active must name at least one Partition; use active_losses(epoch, total_epochs)")
     if candidates not in CANDIDATE_MODES:
@@ -305,6 +317,8 @@ def pacl_loss(
     Runs in float32 with autocast off: bf16 logits would create spurious argmax ties and lose
     precision in the log-sum-exp.
     """
+    import torch
+
     if image_embeddings.dim() != 2 or image_embeddings.shape != text_embeddings.shape:
         raise ValueError(
             "image_embeddings and text_embeddings must both be (B, d) with the same shape, got "
@@ -327,6 +341,9 @@ def gather_with_local_grad(*tensors: Tensor) -> tuple[Tensor, ...]:
     shapes (use drop_last in the loader). Returns the inputs unchanged when torch.distributed
     is not initialised.
     """
+    import torch
+    import torch.distributed as dist
+
     if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
         return tensors
     rank = dist.get_rank()

@@ -10,13 +10,16 @@ stepped per step but counted its length in epochs, so its "cosine" barely moved)
 from __future__ import annotations
 
 import math
+from typing import TYPE_CHECKING
 
-import torch
-from torch.optim import AdamW
-from torch.optim.lr_scheduler import LambdaLR
-
-from affectflow.models.pacl.model import PaclModel
 from affectflow.models.specs import HF_HUB, parse_visual_spec
+
+if TYPE_CHECKING:
+    import torch
+    from torch.optim import AdamW
+    from torch.optim.lr_scheduler import LambdaLR
+
+    from affectflow.models.pacl.model import PaclModel
 
 BACKBONE_GROUPS = ("backbone", "backbone_no_decay")
 HEAD_GROUP = "heads"
@@ -60,6 +63,8 @@ def build_optimizer(model: PaclModel, backbone_lr: float, head_lr: float,
                     weight_decay: float, fused: bool = False) -> AdamW:
     """AdamW over named groups: backbone (decayed), backbone 1-d params (not decayed), heads;
     `fused` updates every tensor in one kernel (GPUs)."""
+    from torch.optim import AdamW
+
     decayed = [p for p in model.visual.parameters() if p.requires_grad and p.ndim > 1]
     not_decayed = [p for p in model.visual.parameters() if p.requires_grad and p.ndim <= 1]
     heads = [p for module in (model.image_projection, model.text_projection)
@@ -104,6 +109,8 @@ class WarmupCosine:
 def build_scheduler(optimizer: torch.optim.Optimizer, total_steps: int, warmup_steps: int,
                     min_ratio: float) -> LambdaLR:
     """LambdaLR over every group with the warm-up + cosine multiplier (step it per optimiser step)."""
+    from torch.optim.lr_scheduler import LambdaLR
+
     return LambdaLR(optimizer, WarmupCosine(total_steps, warmup_steps, min_ratio))
 
 

@@ -20,29 +20,26 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
-import torch
-import torch.nn.functional as F
 
 from affectflow.core.atomic import write_json, write_parquet
 from affectflow.core.codeversion import code_record
 from affectflow.core.columns import vector_column
 from affectflow.core.errors import UserError
 from affectflow.core.hashing import hash_value
-from affectflow.core.loading import PixelRequest, pixel_batches
-from affectflow.core.pixels import Decoder, PixelTransform
 from affectflow.core.progress import Progress
 from affectflow.core.store import SAMPLE_ID, SOURCE_ID
-from affectflow.models.encoder_runtime import inference_context, resolve_device
-from affectflow.models.pacl.augment import ViewConfig, eval_views, square_pixels
-from affectflow.models.pacl.model import PretrainedWeightsError, build_visual_encoder
 from affectflow.models.specs import weights_fingerprint
-from affectflow.stages.batching import jpeg_decoder, pixel_store
 from affectflow.stages.ingest.stage import IMAGE_PATH, IMAGE_SHA256
+
+if TYPE_CHECKING:
+    import torch
+
+    from affectflow.core.pixels import Decoder, PixelTransform
 
 logger = logging.getLogger(__name__)
 
@@ -69,6 +66,12 @@ class ImageEncoder:
     """The visual backbone in eval mode on its device, returning L2-normalised pooled features."""
 
     def __init__(self, encoder: EncoderSpec, device: str | None) -> None:
+        import torch
+
+        from affectflow.models.encoder_runtime import resolve_device
+        from affectflow.models.pacl.augment import ViewConfig
+        from affectflow.models.pacl.model import PretrainedWeightsError, build_visual_encoder
+
         torch.manual_seed(encoder.seed)
         try:
             backbone = build_visual_encoder(encoder.spec, pretrained=encoder.pretrained)
@@ -83,10 +86,17 @@ class ImageEncoder:
 
     def pixels(self, decoder: Decoder = "pil") -> PixelTransform:
         """The cached squares the evaluation view is cut from."""
+        from affectflow.models.pacl.augment import square_pixels
+
         return square_pixels(self.view.image_size, decoder)
 
     def encode(self, squares: torch.Tensor) -> np.ndarray:
         """L2-normalised features of the evaluation views of uint8 squares."""
+        import torch.nn.functional as F
+
+        from affectflow.models.encoder_runtime import inference_context
+        from affectflow.models.pacl.augment import eval_views
+
         pixels = eval_views(squares.to(self.device, non_blocking=True), self.view)
         with inference_context(self.device):
             features = self.module(pixels)
@@ -151,6 +161,9 @@ def ensure_image_features(cache: FeatureCache, encoder_spec: EncoderSpec,
                           listing: dict[int, pa.Table], batch_size: int, settings: Any,
                           device: str | None) -> int:
     """Encode the shards the cache lacks (loading the encoder only then); return images encoded."""
+    from affectflow.core.loading import PixelRequest, pixel_batches
+    from affectflow.stages.batching import jpeg_decoder, pixel_store
+
     missing = cache.missing(sorted(listing))
     if not missing:
         logger.info("cluster: image features reused from cache %s", cache.key[:16])

@@ -16,7 +16,6 @@ import time
 from dataclasses import dataclass
 from typing import Literal
 
-import faiss
 import numpy as np
 
 logger = logging.getLogger(__name__)
@@ -39,11 +38,15 @@ class KmeansResult:
 
 def faiss_uses_gpu() -> bool:
     """True when this faiss build has GPU support and sees a GPU (faiss-cpu always reports 0)."""
+    import faiss
+
     return faiss.get_num_gpus() > 0
 
 
 def kmeans_plus_plus_available() -> bool:
     """faiss >= 1.14 seeds k-means with k-means++ (`ClusteringInitMethod_KMEANS_PLUS_PLUS`)."""
+    import faiss
+
     return hasattr(faiss, "ClusteringInitMethod_KMEANS_PLUS_PLUS")
 
 
@@ -75,6 +78,8 @@ def kmeans(points: np.ndarray, k: int, niter: int, seed: int, spherical: bool = 
     best objective. The same seed and input give the same labels. `init_centroids` (k, d)
     replaces the initialisation altogether.
     """
+    import faiss
+
     points = np.ascontiguousarray(points, dtype=np.float32)
     count, dim = points.shape
     if not 1 <= k <= count:

@@ -13,11 +13,9 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from sklearn.metrics import adjusted_rand_score
 
 from affectflow.stages.cluster.kmeans import KmeansResult
 from affectflow.stages.ground_truth import EMOTION_COLUMNS
-from affectflow.stages.pictures import new_figure, save_png
 
 SIDES = ("factual", "emotional")
 TRUTH_COLUMNS = dict(zip(SIDES, EMOTION_COLUMNS))
@@ -36,6 +34,8 @@ def add_truth(report: dict[str, Any], results: dict[str, dict[int, KmeansResult]
               source_ids: list[str], truth: dict[str, dict[str, str]]) -> None:
     """Adjusted Rand index per side and K on the samples the truth labels with both emotions
     (`truth`: source_id -> ground-truth row); counts in `report`."""
+    from sklearn.metrics import adjusted_rand_score
+
     truth = {source_id: row for source_id, row in truth.items()
              if all(row[column] for column in TRUTH_COLUMNS.values())}
     labelled = np.array([source_id in truth for source_id in source_ids], dtype=bool)
@@ -52,6 +52,8 @@ def add_truth(report: dict[str, Any], results: dict[str, dict[int, KmeansResult]
 
 def draw_sweep(path: Path, report: dict[str, Any]) -> None:
     """Mean squared distance per K and, with ground truth, the ARI per K, both sides."""
+    from affectflow.stages.pictures import new_figure, save_png
+
     with_truth = "ground_truth" in report
     figure = new_figure(figsize=(9 if with_truth else 5, 3.6), dpi=110)
     axes = figure.subplots(1, 2 if with_truth else 1, squeeze=False)[0]

@@ -11,29 +11,24 @@ draws the confusion matrix and writes `report.md` with the paper's figures besid
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
-import torch
 from pydantic import Field
 
 from affectflow.core.atomic import write_text
 from affectflow.core.errors import UserError
-from affectflow.core.loading import PixelRequest, failure_reason, pixel_batches
 from affectflow.core.stage import ShardOutput, Stage, StageContext, StageParams, TableRef
 from affectflow.core.store import MAIN_TABLE, SAMPLE_ID, SOURCE_ID, StageArtifact, make_rejects
-from affectflow.models.cternet.classifier import TrainedClassifier, load_classifier
-from affectflow.models.cternet.data import cached_pixels, eval_transform
-from affectflow.models.encoder_runtime import inference_context, intra_op_threads
-from affectflow.stages.batching import loader_settings
 from affectflow.stages.cternet.metrics import PAPER_ACCURACY, grouped_polarity_accuracy
-from affectflow.stages.cternet.report import CONFUSION_FIGURE, render_report
 from affectflow.stages.cternet.train import TARGET, Targets
 from affectflow.stages.ingest.stage import IMAGE_PATH, IMAGE_SHA256, LABEL, SPLIT, TEST
-from affectflow.stages.metrics import classification_metrics, draw_confusions
 from affectflow.stages.param_types import Device
+
+if TYPE_CHECKING:
+    from affectflow.models.cternet.classifier import TrainedClassifier
 
 REPORT_FILE = "report.md"
 
@@ -80,6 +75,8 @@ class CTERNetEvalStage(Stage[CTERNetEvalParams]):
         return ingest.shard_ids()
 
     def setup(self, ctx: StageContext[CTERNetEvalParams]) -> EvalState:
+        from affectflow.models.cternet.classifier import load_classifier
+
         params = ctx.params
         training = ctx.input("cternet_train")
         classifier = load_classifier(training.path, params.device)
@@ -89,6 +86,13 @@ class CTERNetEvalStage(Stage[CTERNetEvalParams]):
 
     def process(self, ctx: StageContext[CTERNetEvalParams], state: EvalState,
                 shard_id: int) -> ShardOutput:
+        import torch
+
+        from affectflow.core.loading import PixelRequest, failure_reason, pixel_batches
+        from affectflow.models.cternet.data import cached_pixels, eval_transform
+        from affectflow.models.encoder_runtime import inference_context, intra_op_threads
+        from affectflow.stages.batching import loader_settings
+
         params = ctx.params
         table = ctx.input("ingest").read_shard(shard_id, columns=_INGEST_COLUMNS)
         rows = [row for row in table.to_pylist() if row[SPLIT] == TEST]
@@ -127,6 +131,9 @@ class CTERNetEvalStage(Stage[CTERNetEvalParams]):
 
     def finalize(self, ctx: StageContext[CTERNetEvalParams]) -> dict[str, Any]:
         """Metrics, confusion matrix, markdown report; the metrics also go to the manifest."""
+        from affectflow.stages.cternet.report import CONFUSION_FIGURE, render_report
+        from affectflow.stages.metrics import classification_metrics, draw_confusions
+
         training = ctx.input("cternet_train").manifest["summary"]
         classes: list[str] = training["classes"]
         rows = StageArtifact(ctx.output_dir).read_all(columns=[TARGET, PREDICTED])

@@ -19,21 +19,18 @@ import dataclasses
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import pyarrow as pa
 import pyarrow.compute as pc
-import torch
 from pydantic import Field, field_validator, model_validator
 
 from affectflow.core.atomic import write_json, write_parquet
 from affectflow.core.errors import UserError
 from affectflow.core.hashing import tree_fingerprint
-from affectflow.core.loading import PixelRequest, failure_reason, fill_cache
 from affectflow.core.stage import ShardOutput, Stage, StageContext, StageParams, TableRef
 from affectflow.core.store import MAIN_TABLE, SAMPLE_ID, SOURCE_ID, StageArtifact, make_rejects
 from affectflow.core.torchrun import TorchrunNodes, runs_in_process
-from affectflow.models.cternet.classifier import save_classifier
 from affectflow.models.cternet.config import (
     Branches,
     ChannelAttentionKind,
@@ -45,23 +42,13 @@ from affectflow.models.cternet.config import (
     Precision,
     SentimentMap,
 )
-from affectflow.models.cternet.data import LabelledImages, cached_pixels
-from affectflow.models.cternet.distributed import JOB_FILE, TrainingJob, launch, write_job
-from affectflow.models.cternet.train import (
-    Runtime,
-    TrainingOutcome,
-    TrainingRecipe,
-    best_model_state,
-    read_outcome,
-    train_cternet,
-)
-from affectflow.models.encoder_runtime import resolve_device
-from affectflow.models.step_speed import StepSpeed
-from affectflow.stages.batching import loader_settings
-from affectflow.stages.cternet.figures import draw_training_curves
 from affectflow.stages.cternet.polarity import POLARITY_CLASSES, NoPolarity, PolarityMap, Task, target_class
 from affectflow.stages.ingest.stage import IMAGE_PATH, IMAGE_SHA256, LABEL, SPLIT, TEST, TRAIN, VAL
-from affectflow.stages.param_types import Device
+from affectflow.stages.param_types import Device, TimmModel
+
+if TYPE_CHECKING:
+    from affectflow.models.cternet.data import LabelledImages
+    from affectflow.models.cternet.train import TrainingOutcome, TrainingRecipe
 
 HISTORY = "history"
 CURVES_FIGURE = "training_curves.png"
@@ -93,8 +80,9 @@ class CTERNetTrainParams(StageParams, TorchrunNodes):
     """The CTERNet architecture (as CTERNetConfig), the paper's training recipe, and where it
     trains: `processes` per node and the torchrun node fields (`nnodes`, `rdzv_endpoint`, ...)."""
 
-    backbone: str = Field("res2net101d", description="timm model name (convolutional)")
-    pretrained: bool = Field(True, description="timm hub weights; random init when unreachable")
+    backbone: TimmModel = "res2net101d"
+    pretrained: bool = Field(True, description="timm hub weights (the preflight stops if they are "
+                             "not cached offline)")
     backbone_checkpoint: Path | None = Field(
         None, description="state dict of the same timm architecture, e.g. PACL's backbone.pt")
     classes: list[str] | None = Field(
@@ -174,12 +162,23 @@ class CTERNetTrainParams(StageParams, TorchrunNodes):
             raise ValueError(f"num_classes {self.num_classes} differs from the {len(self.classes)} "
                              "names in classes; remove num_classes")
         self.model_config_for(self.num_classes or len(self.classes or ()) or 2)
+        if self.processes > 1:
+            self._check_gpus_for_processes()
+        return self
+
+    def _check_gpus_for_processes(self) -> None:
+        import torch
+
         gpus = torch.cuda.device_count()
         on_gpus = self.device != "cpu" and (self.device is not None or gpus > 0)
-        if self.processes > 1 and on_gpus and gpus < self.processes:
+        if on_gpus and gpus < self.processes:
             raise ValueError(f"processes {self.processes} needs one GPU each, {gpus} visible; "
                              "lower processes or set device: cpu")
-        return self
+
+    @property
+    def loads_pretrained_weights(self) -> bool:
+        """Whether timm's hub weights are loaded: a backbone_checkpoint replaces them."""
+        return self.pretrained and self.backbone_checkpoint is None
 
     def model_config_for(self, num_classes: int) -> CTERNetConfig:
         """The CTERNetConfig these params describe; its checks name the offending key."""
@@ -194,6 +193,8 @@ class CTERNetTrainParams(StageParams, TorchrunNodes):
             precision=self.precision, eval_crop=self.eval_crop)
 
     def recipe(self) -> TrainingRecipe:
+        from affectflow.models.cternet.train import TrainingRecipe
+
         return TrainingRecipe(epochs=self.epochs, batch_size=self.batch_size, lr=self.lr,
                               momentum=self.momentum, step_size=self.step_size,
                               lr_decay=self.lr_decay, weight_decay=self.weight_decay,
@@ -277,6 +278,11 @@ class CTERNetTrainStage(Stage[CTERNetTrainParams]):
 
     def process(self, ctx: StageContext[CTERNetTrainParams], state: Targets,
                 shard_id: int) -> ShardOutput:
+        from affectflow.core.loading import PixelRequest, failure_reason, fill_cache
+        from affectflow.models.cternet.data import cached_pixels
+        from affectflow.models.encoder_runtime import resolve_device
+        from affectflow.stages.batching import loader_settings
+
         table = ctx.input("ingest").read_shard(shard_id, columns=_INGEST_COLUMNS)
         rows = [row for row in table.to_pylist() if row[SPLIT] != TEST]
         checks = [_check_row(row, state) for row in rows]
@@ -301,6 +307,10 @@ class CTERNetTrainStage(Stage[CTERNetTrainParams]):
 
     def finalize(self, ctx: StageContext[CTERNetTrainParams]) -> dict[str, Any]:
         """Train (resuming from the latest checkpoint), then export the selected epoch."""
+        from affectflow.models.cternet.classifier import save_classifier
+        from affectflow.models.cternet.train import best_model_state
+        from affectflow.stages.cternet.figures import draw_training_curves
+
         params = ctx.params
         classes = json.loads((ctx.work_dir / CLASSES_FILE).read_text(encoding="utf-8"))
         config = params.model_config_for(len(classes))
@@ -338,6 +348,12 @@ class CTERNetTrainStage(Stage[CTERNetTrainParams]):
                train: LabelledImages, val: LabelledImages) -> TrainingOutcome:
         """In this process, or on `processes` torchrun processes per node that share the work
         folder (on a shared filesystem when there are several nodes)."""
+        from affectflow.models.cternet.distributed import JOB_FILE, TrainingJob, launch, write_job
+        from affectflow.models.cternet.train import Runtime, read_outcome, train_cternet
+        from affectflow.models.encoder_runtime import resolve_device
+        from affectflow.models.step_speed import StepSpeed
+        from affectflow.stages.batching import loader_settings
+
         device = resolve_device(params.device)
         # Loader processes pay off feeding a GPU; on a CPU they would compete with the model.
         loader_workers = ctx.settings.workers if device.type == "cuda" else 0
@@ -372,6 +388,8 @@ def _require_enough(train: LabelledImages, val: LabelledImages,
 def _training_images(ctx: StageContext[CTERNetTrainParams]
                      ) -> tuple[LabelledImages, LabelledImages]:
     """The kept rows of each training split with their image paths, in table order."""
+    from affectflow.models.cternet.data import LabelledImages
+
     rows = StageArtifact(ctx.output_dir).read_all(columns=[SAMPLE_ID, SPLIT, CLASS_INDEX])
     files = ctx.input("ingest").read_all(columns=[SAMPLE_ID, IMAGE_PATH, IMAGE_SHA256])
     file_of = {sample_id: (path, sha) for sample_id, path, sha in zip(

@@ -14,29 +14,24 @@ import json
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 import pyarrow as pa
-import torch
-from PIL import Image
 from pydantic import Field, field_validator, model_validator
 
 from affectflow.core.progress import Progress
 from affectflow.core.stage import ShardOutput, Stage, StageContext, StageParams, TableRef
 from affectflow.core.store import MAIN_TABLE, SAMPLE_ID, SOURCE_ID, StageArtifact, make_rejects
-from affectflow.models.captioner import (
-    CAPTIONER_KINDS,
-    GENERATION_KEYS,
-    CaptionBatch,
-    TransformersCaptioner,
-    load_captioner,
-    validate_generation,
-)
 from affectflow.models.specs import local_weights, models_fingerprint
-from affectflow.stages.batching import prefetched_image_batches
 from affectflow.stages.ingest.stage import IMAGE_PATH
 from affectflow.stages.param_types import Device, TransformersModel
+
+if TYPE_CHECKING:
+    import torch
+    from PIL import Image
+
+    from affectflow.models.captioner import CaptionBatch, TransformersCaptioner
 
 logger = logging.getLogger(__name__)
 
@@ -88,6 +83,8 @@ class CaptionParams(StageParams):
 
     @model_validator(mode="after")
     def _consistent(self) -> CaptionParams:
+        from affectflow.models.captioner import validate_generation
+
         validate_generation(self.generation_with_defaults())
         local = local_weights("transformers", self.model)
         config_file = local / "config.json" if local is not None and local.is_dir() else None
@@ -101,10 +98,14 @@ class CaptionParams(StageParams):
 
     def generation(self) -> dict[str, int | float]:
         """The generation settings given in the config (the rest stay family defaults)."""
+        from affectflow.models.captioner import GENERATION_KEYS
+
         values = {key: getattr(self, key) for key in GENERATION_KEYS}
         return {key: value for key, value in values.items() if value is not None}
 
     def generation_with_defaults(self) -> dict[str, int | float]:
+        from affectflow.models.captioner import CAPTIONER_KINDS
+
         return {**CAPTIONER_KINDS[self.kind].default_generation, **self.generation()}
 
 
@@ -122,6 +123,8 @@ class CaptionState:
 
     def batch(self, pixels: torch.Tensor) -> CaptionBatch:
         """Pixels of n images plus n fresh copies of the prompt inputs (generate edits them)."""
+        from affectflow.models.captioner import CaptionBatch
+
         count = pixels.shape[0]
         features = {name: value.repeat(count, *([1] * (value.dim() - 1)))
                     for name, value in self.prompt_features.items()}
@@ -130,6 +133,8 @@ class CaptionState:
 
 def prompt_features(captioner: TransformersCaptioner) -> dict[str, torch.Tensor]:
     """Image-independent inputs (prompt token ids and masks) for one image, computed once."""
+    from PIL import Image
+
     probe = captioner.preprocess([Image.new("RGB", (8, 8))])
     return {name: value for name, value in probe.features.items() if name != PIXEL_KEY}
 
@@ -137,6 +142,8 @@ def prompt_features(captioner: TransformersCaptioner) -> dict[str, torch.Tensor]
 def caption_shard(state: CaptionState, paths: list[str], batch_size: int, workers: int,
                   on_batch: Callable[[int], None]) -> tuple[dict[int, str], list[tuple[int, str]]]:
     """Captions by row index and (index, error) for images that failed to load."""
+    from affectflow.stages.batching import prefetched_image_batches
+
     captions: dict[int, str] = {}
     failures: list[tuple[int, str]] = []
     for batch in prefetched_image_batches(paths, batch_size, state.pixels, workers):
@@ -158,6 +165,8 @@ class CaptionStage(Stage[CaptionParams]):
         return models_fingerprint(("transformers", params.model))
 
     def setup(self, ctx: StageContext[CaptionParams]) -> CaptionState:
+        from affectflow.models.captioner import load_captioner
+
         params = ctx.params
         captioner = load_captioner(params.kind, params.model, device=params.device,
                                    prompt=params.prompt, **params.generation())

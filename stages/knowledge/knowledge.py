@@ -16,19 +16,17 @@ from __future__ import annotations
 
 from collections import Counter
 from dataclasses import dataclass
-from typing import Any, ClassVar, Literal
+from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
-import torch
 from pydantic import Field, field_validator, model_validator
 
 from affectflow.core.columns import keyed_column, vector_column
 from affectflow.core.errors import UserError
 from affectflow.core.stage import ShardOutput, Stage, StageContext, StageParams, TableRef
 from affectflow.core.store import MAIN_TABLE, SAMPLE_ID, SOURCE_ID, StageArtifact, make_rejects
-from affectflow.models.clip import ClipBundle, encode_text_tokens, encode_texts, load_clip
 from affectflow.models.knowledge import (
     CLIEA_PROMPT,
     CLIEA_TEMPERATURE,
@@ -42,8 +40,12 @@ from affectflow.stages.ground_truth import EMOTION_COLUMNS, read_ground_truth
 from affectflow.stages.ingest.stage import LABEL
 from affectflow.stages.knowledge.caption import CAPTION
 from affectflow.stages.knowledge.triplets import TRIPLETS
-from affectflow.stages.metrics import classification_metrics, draw_confusions
 from affectflow.stages.param_types import ClipModel, Device, GroundTruthCsv
+
+if TYPE_CHECKING:
+    import torch
+
+    from affectflow.models.clip import ClipBundle
 
 KNOWLEDGE = "knowledge"
 """The side table, and its column: k per sample (float16; a matrix per row when token-level)."""
@@ -167,6 +169,10 @@ class KnowledgeStage(Stage[KnowledgeParams]):
         return ctx.input("triplets").shard_ids()
 
     def setup(self, ctx: StageContext[KnowledgeParams]) -> KnowledgeState:
+        import torch
+
+        from affectflow.models.clip import encode_texts, load_clip
+
         params = ctx.params
         torch.manual_seed(params.seed)
         clip = load_clip(params.clip, device=params.device)
@@ -177,6 +183,8 @@ class KnowledgeStage(Stage[KnowledgeParams]):
     def _encode(self, state: KnowledgeState, texts: list[str], params: KnowledgeParams
                 ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor]:
         """Pooled embeddings, token outputs when asked for, and which texts were truncated."""
+        from affectflow.models.clip import encode_text_tokens, encode_texts
+
         if params.representation == "tokens":
             return encode_text_tokens(state.clip, texts, params.batch_size)
         pooled, truncated = encode_texts(state.clip, texts, params.batch_size)
@@ -184,6 +192,8 @@ class KnowledgeStage(Stage[KnowledgeParams]):
 
     def process(self, ctx: StageContext[KnowledgeParams], state: KnowledgeState,
                 shard_id: int) -> ShardOutput:
+        import torch
+
         params = ctx.params
         rows = ctx.input("triplets").read_shard(shard_id, columns=[SAMPLE_ID, TRIPLETS])
         captions = keyed_column(ctx.input("caption").read_shard(shard_id, [SAMPLE_ID, CAPTION]), CAPTION)
@@ -227,6 +237,8 @@ class KnowledgeStage(Stage[KnowledgeParams]):
 
     def finalize(self, ctx: StageContext[KnowledgeParams]) -> dict[str, Any]:
         """Form of k, triplet coverage, the label distribution and the labels' accuracy."""
+        from affectflow.stages.metrics import draw_confusions
+
         params = ctx.params
         artifact = StageArtifact(ctx.output_dir)
         table = artifact.read_all(columns=[SAMPLE_ID, KNOWLEDGE_LABEL, KNOWLEDGE_TRIPLETS,
@@ -289,6 +301,8 @@ def unzip(pairs: list[tuple[str, str | None]], labels: list[str]) -> tuple[list[
 def label_accuracy(predicted: list[str], actual: list[str], labels: list[str]) -> dict[str, Any] | None:
     """Accuracy with its two baselines (uniform guessing, always the commonest true label), the
     weighted F1 and the confusion matrix; None without labelled rows."""
+    from affectflow.stages.metrics import classification_metrics
+
     if not actual:
         return None
     index = {label: position for position, label in enumerate(labels)}

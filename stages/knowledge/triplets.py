@@ -147,12 +147,12 @@ class TripletsStage(Stage[TripletsParams]):
         ids = rows[SAMPLE_ID].to_pylist()
         captions = rows[CAPTION].to_pylist()
         present = [index for index, caption in enumerate(captions) if caption is not None]
-        progress = Progress(f"triplets shard {shard_id}", total=len(present), unit="captions")
         results: list[dict[str, Any]] = []
-        for start in range(0, len(present), params.batch_size):
-            chunk = [captions[index] for index in present[start:start + params.batch_size]]
-            results += triplet_rows(chunk, params)
-            progress.advance(len(chunk))
+        with Progress(f"triplets shard {shard_id}", total=len(present), unit="captions") as progress:
+            for start in range(0, len(present), params.batch_size):
+                chunk = [captions[index] for index in present[start:start + params.batch_size]]
+                results += triplet_rows(chunk, params)
+                progress.advance(len(chunk))
         main = pa.Table.from_pylist(
             [{SAMPLE_ID: ids[index], **result} for index, result in zip(present, results)],
             schema=SCHEMA)

@@ -10,9 +10,7 @@ import pyarrow as pa
 
 from affectflow.core.atomic import write_parquet
 from affectflow.core.store import shard_name
-from affectflow.models.checkpoints import save_torch
 from affectflow.models.pacl.losses import ALL_PARTITIONS
-from affectflow.stages.pictures import new_figure, save_png
 
 HISTORY = "history"
 MODEL_FILE = "model.pt"
@@ -36,6 +34,8 @@ def write_models(output_dir: Path, final: dict[str, Any], initial: dict[str, Any
     num_classes=0 (e.g. `timm:<name>:<run>/pacl/backbone.pt`) or an open_clip `.visual`
     tower loads it directly.
     """
+    from affectflow.models.checkpoints import save_torch
+
     for name, record in ((MODEL_FILE, final), (INITIAL_MODEL_FILE, initial)):
         save_torch(output_dir / name, {"config": {**record["config"], **extra_config},
                                        "state_dict": record["state_dict"]})
@@ -56,6 +56,8 @@ def draw_loss_curve(path: Path, history: dict[str, list[Any]], epoch_steps: list
     """Total and per-partition losses per step, with the phase switches marked; lr below.
 
     """
+    from affectflow.stages.pictures import new_figure, save_png
+
     steps = history["step"]
     figure = new_figure(figsize=(8, 6))
     losses, rates = figure.subplots(2, 1, sharex=True, gridspec_kw={"height_ratios": [3, 1]})

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 from pydantic import Field, field_validator, model_validator
 
@@ -16,9 +16,11 @@ from affectflow.models.pacl.losses import (
     PaclLossWeights,
 )
 from affectflow.models.pacl.schedule import PAPER_BACKBONE_LRS, PAPER_HEAD_LR, paper_backbone_lr
-from affectflow.models.pacl.train import PaclTrainConfig
 from affectflow.models.specs import check_visual_spec
 from affectflow.stages.param_types import Device, VisualEncoder
+
+if TYPE_CHECKING:
+    from affectflow.models.pacl.train import PaclTrainConfig
 
 PARTITION_KEYS = tuple(part.key for part in ALL_PARTITIONS)
 PAPER_LRS_TEXT = ", ".join(f"{model} {lr:g}" for _, _, model, lr in PAPER_BACKBONE_LRS)
@@ -108,6 +110,8 @@ class PaclParams(StageParams, TorchrunNodes):
         return PaclLossWeights(**self.loss_weights)
 
     def train_config(self) -> PaclTrainConfig:
+        from affectflow.models.pacl.train import PaclTrainConfig
+
         return PaclTrainConfig(
             visual_encoder=self.visual_encoder, pretrained=self.pretrained,
             embed_dim=self.embed_dim, temperature=self.temperature, image_size=self.image_size,

@@ -16,37 +16,31 @@ row per optimiser step), `loss_curve.png`, and the summary in the manifest.
 
 from __future__ import annotations
 
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
-import torch
 
 from affectflow.core.columns import column_vectors
 from affectflow.core.errors import UserError
 from affectflow.core.hashing import hash_value
-from affectflow.core.loading import PixelRequest, failure_reason, fill_cache
-from affectflow.core.pixels import PixelTransform
 from affectflow.core.stage import ShardOutput, Stage, StageContext, TableRef
 from affectflow.core.store import MAIN_TABLE, SAMPLE_ID, SOURCE_ID, StageArtifact, make_rejects
-from affectflow.models.checkpoints import load_torch
-from affectflow.models.encoder_runtime import resolve_device
-from affectflow.models.pacl.augment import square_pixels
-from affectflow.models.pacl.checkpoint import INITIAL_FILE
 from affectflow.models.pacl.losses import ALL_PARTITIONS
-from affectflow.models.pacl.model import PretrainedWeightsError, build_visual_encoder
-from affectflow.models.pacl.train import PaclTrainingSet
 from affectflow.models.specs import weights_fingerprint
-from affectflow.models.step_speed import StepSpeed
-from affectflow.stages.batching import jpeg_decoder, loader_settings, pixel_cache
 from affectflow.stages.cluster.stage import label_column
 from affectflow.stages.ingest.stage import IMAGE_PATH, IMAGE_SHA256, SPLIT, TRAIN
-from affectflow.stages.pacl import outputs, worker
+from affectflow.stages.pacl import outputs
 from affectflow.stages.pacl.outputs import HISTORY, HISTORY_SCHEMA, LOSS_CURVE_FILE
 from affectflow.stages.pacl.params import PaclParams
 from affectflow.stages.partition.stage import PARTITION
 from affectflow.stages.teacher import TEXT_FEATURE, TEXT_FEATURES, TeacherParams
+
+if TYPE_CHECKING:
+
+    from affectflow.core.pixels import PixelTransform
+    from affectflow.models.pacl.train import PaclTrainingSet
 
 PARTITION_IDS = {part.key: int(part) for part in ALL_PARTITIONS}
 JOB_DIR = "training"
@@ -66,6 +60,11 @@ SCHEMA = pa.schema([
 def training_pixels(params: PaclParams, settings: Any) -> PixelTransform:
     """The cached squares PACL's epochs crop from: `load_size` of the configured image size, or
     of the encoder's own input size (the encoder is built once to read it)."""
+    from affectflow.models.encoder_runtime import resolve_device
+    from affectflow.models.pacl.augment import square_pixels
+    from affectflow.models.pacl.model import PretrainedWeightsError, build_visual_encoder
+    from affectflow.stages.batching import jpeg_decoder
+
     image_size = params.image_size
     if image_size is None:
         try:
@@ -153,6 +152,10 @@ class PaclStage(Stage[PaclParams]):
                       rows: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
         """Decode every training image into the pixel cache once (decoding is the check), so a
         broken or changed file is a reject, not a crash later."""
+        from affectflow.core.loading import PixelRequest, failure_reason, fill_cache
+        from affectflow.models.encoder_runtime import resolve_device
+        from affectflow.stages.batching import pixel_cache
+
         train = [row for row in rows if row[SPLIT] == TRAIN]
         device = resolve_device(ctx.params.device)
         failures = fill_cache([PixelRequest(row[IMAGE_PATH], row[IMAGE_SHA256]) for row in train],
@@ -166,6 +169,13 @@ class PaclStage(Stage[PaclParams]):
 
     def finalize(self, ctx: StageContext[PaclParams]) -> dict[str, Any]:
         """Train on the split == "train" rows, then write models, history and the loss curve."""
+        from affectflow.models.checkpoints import load_torch
+        from affectflow.models.encoder_runtime import resolve_device
+        from affectflow.models.pacl.checkpoint import INITIAL_FILE
+        from affectflow.models.step_speed import StepSpeed
+        from affectflow.stages.batching import loader_settings
+        from affectflow.stages.pacl import worker
+
         params = ctx.params
         images, training, counts = self._training_set(ctx)
         job = worker.write_job(ctx.work_dir / JOB_DIR, params.train_config(), images, training,
@@ -192,6 +202,10 @@ class PaclStage(Stage[PaclParams]):
                       ) -> tuple[list[tuple[str, str]], PaclTrainingSet, dict[str, int]]:
         """(image path, sha256), text features and labels of the training rows, ordered by
         sample_id."""
+        import torch
+
+        from affectflow.models.pacl.train import PaclTrainingSet
+
         rows = StageArtifact(ctx.output_dir).read_all()
         rows = rows.filter(pc.equal(rows[SPLIT], TRAIN)).sort_by(SAMPLE_ID)
         if rows.num_rows == 0:

@@ -27,7 +27,6 @@ from affectflow.stages.factual import FACTUAL_SCORE
 from affectflow.stages.ground_truth import match_truth
 from affectflow.stages.param_types import GroundTruthCsv
 from affectflow.stages.partition.align import AlignedShard, align_scores, read_scores
-from affectflow.stages.partition.figures import ScoreHistograms, draw_density, draw_histogram
 from affectflow.stages.partition.stats import Mode, ScoreScale, ScoreStatistics, load_scales, save_scales
 from affectflow.stages.partition.truth import TruthCheck
 
@@ -165,6 +164,8 @@ class PartitionStage(Stage[PartitionParams]):
 
     def finalize(self, ctx: StageContext[PartitionParams]) -> dict[str, Any]:
         """Counts, shares and thresholds (next to the paper's), figures, optional truth check."""
+        from affectflow.stages.partition.figures import ScoreHistograms, draw_density, draw_histogram
+
         params = ctx.params
         scales = load_scales(ctx.work_dir)
         output = StageArtifact(ctx.output_dir)

@@ -13,16 +13,16 @@ from __future__ import annotations
 import copy
 import math
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 import numpy as np
-import torch
-from torch import Tensor, nn
-from torch.optim.lr_scheduler import LambdaLR, LRScheduler
 
-from affectflow.models.encoder_runtime import intra_op_threads
-from affectflow.models.pacl.schedule import WarmupCosine
 from affectflow.stages.probe.tasks import ProbeTask
+
+if TYPE_CHECKING:
+    import torch
+    from torch import Tensor, nn
+    from torch.optim.lr_scheduler import LRScheduler
 
 Schedule = Literal["cosine", "constant"]
 
@@ -42,6 +42,10 @@ class HeadTraining:
 def lr_schedule(optimizer: torch.optim.Optimizer, training: HeadTraining,
                 steps_per_epoch: int) -> LRScheduler:
     """Cosine decay to zero over all optimiser steps (no warm-up), or a constant lr."""
+    from torch.optim.lr_scheduler import LambdaLR
+
+    from affectflow.models.pacl.schedule import WarmupCosine
+
     total = max(1, training.epochs * steps_per_epoch)
     if training.schedule == "constant":
         return LambdaLR(optimizer, lambda step: 1.0)
@@ -77,6 +81,8 @@ class LinearProbe:
     selection: BestEpoch
 
     def outputs(self, features: np.ndarray) -> Tensor:
+        import torch
+
         with torch.no_grad():
             return self.head((torch.from_numpy(features).float() - self.mean) / self.std)
 
@@ -85,6 +91,8 @@ def fit_linear_probe(train_x: np.ndarray, train_targets: Tensor, val_x: np.ndarr
                      val_targets: Tensor, val_truth: np.ndarray, task: ProbeTask,
                      training: HeadTraining) -> LinearProbe:
     """Train a linear head on train features, keeping the head of the best val epoch."""
+    from affectflow.models.encoder_runtime import intra_op_threads
+
     if not len(train_targets) or not len(val_targets):
         raise ValueError("the linear probe needs train and val samples")
     with intra_op_threads(1):
@@ -95,6 +103,9 @@ def train_linear_head(train_x: np.ndarray, train_targets: Tensor, val_x: np.ndar
                       val_targets: Tensor, val_truth: np.ndarray, task: ProbeTask,
                       training: HeadTraining) -> LinearProbe:
     """`fit_linear_probe` on the caller's torch threads (bench/probe_linear.py compares them)."""
+    import torch
+    from torch import nn
+
     train = torch.from_numpy(train_x).float()
     mean, std = train.mean(dim=0), train.std(dim=0).clamp(min=1e-6)
     train = (train - mean) / std

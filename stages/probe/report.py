@@ -9,10 +9,12 @@ target).
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from affectflow.stages.probe.evaluate import EvaluationResult
 from affectflow.stages.probe.tasks import Headline, ProbeTask
+
+if TYPE_CHECKING:
+    from affectflow.stages.probe.evaluate import EvaluationResult
 
 ENCODERS = ("before", "after")
 EVALUATION_TITLES = {"linear": "Linear probe", "finetune": "Fine-tuning"}

@@ -17,24 +17,17 @@ import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import partial
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
 import pyarrow as pa
-import torch
 
 from affectflow.core.atomic import write_parquet, write_text
 from affectflow.core.columns import column_vectors, vector_column
 from affectflow.core.errors import UserError
 from affectflow.core.hashing import hash_value
-from affectflow.core.loading import PixelRequest, failure_reason, pixel_batches
 from affectflow.core.stage import ShardOutput, Stage, StageContext, TableRef
 from affectflow.core.store import MAIN_TABLE, SAMPLE_ID, SOURCE_ID, StageArtifact, make_rejects, shard_name
-from affectflow.models.encoder_runtime import inference_context, intra_op_threads, resolve_device
-from affectflow.models.pacl.augment import ViewConfig, eval_views, square_pixels
-from affectflow.models.pacl.checkpoint import load_model
-from affectflow.models.pacl.model import PaclModel
-from affectflow.stages.batching import loader_settings
 from affectflow.stages.ingest.stage import (
     IMAGE_PATH,
     IMAGE_SHA256,
@@ -47,20 +40,17 @@ from affectflow.stages.ingest.stage import (
     TRAIN,
     VAL,
 )
-from affectflow.stages.metrics import draw_confusions
 from affectflow.stages.pacl.outputs import INITIAL_MODEL_FILE, MODEL_FILE
-from affectflow.stages.probe.evaluate import (
-    Evaluated,
-    ProbeSet,
-    finetune_evaluation,
-    linear_evaluation,
-    split_counts,
-    zero_shot_evaluation,
-)
 from affectflow.stages.probe.params import ProbeParams, pacl_params
 from affectflow.stages.probe.report import ENCODERS, EVALUATION_TITLES, TaskResults, results_markdown, results_table
 from affectflow.stages.probe.tasks import Annotations, ProbeTask, TaskKind, make_task
-from affectflow.stages.probe.zeroshot import prompt_features, prompt_variants
+
+if TYPE_CHECKING:
+    import torch
+
+    from affectflow.models.pacl.augment import ViewConfig
+    from affectflow.models.pacl.model import PaclModel
+    from affectflow.stages.probe.evaluate import Evaluated, ProbeSet
 
 logger = logging.getLogger(__name__)
 
@@ -106,6 +96,10 @@ class Encoders:
 
 def load_encoders(pacl: StageArtifact, device: str | None) -> Encoders:
     """Both PACL model files of a finished pacl stage, on the device, in eval mode."""
+    from affectflow.models.encoder_runtime import resolve_device
+    from affectflow.models.pacl.augment import ViewConfig
+    from affectflow.models.pacl.checkpoint import load_model
+
     resolved = resolve_device(device)
     models, config = {}, {}
     for encoder, file in MODEL_FILES.items():
@@ -186,6 +180,11 @@ class ProbeStage(Stage[ProbeParams]):
                 shard_id: int) -> ShardOutput:
         """Backbone features of every labelled image under both encoders (centre view); rows
         without what a task needs are rejected, so every task sees the same rows."""
+        from affectflow.core.loading import PixelRequest, failure_reason, pixel_batches
+        from affectflow.models.encoder_runtime import inference_context, intra_op_threads
+        from affectflow.models.pacl.augment import eval_views, square_pixels
+        from affectflow.stages.batching import loader_settings
+
         params = ctx.params
         rows = ctx.input("probe_ingest").read_shard(shard_id, _INGEST_COLUMNS).to_pylist()
         rejected, labelled = [], []
@@ -224,6 +223,8 @@ class ProbeStage(Stage[ProbeParams]):
                            rejects=make_rejects(rejected))
 
     def finalize(self, ctx: StageContext[ProbeParams]) -> dict[str, Any]:
+        from affectflow.models.encoder_runtime import intra_op_threads
+
         params = ctx.params
         data, annotations, duplicates = self._probe_set(ctx)
         ingest = ctx.input("probe_ingest").manifest["params"]
@@ -237,6 +238,10 @@ class ProbeStage(Stage[ProbeParams]):
     def _evaluate(self, ctx: StageContext[ProbeParams], data: ProbeSet, task: ProbeTask,
                   encoders: Encoders) -> tuple[TaskResults, dict[str, dict[str, Evaluated]]]:
         """Every configured evaluation of one task, for both encoders."""
+        from affectflow.stages.batching import loader_settings
+        from affectflow.stages.probe.evaluate import finetune_evaluation, linear_evaluation, zero_shot_evaluation
+        from affectflow.stages.probe.zeroshot import prompt_variants
+
         params = ctx.params
         runs: dict[str, Callable[[str], Evaluated]] = {}
         titles: dict[str, str] = {}
@@ -268,6 +273,8 @@ class ProbeStage(Stage[ProbeParams]):
     @staticmethod
     def _prompts(blocks: list[list[str]], params: ProbeParams, encoders: Encoders) -> list[torch.Tensor]:
         """(classes, templates, text_dim) prompt features per block, from one encoder load."""
+        from affectflow.stages.probe.zeroshot import prompt_features
+
         names = [name for block in blocks for name in block]
         features = prompt_features(encoders.config["text_encoder"], names, params.prompts,
                                    params.device)
@@ -276,6 +283,8 @@ class ProbeStage(Stage[ProbeParams]):
     def _probe_set(self, ctx: StageContext[ProbeParams]) -> tuple[ProbeSet, Annotations, dict[str, int]]:
         """Kept rows with image paths, both encoders' features and their annotations, and how
         many val / test images are byte-identical to a train image (a leak the data set has)."""
+        from affectflow.stages.probe.evaluate import ProbeSet
+
         output = StageArtifact(ctx.output_dir)
         rows = output.read_all().sort_by(SAMPLE_ID)
         features = output.read_all(table=FEATURES).sort_by(SAMPLE_ID)
@@ -308,6 +317,8 @@ class ProbeStage(Stage[ProbeParams]):
                        encoders: Encoders, ingest: dict[str, Any],
                        duplicates: dict[str, int]) -> dict[str, Any]:
         """Predictions table, before/after confusion pictures, results.md and the summary."""
+        from affectflow.stages.probe.evaluate import split_counts
+
         test = data.rows(TEST)
         prediction_rows, figures = [], []
         for item, by_key in evaluated:
@@ -351,6 +362,8 @@ class ProbeStage(Stage[ProbeParams]):
     def _draw_confusions(ctx: StageContext[ProbeParams], item: TaskResults, key: str,
                          by_encoder: dict[str, Evaluated]) -> list[str]:
         """One before/after picture per confusion matrix the task has (one per level)."""
+        from affectflow.stages.metrics import draw_confusions
+
         figures = []
         before, after = (item.task.confusions(by_encoder[e].result.test) for e in ENCODERS)
         for (level, classes, matrix_before), (_, _, matrix_after) in zip(before, after):

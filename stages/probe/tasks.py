@@ -23,24 +23,18 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, ClassVar, Literal
+from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 import numpy as np
-import torch
-import torch.nn.functional as F
-from torch import Tensor
 
 from affectflow.core.errors import UserError
 from affectflow.stages.ingest.annotations import LabelLevel, class_paths, hierarchy_classes
 from affectflow.stages.ingest.stage import TEST, TRAIN, VAL
-from affectflow.stages.metrics import (
-    ClassificationMetrics,
-    MultiLabelMetrics,
-    RegressionMetrics,
-    classification_metrics,
-    multilabel_metrics,
-    regression_metrics,
-)
+
+if TYPE_CHECKING:
+    from torch import Tensor
+
+    from affectflow.stages.metrics import ClassificationMetrics, MultiLabelMetrics, RegressionMetrics
 
 TaskKind = Literal["single_label", "multi_label", "regression", "hierarchical"]
 HierarchyHead = Literal["per_level", "finest"]
@@ -187,15 +181,23 @@ class SingleLabel(ProbeTask):
     unit = "classes"
 
     def targets(self, rows: np.ndarray) -> Tensor:
+        import torch
+
         return torch.from_numpy(self.truth[rows]).long()
 
     def loss(self, outputs: Tensor, targets: Tensor) -> Tensor:
+        import torch.nn.functional as F
+
         return F.cross_entropy(outputs, targets)
 
     def scores(self, outputs: Tensor) -> np.ndarray:
+        import torch
+
         return torch.softmax(outputs.float(), dim=1).numpy()
 
     def metrics(self, scores: np.ndarray, truth: np.ndarray) -> ClassificationMetrics:
+        from affectflow.stages.metrics import classification_metrics
+
         return classification_metrics(truth, np.asarray(scores).argmax(axis=1), self.names)
 
     def selection(self, metrics: ClassificationMetrics) -> float:
@@ -228,15 +230,23 @@ class MultiLabel(ProbeTask):
         _check_split_coverage(truth, splits, "category")
 
     def targets(self, rows: np.ndarray) -> Tensor:
+        import torch
+
         return torch.from_numpy(self.truth[rows]).float()
 
     def loss(self, outputs: Tensor, targets: Tensor) -> Tensor:
+        import torch.nn.functional as F
+
         return F.binary_cross_entropy_with_logits(outputs, targets)
 
     def scores(self, outputs: Tensor) -> np.ndarray:
+        import torch
+
         return torch.sigmoid(outputs.float()).numpy()
 
     def metrics(self, scores: np.ndarray, truth: np.ndarray) -> MultiLabelMetrics:
+        from affectflow.stages.metrics import multilabel_metrics
+
         return multilabel_metrics(truth, scores, self.names)
 
     def selection(self, metrics: MultiLabelMetrics) -> float:
@@ -290,15 +300,21 @@ class Regression(ProbeTask):
         return f"{self.title} ({', '.join(self.names)})"
 
     def targets(self, rows: np.ndarray) -> Tensor:
+        import torch
+
         return torch.from_numpy((self.truth[rows] - self.mean) / self.std).float()
 
     def loss(self, outputs: Tensor, targets: Tensor) -> Tensor:
+        import torch.nn.functional as F
+
         return F.mse_loss(outputs, targets)
 
     def scores(self, outputs: Tensor) -> np.ndarray:
         return outputs.float().numpy() * self.std + self.mean
 
     def metrics(self, scores: np.ndarray, truth: np.ndarray) -> RegressionMetrics:
+        from affectflow.stages.metrics import regression_metrics
+
         return regression_metrics(truth, scores, self.names)
 
     def selection(self, metrics: RegressionMetrics) -> float:
@@ -355,15 +371,21 @@ class Hierarchical(ProbeTask):
         return f"{self.title} ({levels}; {self.head.replace('_', '-')} head)"
 
     def targets(self, rows: np.ndarray) -> Tensor:
+        import torch
+
         return torch.from_numpy(self.truth[rows]).long()
 
     def loss(self, outputs: Tensor, targets: Tensor) -> Tensor:
+        import torch.nn.functional as F
+
         if self.head == "finest":
             return F.cross_entropy(outputs, targets[:, -1])
         blocks = outputs.split(self.widths, dim=1)
         return sum(F.cross_entropy(block, targets[:, level]) for level, block in enumerate(blocks))
 
     def scores(self, outputs: Tensor) -> list[np.ndarray]:
+        import torch
+
         if self.head == "per_level":
             return [torch.softmax(block.float(), dim=1).numpy()
                     for block in outputs.split(self.widths, dim=1)]
@@ -371,6 +393,8 @@ class Hierarchical(ProbeTask):
         return [finest @ membership for membership in self.membership]
 
     def metrics(self, scores: list[np.ndarray], truth: np.ndarray) -> LevelMetrics:
+        from affectflow.stages.metrics import classification_metrics
+
         return LevelMetrics({name: classification_metrics(truth[:, level], scores[level].argmax(axis=1),
                                                           self.level_classes[level])
                              for level, name in enumerate(self.level_names)})

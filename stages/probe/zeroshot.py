@@ -12,15 +12,15 @@ projected image embedding and the class embedding.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import torch
-import torch.nn.functional as F
-from torch import Tensor
 
-from affectflow.models.pacl.model import PaclModel
-from affectflow.stages.text_encoding import load_recorded_encoder
+if TYPE_CHECKING:
+    from torch import Tensor
+
+    from affectflow.models.pacl.model import PaclModel
+
 
 PAPER_PROMPTS = ("A photo with {} emotion.", "The photo makes me feel so {}!")
 ENSEMBLE = "ensemble"
@@ -55,6 +55,8 @@ def prompt_features(text_encoder: dict[str, Any], class_names: list[str], templa
                     device: str | None) -> Tensor:
     """(classes, templates, text_dim) features of the prompts from the teacher the PACL model
     was trained against (`text_encoder`: its recorded settings)."""
+    from affectflow.stages.text_encoding import load_recorded_encoder
+
     encoder = load_recorded_encoder(text_encoder, device)
     features = encoder.encode(class_prompts(class_names, templates))
     return features.view(len(class_names), len(templates), -1)
@@ -64,6 +66,9 @@ def zero_shot_cosines(model: PaclModel, backbone_features: np.ndarray, prompts: 
                       variant: PromptVariant) -> np.ndarray:
     """Cosine similarities (images x classes) of projected image features and the class
     embeddings of one variant; `prompts` is (classes, templates, text_dim)."""
+    import torch
+    import torch.nn.functional as F
+
     chosen = prompts if variant.template is None else prompts[:, variant.template]
     with torch.no_grad():
         weight = model.image_projection.weight

@@ -122,3 +122,12 @@ def test_the_preflight_lookups_are_outside_every_stage_closure() -> None:
         closure = import_closure(stage_class.__module__)
         assert "affectflow.models.weights_cache" not in closure
         assert "affectflow.stages.ingest.layout" not in closure
+
+
+def test_import_names_map_to_the_distributions_importlib_finds() -> None:
+    """The quick reading of installed files gives importlib.metadata.packages_distributions'
+    mapping exactly, for every distribution installed here."""
+    codeversion._distributions.cache_clear()
+    quick = {name: [distribution.metadata["Name"] for distribution in providers]
+             for name, providers in codeversion._distributions().items()}
+    assert quick == dict(importlib.metadata.packages_distributions())

@@ -228,7 +228,7 @@ def test_backbone_without_feature_map_fails_clearly() -> None:
 @pytest.mark.parametrize(
     ("field", "value"),
     [
-        ("backbone", "no_such_net"),
+        ("backbone", ""),
         ("pretrained", "yes"),
         ("backbone_checkpoint", 3),
         ("num_classes", 1),

@@ -33,6 +33,7 @@ def run_cli(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, s
 
 def test_pretrain_rerun_runs_and_inspect(prefect_harness: None, workdir: Path,
                                          capsys: pytest.CaptureFixture[str],
+                                         monkeypatch: pytest.MonkeyPatch,
                                          tmp_path_factory: pytest.TempPathFactory) -> None:
     code, out, err = run_cli(capsys, "run", "pretrain", "--config", "configs/demo.yaml",
                              "--run-id", "demo1", "--set", "ingest.shard_size=16")
@@ -47,9 +48,16 @@ def test_pretrain_rerun_runs_and_inspect(prefect_harness: None, workdir: Path,
     assert len(list((workdir / "artifacts/runs/demo1/ingest").glob("part-*.parquet"))) == 4
     check_prefect_window(run["config"]["run"]["stages"])
 
-    code, out, _ = run_cli(capsys, "run", "pretrain", "--config", "configs/demo.yaml",
-                           "--run-id", "demo1", "--set", "ingest.shard_size=16")
-    assert code == 0 and "skipped" in out
+    # A no-change rerun is answered from the artifact store: the flow (and Prefect) never starts.
+    with monkeypatch.context() as patched:
+        def no_flow(**_: object) -> None:
+            raise AssertionError("a no-change rerun started the Prefect flow")
+
+        patched.setattr("affectflow.pipelines.flows.pretrain_flow", no_flow)
+        code, out, err = run_cli(capsys, "run", "pretrain", "--config", "configs/demo.yaml",
+                                 "--run-id", "demo1", "--set", "ingest.shard_size=16")
+    assert code == 0, err
+    assert "skipped" in out and "running" not in out
 
     code, out, _ = run_cli(capsys, "stage", "ingest", "--run", "demo1",
                            "--set", "ingest.min_image_side=100")

@@ -34,14 +34,15 @@ def test_demo_config_is_valid_once_the_demo_data_and_models_exist(
 
 
 @pytest.mark.parametrize(("text", "overrides", "message", "hint"), [
-    ("ingest: {source: tumemo, path: ., colour: red}", [], "unknown key 'ingest.colour'", "spelling"),
+    ("ingest: {source: tumemo, path: ., colour: red}", [], "unknown key 'ingest.colour'",
+     "affectflow config show ingest"),
     ("ingest: {source: tumemo, path: ., shard_size: many}", [], "'ingest.shard_size'", "--set ingest.shard_size"),
     ("ingest: {source: tumemo, path: /definitely/missing}", [], "path does not exist", "ingest.path"),
     ("ingest: {path: .}", [], "missing key 'ingest.source'", "add 'source"),
     ("run: {stages: [ingest]}", [], "have no section", "ingest:"),
-    ("run: {stages: [nope]}\ningest: {source: tumemo, path: .}", [], "unknown stages", "run.stages"),
+    ("run: {stages: [nope]}\ningest: {source: tumemo, path: .}", [], "unknown stage 'nope'", "run.stages"),
     ("ingest: {source: tumemo, path: .}", ["run.workers=0"], "'run.workers'", "run.workers"),
-    ("colours: 3", [], "unknown key 'colours'", "spelling"),
+    ("colours: 3", [], "unknown section 'colours'", "sections are 'run'"),
     ("- a list", [], "must be a mapping", ""),
     ("ingest: [unclosed", [], "not valid YAML", ""),
 ])

@@ -92,6 +92,39 @@ def test_model_needs_come_from_the_params_types(demo_dir: Path, tmp_path: Path) 
     assert keys["cluster.visual_encoder"] is True
 
 
+def test_unknown_timm_names_are_caught_at_preflight_with_the_closest_names(
+        demo_dir: Path, tmp_path: Path) -> None:
+    """Config validation does not ask timm (it would import torch); the preflight does, for
+    PACL's visual spec and CTERNet's bare backbone name alike."""
+    raw = demo_config(demo_dir, tmp_path, cluster={"visual_encoder": "timm:resnet5", "pretrained": False})
+    raw["cternet_train"] = {"backbone": "res2net10d", "pretrained": False}
+    config = load_config(None, raw=raw)
+    problems = preflight(config, ["cluster", "cternet_train"]).problems
+    assert len(problems) == 2
+    assert problems[0].startswith("cluster.visual_encoder = 'timm:resnet5': timm has no model 'resnet5'")
+    assert "did you mean 'resnet50'" in problems[0] or "'resnet50'" in problems[0]
+    assert problems[1].startswith("cternet_train.backbone = 'res2net10d': timm has no model")
+    assert "'res2net101d'" in problems[1]
+    raw["cternet_train"]["backbone"] = "test_resnet"
+    assert preflight(load_config(None, raw=raw), ["cternet_train"]).problems == []
+
+
+def test_cternet_backbone_weights_are_looked_for_only_when_they_are_loaded(
+        demo_dir: Path, tmp_path: Path, offline_hub: Path) -> None:
+    raw = demo_config(demo_dir, tmp_path)
+    raw["cternet_train"] = {"backbone": "resnet18", "pretrained": True}
+    problems = preflight(load_config(None, raw=raw), ["cternet_train"]).problems
+    assert len(problems) == 1 and problems[0].startswith("cternet_train.backbone = 'resnet18'")
+    assert "backbone_checkpoint" in problems[0]
+    checkpoint = tmp_path / "backbone.pt"
+    checkpoint.write_bytes(b"state dict")
+    raw["cternet_train"]["backbone_checkpoint"] = str(checkpoint)
+    assert preflight(load_config(None, raw=raw), ["cternet_train"]).problems == []
+    raw["cternet_train"] = {"backbone": "resnet18", "pretrained": False}
+    report = preflight(load_config(None, raw=raw), ["cternet_train"])
+    assert report.problems == [] and "random init" in report.found[0]
+
+
 def test_online_a_missing_cache_entry_is_fine_unless_the_hub_lacks_the_repo(
         demo_dir: Path, tmp_path: Path, offline_hub: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)

@@ -28,10 +28,10 @@ from affectflow.core.images import load_rgb
 from affectflow.core.runner import StageJob, run_stage
 from affectflow.core.runs import RunStore
 from affectflow.core.store import MANIFEST, StageArtifact, shard_name
+from affectflow.models.pacl import model as pacl_model
 from affectflow.models.pacl.augment import load_size
 from affectflow.models.pacl.model import build_visual_encoder
 from affectflow.pipelines.config import RunSettings, load_config
-from affectflow.stages.cluster import features as cluster_features
 from affectflow.stages.cluster.features import feature_part
 from affectflow.stages.cluster.inputs import align_shard
 from affectflow.stages.cluster.kmeans import kmeans, l2_normalise
@@ -222,7 +222,8 @@ def test_changing_k_reuses_the_cached_image_features(scored: ScoredRun, tmp_path
         builds.append(spec)
         return build_visual_encoder(spec, pretrained)
 
-    monkeypatch.setattr(cluster_features, "build_visual_encoder", counting_build)
+    # the feature encoder imports its builder when it loads (stage modules import no torch)
+    monkeypatch.setattr(pacl_model, "build_visual_encoder", counting_build)
     run = copy_run(scored, tmp_path)
     first = run_cluster(run, ks=[2])
     features = run.store.stage("cluster").read_all(table="image_features").to_pandas()

@@ -36,11 +36,11 @@ from affectflow.models.cternet.data import cached_pixels, eval_transform
 from affectflow.pipelines.config import RunSettings
 from affectflow.pipelines.publish import key_part, publish_stage
 from affectflow.stages.cternet.evaluate import CTERNetEvalParams, CTERNetEvalStage
-from affectflow.stages.cternet.maps import write_sentiment_maps
+from affectflow.stages.cternet.maps import across_classes, write_sentiment_maps
 from affectflow.stages.cternet.metrics import grouped_polarity_accuracy
 from affectflow.stages.cternet.report import render_report
 from affectflow.stages.cternet.train import CTERNetTrainParams, CTERNetTrainStage
-from affectflow.stages.ingest.stage import IngestParams, IngestStage
+from affectflow.stages.ingest.stage import LABEL, IngestParams, IngestStage
 from affectflow.stages.metrics import classification_metrics
 from tests.conftest import write_image
 from tests.prefect_readback import artifacts_with_prefix
@@ -345,7 +345,12 @@ def test_sentiment_maps_are_written_with_escaped_text(baseline: RunStore, tmp_pa
     assert all(f'src="{picture.name}"' in page for picture in pictures)
     assert "&lt;img src=x onerror=alert(1)&gt;&amp;fear" in page and "<img src=x" not in page
     with Image.open(pictures[0]) as image:
-        assert image.size == (448, 224)
+        width, height = image.size  # crop, overlay, colour bar and caption at 100 dpi
+        assert width > 448 and height > 224
+    labels = [row[LABEL] for row in across_classes(baseline.stage("cternet_eval").read_all(
+        columns=[LABEL]).to_pylist(), 16)]
+    classes = sorted(set(labels))
+    assert len(classes) > 1 and labels[:len(classes)] == classes  # one of each class first
     with pytest.raises(UserError, match="no finished cternet_eval"):
         write_sentiment_maps(RunStore(tmp_path, "absent"), 4, tmp_path / "none")
 
@@ -432,7 +437,7 @@ def test_polarity_params_are_validated_up_front(values: dict[str, Any], message:
 
 
 @pytest.mark.parametrize(("key", "values"), [
-    ("backbone", {"backbone": "no_such_net"}),
+    ("backbone", {"backbone": ""}),
     ("crop_scale", {"crop_scale": [0.9, 0.5]}),
     ("backbone_checkpoint", {"backbone_checkpoint": "/nonexistent/backbone.pt"}),
     ("num_classes", {"classes": ["a", "b"], "num_classes": 3}),
