@@ -167,10 +167,15 @@ def library_versions(modules: tuple[str, ...]) -> dict[str, str]:
     versions: dict[str, str] = {}
     for module in modules:
         for top in _direct_imports(module)[1]:
-            for distribution in _distributions().get(top, []):
-                name = distribution.metadata["Name"]
-                versions[name] = importlib.metadata.version(name)
+            versions.update(_provider_versions(top))
     return dict(sorted(versions.items()))
+
+
+@cache
+def _provider_versions(top: str) -> tuple[tuple[str, str], ...]:
+    """(distribution, version) of what provides import name `top`; metadata is parsed once."""
+    names = [distribution.metadata["Name"] for distribution in _distributions().get(top, [])]
+    return tuple((name, importlib.metadata.version(name)) for name in names)
 
 
 def module_hashes(modules: tuple[str, ...]) -> dict[str, str]:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import codecs
 import json
+import math
 import os
 import random
 import stat
@@ -19,14 +20,15 @@ from collections import Counter, defaultdict
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
-
-import pandas as pd
+from typing import TYPE_CHECKING, Any
 
 from affectflow.core.errors import UserError
 from affectflow.core.files import FileProblem, read_dataset_file
 from affectflow.core.hashing import hash_value
 from affectflow.stages.ingest.annotations import out_of_range, parse_label_set, parse_targets
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 TUMEMO_LABELS = ("Love", "Happy", "Calm", "Bored", "Sad", "Angry", "Fear")
 TUMEMO_LABEL_FILE = "all_data_id_and_label.txt"
@@ -156,6 +158,8 @@ def list_tumemo(root: Path, image_dir: Path, text_dir: Path) -> list[SourceRecor
 
 
 def _read_manifest_frame(path: Path) -> pd.DataFrame:
+    import pandas as pd  # only to read a manifest: listing runs validates configs without it
+
     suffix = path.suffix.lower()
     regular_file(path, "manifest")
     if suffix == ".csv":
@@ -200,7 +204,7 @@ def list_manifest(path: Path, columns: dict[str, str], label_separator: str = ";
         if not name or name not in row.index:
             return None
         value = row[name]
-        return None if value is None or (isinstance(value, float) and pd.isna(value)) else str(value)
+        return None if value is None or (isinstance(value, float) and math.isnan(value)) else str(value)
 
     records = []
     for _, row in frame.iterrows():

@@ -112,8 +112,10 @@ def test_library_versions_are_part_of_the_code_version(monkeypatch: pytest.Monke
     real_version = importlib.metadata.version
     monkeypatch.setattr(codeversion.importlib.metadata, "version",
                         lambda name: "99.0" if name == "torch" else real_version(name))
+    codeversion._provider_versions.cache_clear()  # versions are read once per process
     assert factual.code()["version"] != before["factual"]["version"]
     assert ingest.code()["version"] == before["ingest"]["version"]
+    codeversion._provider_versions.cache_clear()
 
 
 def test_the_preflight_lookups_are_outside_every_stage_closure() -> None:

@@ -48,12 +48,17 @@ def test_pretrain_rerun_runs_and_inspect(prefect_harness: None, workdir: Path,
     assert len(list((workdir / "artifacts/runs/demo1/ingest").glob("part-*.parquet"))) == 4
     check_prefect_window(run["config"]["run"]["stages"])
 
-    # A no-change rerun is answered from the artifact store: the flow (and Prefect) never starts.
+    # A no-change rerun is answered from the artifact store: the flow (and Prefect) never starts,
+    # and no preflight runs (it asks the model libraries' registries, which import torch).
     with monkeypatch.context() as patched:
         def no_flow(**_: object) -> None:
             raise AssertionError("a no-change rerun started the Prefect flow")
 
+        def no_preflight(*_: object) -> None:
+            raise AssertionError("a no-change rerun ran the preflight")
+
         patched.setattr("affectflow.pipelines.flows.pretrain_flow", no_flow)
+        patched.setattr("affectflow.pipelines.preflight.require_ready", no_preflight)
         code, out, err = run_cli(capsys, "run", "pretrain", "--config", "configs/demo.yaml",
                                  "--run-id", "demo1", "--set", "ingest.shard_size=16")
     assert code == 0, err
