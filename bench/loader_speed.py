@@ -43,7 +43,7 @@ def two_bare_loops(requests: list[PixelRequest]) -> int:
 
 
 def run(quick: bool) -> list[BenchRow]:
-    count = 192 if quick else 768
+    count = 512 if quick else 1024
     with tempfile.TemporaryDirectory() as tmp:
         requests = [PixelRequest(path, sha) for path, sha in write_photos(Path(tmp) / "jpegs", count)]
         loader = ImageLoader(CachedPixelLoad(PixelStore(Path(tmp) / "cache", TRANSFORM, 0)), WORKERS)

@@ -204,8 +204,13 @@ class _Requests(Sampler[tuple[list[int], list[Any]]]):
 
 
 def _chunks(items: Sequence[Any], batch_size: int, parts: int) -> list[tuple[list[int], list[Any]]]:
-    """Each batch split into `parts` chunks of (positions, items), so every worker has a share."""
+    """The pass as chunks of (positions, items), one worker's task each: whole batches when
+    there are at least two per worker, so no batch is joined from parts in the consuming
+    process (that copy took a tenth of a 2-core machine: bench/loader_speed.py); in a shorter
+    pass each batch is split into `parts` chunks so that every worker has a share."""
     chunks = []
+    if len(items) >= batch_size * parts * 2:
+        parts = 1
     for start in range(0, len(items), batch_size):
         stop = min(start + batch_size, len(items))
         size = -(-(stop - start) // parts)

@@ -27,6 +27,7 @@ from affectflow.core.loading import (
     pixel_batches,
     shared_loader,
 )
+from affectflow.core.loading import _chunks as chunks_of
 from affectflow.core.loading import _worker_streams as forget_parent
 from affectflow.core.pixel_cache import PixelStore
 from affectflow.core.pixels import PixelTransform, load_pixels
@@ -78,6 +79,16 @@ def test_batches_come_in_order_with_failures_as_reasons(tmp_path: Path) -> None:
         "image_load_failed", "missing_image", "image_changed", "image_changed",
         "not_a_regular_file"]
     assert "not a recognised image format" in failures[10]
+
+
+def test_long_passes_load_whole_batches_and_short_ones_share_each_batch() -> None:
+    """Two workers: with two batches or more each, a worker loads whole batches (nothing to join
+    in the consumer); a shorter pass splits each batch so that both work on it."""
+    long = chunks_of(list("abcdefghij"), batch_size=2, parts=2)
+    assert [positions for positions, _ in long] == [[0, 1], [2, 3], [4, 5], [6, 7], [8, 9]]
+    short = chunks_of(list("abcdef"), batch_size=4, parts=2)
+    assert [positions for positions, _ in short] == [[0, 1], [2, 3], [4], [5]]
+    assert [items for _, items in short] == [["a", "b"], ["c", "d"], ["e"], ["f"]]
 
 
 def test_workers_persist_across_passes_and_a_new_pass_abandons_an_old_one() -> None:
