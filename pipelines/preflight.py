@@ -111,8 +111,8 @@ def require_ready(config: Any, source: str, stages: list[str] | None = None) -> 
     report = preflight(config, stages)
     if report.problems:
         why = f" ({report.offline})" if report.offline else ""
-        raise UserError(f"{source}: {len(report.problems)} thing(s) this run needs are missing{why}:\n  "
-                        + "\n  ".join(report.problems),
-                        hint="provide them as each line says, then rerun; `affectflow check` with the "
+        raise UserError(f"{source}: {len(report.problems)} model(s) or dataset(s) this run needs are "
+                        f"missing or misnamed{why}:\n  " + "\n  ".join(report.problems),
+                        hint="fix each as its line says, then rerun; `affectflow check` with the "
                              "same config and --set options repeats this check without starting anything")
     return report
