@@ -3,8 +3,8 @@
 Images are decoded and resized into pixel tensors by the loader's worker processes
 (`prefetched_image_batches`) while the model generates the previous batch, so loading hides
 behind generation. The prompt part of a batch is the same for every image: it is tokenised once
-in `setup` and repeated per batch, so the tokenizer is used by this process only. An image that no longer loads (changed or removed since ingest) becomes an
-`image_load_failed` reject.
+in `setup` and repeated per batch, so the tokenizer is used by this process only. An image
+that no longer loads (changed or removed since ingest) becomes an `image_load_failed` reject.
 """
 
 from __future__ import annotations
