@@ -58,7 +58,9 @@ def write_scores(artifact_root: Path, rows: int, seed: int = 0) -> None:
         files = stage_file_records(run.stage(name).path)
         write_json(run.stage(name).path / MANIFEST, {"files": files, "digest": records_digest(files),
             "stage": name, "fingerprint": hash_value([name, rows, seed]), "shard_ids": shard_ids,
-            "rows_in": rows, "rows_out": rows, "rows_rejected": 0, "rejects_by_reason": {}})
+            "rows_in": rows, "rows_out": rows, "rows_rejected": 0, "rejects_by_reason": {},
+            # the runner checks the columns partition reads against the recorded schema
+            "schema": [["sample_id", "string"], [f"{name}_score", "float"]]})
 
 
 def partition_once(artifact_root: Path) -> dict[str, float]:
