@@ -67,7 +67,7 @@ def _cmd_check(args: argparse.Namespace) -> int:
 
 def _cmd_run(args: argparse.Namespace) -> int:
     from affectflow.pipelines.config import load_config
-    from affectflow.pipelines.execution import all_up_to_date, check_config_change, run_ref, skip_if_up_to_date
+    from affectflow.pipelines.execution import check_config_change, run_ref, skip_if_up_to_date
     from affectflow.pipelines.preflight import require_ready
     from affectflow.stages.registry import get_stage
 
@@ -79,17 +79,16 @@ def _cmd_run(args: argparse.Namespace) -> int:
         get_stage(name)
     ref = run_ref(config, args.run_id)
     check_config_change(ref, config, args.update)
-    # A rerun with nothing to do loads no model, so it needs no preflight (which asks the
-    # model libraries' registries and so imports torch).
-    nothing_to_do = not args.force and all_up_to_date(ref, config)
-    if not nothing_to_do:
+    rerun = ref.store.exists()
+    if not rerun:  # a new run: missing models or data fail before its folder exists
         require_ready(config, args.config)
     with ref.store.writer():  # a second writer fails now, not after Prefect has started
         # A rerun with nothing to do is answered from the artifact store; Prefect (and its
-        # temporary server) starts only for real work.
+        # temporary server) starts only for real work. It loads no model, so it needs no
+        # preflight (which asks the model libraries' registries and so imports torch).
         result = None if args.force else skip_if_up_to_date(ref, config, args.update)
         if result is None:
-            if nothing_to_do:  # another writer changed the run since the check above
+            if rerun:
                 require_ready(config, args.config)
             from affectflow.pipelines.flows import cternet_flow, pretrain_flow
 

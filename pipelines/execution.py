@@ -87,18 +87,14 @@ def make_job(ref: RunRef, config: BaseModel, stage_name: str) -> StageJob:
                     params=stage_params(config, stage_name), settings=config.run)
 
 
-def all_up_to_date(ref: RunRef, config: BaseModel) -> bool:
-    """Whether the run exists and every configured stage's output is what the config computes."""
-    return ref.store.exists() and all(up_to_date(make_job(ref, config, name))
-                                      for name in config.run.stages)
-
-
 def skip_if_up_to_date(ref: RunRef, config: BaseModel, update: bool = False) -> dict[str, Any] | None:
     """When every configured stage of an existing run is up to date: refresh the run's config,
     record the stages as skipped and return what the flow would (None when there is work)."""
-    if not all_up_to_date(ref, config):
+    if not ref.store.exists():
         return None
     stages = list(config.run.stages)
+    if not all(up_to_date(make_job(ref, config, name)) for name in stages):
+        return None
     open_run(config, ref.run_id, update)
     for name in stages:
         ref.store.update_stage(name, status="skipped", fingerprint=ref.store.stage(name).fingerprint)
