@@ -12,6 +12,7 @@ from PIL import Image
 
 from affectflow.demo.generate import generate_demo
 from affectflow.demo.models import build_demo_models
+from affectflow.pipelines.cli import main
 from affectflow.pipelines.prefect_env import configure_prefect_env, guard_ephemeral_server
 
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
@@ -72,3 +73,11 @@ def write_tumemo(root: Path, posts: dict[str, tuple[str, str]]) -> Path:
         lines.append(f"{post_id} {label}")
     (root / "all_data_id_and_label.txt").write_text("\n".join(lines) + "\n")
     return root
+
+
+def run_cli(capsys: pytest.CaptureFixture[str], *argv: str, quiet: bool = True) -> tuple[int, str, str]:
+    """An `affectflow` command run in this process: its exit code, stdout and stderr; `quiet`:
+    errors and the run-end summary only."""
+    code = main(["--quiet", *argv] if quiet else list(argv))
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err

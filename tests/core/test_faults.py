@@ -26,9 +26,8 @@ from affectflow.core.runner import recover_swap, run_stage
 from affectflow.core.runs import RunStore, validate_run_id
 from affectflow.core.stage import ShardOutput, StageContext
 from affectflow.core.store import MAIN_TABLE, MANIFEST
-from affectflow.pipelines.cli import main
 from affectflow.pipelines.inspect import run_report, runs_table
-from tests.conftest import write_tumemo
+from tests.conftest import run_cli, write_tumemo
 from tests.core.test_runner import CALLS, NumbersStage, ScaleStage, job
 
 REPO = Path(__file__).resolve().parents[2]
@@ -310,28 +309,21 @@ def ingest_workdir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     return tmp_path
 
 
-def cli(capsys: pytest.CaptureFixture[str], *argv: str, quiet: bool = True) -> tuple[int, str, str]:
-    """The command's exit code, stdout and stderr; `quiet`: errors and the summary only."""
-    code = main(["--quiet", *argv] if quiet else list(argv))
-    captured = capsys.readouterr()
-    return code, captured.out, captured.err
-
-
 def test_cli_heals_a_truncated_shard_and_refuses_a_second_writer(
         prefect_harness: None, ingest_workdir: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    code, out, err = cli(capsys, "run", "pretrain", "--config", "ingest.yaml", "--run-id", "r1")
+    code, out, err = run_cli(capsys, "run", "pretrain", "--config", "ingest.yaml", "--run-id", "r1")
     assert code == 0, err
     shard = Path("artifacts/runs/r1/ingest/part-00001.parquet")
     shard.write_bytes(shard.read_bytes()[:100])
-    code, out, err = cli(capsys, "inspect", "r1", "ingest")
+    code, out, err = run_cli(capsys, "inspect", "r1", "ingest")
     assert code == 2 and str(shard) in err and "hint: rerun the stage" in err
     # the repair is a warning: shown on the default console, not under --quiet
-    code, out, err = cli(capsys, "run", "pretrain", "--config", "ingest.yaml", "--run-id", "r1",
+    code, out, err = run_cli(capsys, "run", "pretrain", "--config", "ingest.yaml", "--run-id", "r1",
                          quiet=False)
     assert code == 0, err
     assert f"{shard}: " in err and "computing shard 1 again" in err
     assert "12 in = 12 out" in out
-    code, out, _ = cli(capsys, "inspect", "r1", "ingest", "--samples", "0")
+    code, out, _ = run_cli(capsys, "inspect", "r1", "ingest", "--samples", "0")
     assert code == 0 and "12 in = 12 out" in out
 
     script = HOLDER.replace('"run"', '"r1"')
@@ -341,10 +333,10 @@ def test_cli_heals_a_truncated_shard_and_refuses_a_second_writer(
     try:
         for argv in (["run", "pretrain", "--config", "ingest.yaml", "--run-id", "r1"],
                      ["stage", "ingest", "--run", "r1", "--force"]):
-            code, _, err = cli(capsys, *argv)
+            code, _, err = run_cli(capsys, *argv)
             assert code == 2
             assert f"error: run r1 is being written by pid {r1_holder.pid}" in err
-        code, out, _ = cli(capsys, "runs")  # readers need no lock
+        code, out, _ = run_cli(capsys, "runs")  # readers need no lock
         assert code == 0 and "r1" in out
     finally:
         r1_holder.kill()
@@ -356,7 +348,7 @@ def test_run_ids_that_could_leave_the_artifact_root_are_refused(
         ingest_workdir: Path, capsys: pytest.CaptureFixture[str], run_id: str) -> None:
     for argv in (["inspect", run_id], ["stage", "ingest", "--run", run_id],
                  ["export", run_id, "partition", "--out", "x.csv"]):
-        code, _, err = cli(capsys, *argv)
+        code, _, err = run_cli(capsys, *argv)
         assert code == 2 and "invalid run id" in err, argv
     with pytest.raises(Exception, match="invalid run id"):
         validate_run_id(run_id)
@@ -372,7 +364,7 @@ def test_a_run_folder_that_is_a_symlink_out_of_the_root_is_refused(tmp_path: Pat
 
 def test_workers_are_bounded_with_a_fix_in_the_message(
         ingest_workdir: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    code, _, err = cli(capsys, "run", "pretrain", "--config", "ingest.yaml",
+    code, _, err = run_cli(capsys, "run", "pretrain", "--config", "ingest.yaml",
                        "--set", "run.workers=100000")
     assert code == 2 and "run.workers" in err and "use at most" in err
 

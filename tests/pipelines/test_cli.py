@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from affectflow.pipelines.cli import main
+from tests.conftest import run_cli
 from tests.prefect_readback import artifacts_with_prefix, flow_runs_named, flush_logs, log_lines
 
 REPO = Path(__file__).resolve().parents[2]
@@ -23,12 +24,6 @@ def workdir(tmp_path: Path, demo_dir: Path) -> Iterator[Path]:
     shutil.copytree(demo_dir, tmp_path / "artifacts" / "demo-data")
     with contextlib.chdir(tmp_path):
         yield tmp_path
-
-
-def run_cli(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
-    code = main(["--quiet", *argv])
-    captured = capsys.readouterr()
-    return code, captured.out, captured.err
 
 
 def test_pretrain_rerun_runs_and_inspect(prefect_harness: None, workdir: Path,

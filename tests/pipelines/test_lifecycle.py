@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from affectflow.pipelines.cli import main
+from tests.conftest import run_cli
 
 CHAIN = ["ingest", "factual"]
 
@@ -37,15 +37,9 @@ def workdir(tmp_path: Path, demo_dir: Path) -> Iterator[Path]:
         yield tmp_path
 
 
-def cli(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
-    code = main(["--quiet", *argv])
-    captured = capsys.readouterr()
-    return code, captured.out, captured.err
-
-
 def states(capsys: pytest.CaptureFixture[str], run_id: str, *extra: str) -> dict[str, str]:
     """`affectflow runs R`: stage -> the rest of its line."""
-    code, out, err = cli(capsys, "runs", run_id, *extra)
+    code, out, err = run_cli(capsys, "runs", run_id, *extra)
     assert code == 0, err
     lines = [line.split(None, 1) for line in out.splitlines() if line.startswith("  ")]
     return {parts[0]: parts[1] for parts in lines if parts[0] in CHAIN}
@@ -53,11 +47,11 @@ def states(capsys: pytest.CaptureFixture[str], run_id: str, *extra: str) -> dict
 
 def test_override_stale_resume_done_and_the_saved_config_wins(
         prefect_harness: None, workdir: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    code, out, err = cli(capsys, "run", "pretrain", "--config", "run.yaml", "--run-id", "r")
+    code, out, err = run_cli(capsys, "run", "pretrain", "--config", "run.yaml", "--run-id", "r")
     assert code == 0, err
     assert all(line.startswith("done") for line in states(capsys, "r").values())
 
-    code, out, err = cli(capsys, "stage", "ingest", "--run", "r", "--set", "ingest.min_image_side=40")
+    code, out, err = run_cli(capsys, "stage", "ingest", "--run", "r", "--set", "ingest.min_image_side=40")
     assert code == 0, err
     assert "downstream stages now stale: factual" in out and "affectflow resume r" in out
     shown = states(capsys, "r")
@@ -68,19 +62,19 @@ def test_override_stale_resume_done_and_the_saved_config_wins(
     assert record["history"][-1]["changes"] == {"ingest.min_image_side": [32, 40]}
     assert "stage ingest" in record["history"][-1]["command"]
 
-    code, _, err = cli(capsys, "run", "pretrain", "--config", "run.yaml", "--run-id", "r")
+    code, _, err = run_cli(capsys, "run", "pretrain", "--config", "run.yaml", "--run-id", "r")
     assert code == 2 and "ingest.min_image_side: 40 -> 32" in err and "--update" in err
 
-    code, out, err = cli(capsys, "inspect", "r")
+    code, out, err = run_cli(capsys, "inspect", "r")
     assert code == 0 and "stale" in out and "input ingest" in out
-    code, out, err = cli(capsys, "resume", "r")
+    code, out, err = run_cli(capsys, "resume", "r")
     assert code == 0, err
     assert "factual" in out
     assert all(line.startswith("done") for line in states(capsys, "r").values())
     assert json.loads(Path("artifacts/runs/r/run.json").read_text())[
         "config"]["ingest"]["min_image_side"] == 40
 
-    code, out, err = cli(capsys, "run", "pretrain", "--config", "run.yaml", "--run-id", "r",
+    code, out, err = run_cli(capsys, "run", "pretrain", "--config", "run.yaml", "--run-id", "r",
                          "--update")
     assert code == 0, err
     record = json.loads(Path("artifacts/runs/r/run.json").read_text())
@@ -90,13 +84,13 @@ def test_override_stale_resume_done_and_the_saved_config_wins(
 
 def test_a_stage_that_fails_shows_its_error_and_resume_finishes_it(
         prefect_harness: None, workdir: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    code, _, err = cli(capsys, "run", "pretrain", "--config", "run.yaml", "--run-id", "f")
+    code, _, err = run_cli(capsys, "run", "pretrain", "--config", "run.yaml", "--run-id", "f")
     assert code == 0, err
     # Weights that are there (the preflight finds them) but do not load: the stage itself fails.
     weights = workdir / "data/models/clip/open_clip_model.safetensors"
     kept = weights.read_bytes()
     weights.write_bytes(b"not a safetensors file")
-    code, _, err = cli(capsys, "stage", "factual", "--run", "f", "--force")
+    code, _, err = run_cli(capsys, "stage", "factual", "--run", "f", "--force")
     assert code == 1 and "\nerror: " in f"\n{err}"  # after Prefect's own log of the failed task
     shown = states(capsys, "f")
     assert shown["ingest"].startswith("done")
@@ -104,11 +98,11 @@ def test_a_stage_that_fails_shows_its_error_and_resume_finishes_it(
     assert shown["factual"].startswith("failed") and record["error"][:40] in shown["factual"]
     assert "(full text: errors/factual.txt)" in shown["factual"]
     assert "Traceback" in (workdir / "artifacts/runs/f/errors/factual.txt").read_text()
-    code, out, _ = cli(capsys, "runs")
+    code, out, _ = run_cli(capsys, "runs")
     assert code == 0 and "1 failed" in out
 
     weights.write_bytes(kept)
-    code, out, err = cli(capsys, "resume", "f")
+    code, out, err = run_cli(capsys, "resume", "f")
     assert code == 0, err
     pending = out.split("resuming run f:", 1)[1].split("run f resumed", 1)[0]
     assert "factual" in pending and "ingest" not in pending  # only the failed stage
@@ -133,7 +127,7 @@ def test_a_killed_run_shows_interrupted_and_resume_finishes_it(
     writer.wait()
     shown = states(capsys, "k")
     assert shown["factual"].startswith("interrupted") and f"pid {writer.pid}" in shown["factual"]
-    code, out, _ = cli(capsys, "runs")
+    code, out, _ = run_cli(capsys, "runs")
     assert code == 0 and "interrupted" in out
 
     done = subprocess.run([sys.executable, "-m", "affectflow.pipelines.cli", "--quiet", "resume",
@@ -145,20 +139,20 @@ def test_a_killed_run_shows_interrupted_and_resume_finishes_it(
 def test_a_moved_run_inspects_exports_and_resumes_from_another_folder(
         prefect_harness: None, workdir: Path, capsys: pytest.CaptureFixture[str],
         tmp_path_factory: pytest.TempPathFactory) -> None:
-    code, _, err = cli(capsys, "run", "pretrain", "--config", "run.yaml", "--run-id", "m")
+    code, _, err = run_cli(capsys, "run", "pretrain", "--config", "run.yaml", "--run-id", "m")
     assert code == 0, err
     elsewhere = tmp_path_factory.mktemp("elsewhere")
     (elsewhere / "runs").mkdir()
     shutil.move(workdir / "artifacts" / "runs" / "m", elsewhere / "runs" / "m")
     with contextlib.chdir(tmp_path_factory.mktemp("another-folder")):
         root = str(elsewhere)
-        code, out, err = cli(capsys, "inspect", "m", "ingest", "--artifact-root", root)
+        code, out, err = run_cli(capsys, "inspect", "m", "ingest", "--artifact-root", root)
         assert code == 0, err
         assert all(line.startswith("done") for line in
                    states(capsys, "m", "--artifact-root", root).values())
-        code, out, err = cli(capsys, "resume", "m", "--artifact-root", root)
+        code, out, err = run_cli(capsys, "resume", "m", "--artifact-root", root)
         assert code == 0 and "up to date" in out, err
-        code, out, err = cli(capsys, "stage", "factual", "--run", "m", "--artifact-root", root,
+        code, out, err = run_cli(capsys, "stage", "factual", "--run", "m", "--artifact-root", root,
                              "--force")
         assert code == 0, err
 
@@ -166,7 +160,7 @@ def test_a_moved_run_inspects_exports_and_resumes_from_another_folder(
 def test_a_dataset_copied_without_its_mtimes_recomputes_only_in_stat_mode(
         prefect_harness: None, workdir: Path, capsys: pytest.CaptureFixture[str]) -> None:
     for mode in ("stat", "content"):
-        code, _, err = cli(capsys, "run", "pretrain", "--config", "run.yaml", "--run-id", mode,
+        code, _, err = run_cli(capsys, "run", "pretrain", "--config", "run.yaml", "--run-id", mode,
                            "--set", f"run.fingerprint={mode}")
         assert code == 0, err
     # The posts and the local CLIP folder copied byte for byte with new mtimes, as `cp` or an
@@ -179,5 +173,5 @@ def test_a_dataset_copied_without_its_mtimes_recomputes_only_in_stat_mode(
     assert shown["ingest"].startswith("stale") and "external data changed" in shown["ingest"]
     assert shown["factual"].startswith("stale")
     assert all(line.startswith("done") for line in states(capsys, "content").values())
-    code, out, err = cli(capsys, "resume", "content")
+    code, out, err = run_cli(capsys, "resume", "content")
     assert code == 0 and "up to date" in out, err
