@@ -39,6 +39,7 @@ from typing import Any, Protocol
 import torch
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset, Sampler, default_collate
+from torch.utils.data._utils import signal_handling
 
 from affectflow.core.files import FileProblem
 from affectflow.core.images import load_rgb
@@ -261,10 +262,16 @@ class ImageLoader:
 
     def _forget_after_fork(self) -> None:
         """In a forked child: the workers and threads belong to the parent; drop them untouched
-        (the DataLoader's shutdown would try to join another process's children)."""
+        (the DataLoader's shutdown would try to join another process's children). torch's
+        record of the parent's worker pids is inherited too, keyed by the iterator's id: an
+        iterator of the child can get that id and then fails "_set_worker_pids should be called
+        only once", so the record is dropped as well."""
         iterator = getattr(self._loader, "_iterator", None)
         if iterator is not None:
             iterator._shutdown = True
+            if getattr(iterator, "_worker_pids_set", False):
+                signal_handling._remove_worker_pids(id(iterator))
+                iterator._worker_pids_set = False
         self._loader, self._threads, self._thread = None, None, None
         self._lock = threading.Lock()
 

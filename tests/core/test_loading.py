@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
+from torch.utils.data._utils import signal_handling
 from torchvision.transforms.v2 import functional as TF
 
 from affectflow.core.hashing import hash_file
@@ -181,17 +182,22 @@ def test_a_kept_aspect_transform_bounds_elongated_images(tmp_path: Path) -> None
     assert load_pixels(path, None, PixelTransform("square", 10)).shape == (3, 10, 10)
 
 
-def _child_pass(results: multiprocessing.Queue) -> None:  # type: ignore[type-arg]
+def _child_pass(results: multiprocessing.Queue, parent_iterator: int) -> None:  # type: ignore[type-arg]
     forget_parent(0)  # a fork of a test process that ran a Prefect flow: drop its exit hooks
+    # torch keys its record of worker pids by the iterator's id; a child iterator that gets the
+    # parent's id must be able to register (it failed now and then before the record was dropped)
+    signal_handling._set_worker_pids(parent_iterator, (os.getpid(),))
+    signal_handling._remove_worker_pids(parent_iterator)
     pids = {int(p) for b in shared_loader(Pid(), 2).batches(["a"] * 4, 2) for p in b.pixels}
     results.put(sorted(pids))
 
 
 def test_a_forked_child_starts_its_own_workers_and_leaves_the_parents_alone() -> None:
     parent = {int(p) for b in shared_loader(Pid(), 2).batches(["a"] * 4, 2) for p in b.pixels}
+    iterator = shared_loader(Pid(), 2)._data_loader()._iterator
     context = multiprocessing.get_context("fork")
     results = context.Queue()
-    child = context.Process(target=_child_pass, args=(results,))
+    child = context.Process(target=_child_pass, args=(results, id(iterator)))
     child.start()
     child_pids = results.get(timeout=60)
     child.join(30)
